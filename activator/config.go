@@ -1,0 +1,55 @@
+package activator
+
+import (
+	"time"
+
+	"github.com/rouse-dev/rouse/procman"
+)
+
+// Mode is how an app's connections reach it.
+type Mode string
+
+// The modes of DESIGN.md.
+const (
+	ModeHTTP    Mode = "http"
+	ModeTCP     Mode = "tcp"
+	ModeHandoff Mode = "handoff"
+	ModeInetd   Mode = "inetd"
+)
+
+// Ready says how rouse learns that a started app can take connections.
+type Ready struct {
+	Kind string // "tcp" (the upstream accepts) or "http" (GET Path answers < 500)
+	Path string // for "http"
+}
+
+// Config is everything the activator needs to run one app. cmd/rouse builds
+// it from the TOML files; zero durations and counts mean "no limit" only
+// where the field says so, so fill in the defaults before calling New.
+type Config struct {
+	Name    string
+	Mode    Mode
+	Listen  []string     // the listen addresses as written, for status
+	Process procman.Spec // how to spawn the app (Output and Guard are set by the activator)
+
+	UpstreamNetwork string // "tcp" or "unix"
+	UpstreamAddress string // host:port or socket path
+	Ready           Ready
+
+	StartTimeout time.Duration // spawn -> ready, else a failure and the process is killed
+	IdleTimeout  time.Duration // 0 = never stop for idleness
+	QueueTimeout time.Duration // how long a held connection waits for ready or a free slot
+	MaxQueued    int           // held connections; beyond, new ones are refused
+	MaxConns     int           // concurrent connections; 0 = no limit
+
+	RetryTries   int           // attempts to reach the app per connection, the first included
+	RetryTimeout time.Duration // total time across those attempts
+	MaxFails     int           // failures while ready within FailTimeout that restart the app; 0 = never
+	FailTimeout  time.Duration
+	BackoffMax   time.Duration // cap of the crash-loop back-off (1s, 2s, 4s, ...)
+
+	// http mode
+	Hosts              []string // Host names routed to this app on a shared listen address
+	RequestBuffer      int64    // bodies up to this many bytes are buffered for replay
+	RetryNonIdempotent bool     // replay non-idempotent requests after they reached the app
+}
