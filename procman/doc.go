@@ -1,0 +1,18 @@
+// Package procman owns one child process of rouse at a time per Process:
+// it spawns it, tells when it is ready, stops it and samples its resource use.
+//
+// Invariants:
+//   - Every child runs in its own process group (pgid == pid) and is always
+//     signalled as a group, so helpers, daemons and shell-wrapped grandchildren
+//     share its fate.
+//   - Exactly one goroutine per child reaps it. When the leader exits, the
+//     rest of its group is SIGKILLed before the leader is reaped, so the pgid
+//     cannot have been reused by an unrelated process when it is signalled.
+//   - No signal is sent to a group after its leader was reaped.
+//   - Done is closed only after the child was reaped and its output drained
+//     (bounded in time), so StderrTail then holds its last words.
+//   - A child never outlives rouse for long: Pdeathsig kills the leader and a
+//     Guard process kills whole groups when rouse dies without stopping them.
+//   - procman keeps no package-level state and logs nothing; the child's own
+//     output goes to Spec.Output.
+package procman

@@ -1,0 +1,5 @@
+//go:build !race
+
+package procman
+
+const raceEnabled = false

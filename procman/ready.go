@@ -1,0 +1,170 @@
+package procman
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// ErrExited is wrapped by WaitReady when the process exited before it became
+// ready, and by Stats once the process is gone.
+var ErrExited = errors.New("process exited")
+
+// ErrNotReady is wrapped by WaitReady when the timeout passed.
+var ErrNotReady = errors.New("not ready in time")
+
+// Probing starts fast, because most apps are ready within milliseconds of
+// binding, and backs off so a slow starter is not hammered.
+const (
+	firstProbeInterval = 250 * time.Microsecond
+	maxProbeInterval   = 25 * time.Millisecond
+	probeAttemptLimit  = time.Second // one attempt of a probe
+	httpProbeTimeout   = 2 * time.Second
+)
+
+// Probe reports nil once the app is ready; it is called repeatedly, one call
+// at a time, with a context bounding that attempt.
+type Probe func(ctx context.Context) error
+
+// TCPProbe is ready when network/address accepts a connection. network is
+// anything net.Dial takes ("tcp", "unix", ...).
+func TCPProbe(network, address string) Probe {
+	return func(ctx context.Context) error {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, network, address)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+}
+
+// HTTPProbe is ready when GET path on network/address answers with a status
+// < 500 (redirects are not followed). network is "tcp" or "unix". Every
+// attempt uses a new connection and leaves none open.
+func HTTPProbe(network, address, path string) Probe {
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	host := address
+	if network == "unix" {
+		host = "localhost"
+	}
+	url := "http://" + host + path
+	client := &http.Client{
+		Timeout: httpProbeTimeout,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			Proxy:             nil, // never send a probe to $HTTP_PROXY
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, address)
+			},
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("User-Agent", "rouse-probe")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if resp.StatusCode >= 500 {
+			return fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		return nil
+	}
+}
+
+// WaitReady polls probe until it succeeds, the process exits, timeout passes
+// or ctx ends. The first attempt is made at once and the next ones follow
+// within a millisecond or two, slowing down to one every 25ms. An exit is
+// noticed at once, even during an attempt: the error wraps ErrExited and
+// carries the exit status and the last stderr line. When timeout passes the
+// error wraps ErrNotReady and the last probe error; timeout <= 0 means only
+// ctx bounds the wait. WaitReady returns only after its probe call returned.
+func WaitReady(ctx context.Context, p *Process, probe Probe, timeout time.Duration) error {
+	attemptCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+
+	result := make(chan error, 1)
+	probing := false
+	attempt := func() {
+		probing = true
+		go func() {
+			ctx, cancel := context.WithTimeout(attemptCtx, probeAttemptLimit)
+			defer cancel()
+			result <- probe(ctx)
+		}()
+	}
+	defer func() {
+		if probing {
+			cancel()
+			<-result
+		}
+	}()
+
+	tick := time.NewTimer(firstProbeInterval)
+	tick.Stop() // armed after each failed attempt
+	defer tick.Stop()
+	interval := firstProbeInterval
+	var lastErr error
+	attempt()
+	for {
+		select {
+		case err := <-result:
+			probing = false
+			if err == nil {
+				select {
+				case <-p.Done(): // whatever answered, it was not this process
+					return p.exitedError()
+				default:
+					return nil
+				}
+			}
+			lastErr = err
+			tick.Reset(interval)
+			interval = min(interval*3/2, maxProbeInterval)
+		case <-tick.C:
+			attempt()
+		case <-p.Done():
+			return p.exitedError()
+		case <-expired:
+			return fmt.Errorf("ready %s pid %d: %w after %s: %v", p.name, p.pid, ErrNotReady, timeout, lastErr)
+		case <-ctx.Done():
+			return fmt.Errorf("ready %s pid %d: %w", p.name, p.pid, ctx.Err())
+		}
+	}
+}
+
+// exitedError describes an exit before ready: the status and the last stderr
+// line, which usually says why. It wraps ErrExited and the *exec.ExitError.
+func (p *Process) exitedError() error {
+	status := errors.New("exit status 0")
+	if err := p.Err(); err != nil {
+		status = errors.Unwrap(err) // without the "run NAME pid PID" prefix
+	}
+	err := fmt.Errorf("ready %s pid %d: %w: %w", p.name, p.pid, ErrExited, status)
+	if tail := p.StderrTail(1); len(tail) > 0 {
+		err = fmt.Errorf("%w (stderr: %q)", err, tail[0])
+	}
+	return err
+}
