@@ -17,8 +17,8 @@ const (
 	ModeInetd   Mode = "inetd"
 )
 
-// Ready says how rouse learns that a started app can take connections.
-type Ready struct {
+// Readiness says how rouse learns that a started app can take connections.
+type Readiness struct {
 	Kind string // "tcp" (the upstream accepts) or "http" (GET Path answers < 500)
 	Path string // for "http"
 }
@@ -34,7 +34,7 @@ type Config struct {
 
 	UpstreamNetwork string // "tcp" or "unix"
 	UpstreamAddress string // host:port or socket path
-	Ready           Ready
+	Ready           Readiness
 
 	StartTimeout time.Duration // spawn -> ready, else a failure and the process is killed
 	IdleTimeout  time.Duration // 0 = never stop for idleness

@@ -1,0 +1,621 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rouse-dev/rouse/procman"
+)
+
+// App runs one configured app: it accepts on the app's listeners, starts the
+// process on demand, hands connections to it and stops it when idle.
+//
+// All mutable state is guarded by mu, and every change of state closes and
+// replaces the changed channel, which is how held connections wait. The lock
+// is never held across I/O, a dial, a spawn or a wait: the process of each
+// start is owned by exactly one goroutine (run), which does those outside it.
+type App struct {
+	cfg   Config
+	log   *slog.Logger
+	guard *procman.Guard
+	lns   []net.Listener
+	probe procman.Probe
+	now   func() time.Time
+
+	wg sync.WaitGroup // every goroutine the app starts
+
+	mu           sync.Mutex
+	state        State
+	changed      chan struct{}
+	inst         *instance // the current process, nil when idle or in back-off
+	closing      bool
+	active       int // connections handed to the app (status: conns)
+	queued       int // connections waiting for ready or a free slot
+	conns        map[net.Conn]struct{}
+	idleSince    time.Time
+	idleTimer    *time.Timer
+	backoffTimer *time.Timer
+	backoffUntil time.Time
+	consecutive  int         // failures in a row, for the back-off
+	fails        []time.Time // request-level failures while ready, within FailTimeout
+	starts       int
+	failures     int
+	lastStart    time.Duration
+	lastErr      string
+}
+
+// instance is one start of the app's process. Its fields other than gen,
+// ctx and stop are written under App.mu.
+type instance struct {
+	gen     int
+	ctx     context.Context // cancelled to ask run to stop the process
+	stop    context.CancelFunc
+	proc    *procman.Process
+	readyAt time.Time
+	why     string                // why it was asked to stop, for the log
+	failure error                 // set when it is stopped because of failures
+	conns   map[net.Conn]struct{} // both ends of every connection handed to this process
+}
+
+// Options are the app's collaborators, shared by all apps of a daemon.
+type Options struct {
+	Logger *slog.Logger   // nil: slog.Default()
+	Guard  *procman.Guard // nil: no guard process (tests)
+}
+
+// New returns an app that serves on lns once Serve is called. It takes
+// ownership of the listeners: Close closes them.
+func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("app %s: %w", cfg.Name, err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &App{
+		cfg:     cfg,
+		log:     log.With("app", cfg.Name),
+		guard:   opts.Guard,
+		lns:     lns,
+		now:     time.Now,
+		changed: make(chan struct{}),
+		conns:   make(map[net.Conn]struct{}),
+	}
+	switch cfg.Ready.Kind {
+	case "http":
+		a.probe = procman.HTTPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress, cfg.Ready.Path)
+	default:
+		a.probe = procman.TCPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress)
+	}
+	return a, nil
+}
+
+func (c *Config) check() error {
+	switch c.Mode {
+	case ModeTCP:
+	default:
+		return fmt.Errorf("mode %q is not supported by this version of rouse", c.Mode)
+	}
+	switch c.Ready.Kind {
+	case "tcp", "http":
+	default:
+		return fmt.Errorf("ready %q is not supported by this version of rouse", c.Ready.Kind)
+	}
+	if c.StartTimeout <= 0 || c.QueueTimeout <= 0 || c.RetryTries < 1 || c.BackoffMax <= 0 {
+		return errors.New("start_timeout, queue_timeout, backoff_max and retry_tries must be set")
+	}
+	return nil
+}
+
+// Name is the app's name.
+func (a *App) Name() string { return a.cfg.Name }
+
+// Serve starts accepting on the app's listeners and returns at once.
+func (a *App) Serve() {
+	for _, ln := range a.lns {
+		a.wg.Add(1)
+		go a.acceptLoop(ln)
+	}
+}
+
+// broadcast wakes every waiter; call with mu held.
+func (a *App) broadcast() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+func (a *App) setState(s State) {
+	if a.state != s {
+		a.state = s
+		a.broadcast()
+	}
+}
+
+// startLocked spawns a new instance; call with mu held, in Idle.
+func (a *App) startLocked(why string) {
+	ctx, stop := context.WithCancel(context.Background())
+	a.starts++
+	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[net.Conn]struct{})}
+	a.inst = inst
+	a.fails = a.fails[:0]
+	a.setState(Starting)
+	a.log.Info("starting", "state", Starting, "why", why)
+	a.wg.Add(1)
+	go a.run(inst)
+}
+
+// stopLocked asks the current instance to stop; call with mu held.
+func (a *App) stopLocked(why string, failure error) {
+	if a.inst == nil || (a.state != Ready && a.state != Starting) {
+		return
+	}
+	a.inst.why, a.inst.failure = why, failure
+	a.setState(Stopping)
+	a.inst.stop()
+}
+
+// run owns one process from spawn to reaping.
+func (a *App) run(inst *instance) {
+	defer a.wg.Done()
+	defer inst.stop()
+	spec := a.cfg.Process
+	spec.Name = a.cfg.Name
+	spec.Guard = a.guard
+	if spec.Output == nil {
+		out := a.log.With("stream", "")
+		spec.Output = func(stream, line string) { out.Info(line, "stream", stream) }
+	}
+	t0 := a.now()
+	p, err := procman.Start(spec)
+	if err != nil {
+		a.finish(inst, err)
+		return
+	}
+	a.mu.Lock()
+	inst.proc = p
+	a.mu.Unlock()
+
+	err = procman.WaitReady(inst.ctx, p, a.probe, a.cfg.StartTimeout)
+	if err != nil {
+		if inst.ctx.Err() != nil { // asked to stop while starting
+			a.stopProcess(p)
+			a.finish(inst, nil)
+			return
+		}
+		p.Kill()
+		<-p.Done()
+		a.finish(inst, fmt.Errorf("start: %w", err))
+		return
+	}
+	a.ready(inst, a.now().Sub(t0))
+
+	select {
+	case <-p.Done():
+		a.finish(inst, exitError(p))
+	case <-inst.ctx.Done():
+		a.stopProcess(p)
+		a.finish(inst, nil)
+	}
+}
+
+func (a *App) stopProcess(p *procman.Process) {
+	// Stop is bounded by the app's stop_timeout, after which it SIGKILLs.
+	if err := p.Stop(context.Background()); err != nil {
+		a.log.Warn("stop", "pid", p.Pid(), "err", err)
+	}
+}
+
+// exitError describes an exit rouse did not ask for.
+func exitError(p *procman.Process) error {
+	err := p.Err()
+	if err == nil {
+		err = errors.New("exit status 0")
+	}
+	if tail := p.StderrTail(1); len(tail) > 0 {
+		return fmt.Errorf("exited unexpectedly: %w (last stderr: %s)", err, tail[0])
+	}
+	return fmt.Errorf("exited unexpectedly: %w", err)
+}
+
+func (a *App) ready(inst *instance, took time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inst != inst || a.state != Starting {
+		return
+	}
+	inst.readyAt = a.now()
+	a.lastStart = took
+	a.setState(Ready)
+	a.log.Info("ready", "state", Ready, "pid", inst.proc.Pid(), "took", took.Round(time.Microsecond))
+	if a.active == 0 && a.queued == 0 {
+		a.armIdleLocked()
+	}
+}
+
+// finish records the end of an instance: failure -> back-off, else idle,
+// and starts again at once when connections are waiting.
+func (a *App) finish(inst *instance, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inst != inst {
+		return
+	}
+	a.inst = nil
+	// A process that is gone has no live connections: cut both ends of
+	// those it had, or a client that never closes would hold them forever.
+	for c := range inst.conns {
+		c.Close()
+	}
+	if err == nil {
+		err = inst.failure
+	}
+	p := inst.proc
+	pid := 0
+	if p != nil {
+		pid = p.Pid()
+	}
+	// An app may exit by itself when it has nothing to do (as systemd
+	// socket-activated services do); that is not a failure.
+	if err != nil && inst.why == "" && p != nil && p.Err() == nil && a.state == Ready && a.active == 0 {
+		a.log.Info("exited by itself while idle", "pid", pid)
+		err = nil
+	}
+	if a.idleTimer != nil {
+		a.idleTimer.Stop()
+	}
+	if !inst.readyAt.IsZero() && a.now().Sub(inst.readyAt) >= backoffReset {
+		a.consecutive = 0 // it ran long enough to count as healthy
+	}
+	if err != nil {
+		a.failLocked(err, pid)
+		return
+	}
+	if inst.why != "" {
+		a.log.Info("stopped", "state", Idle, "pid", pid, "why", inst.why)
+	}
+	a.setState(Idle)
+	if a.queued > 0 && !a.closing {
+		a.startLocked("connections waiting")
+	}
+}
+
+func (a *App) failLocked(err error, pid int) {
+	now := a.now()
+	a.failures++
+	a.consecutive++
+	delay := backoffDelay(a.consecutive, a.cfg.BackoffMax)
+	a.backoffUntil = now.Add(delay)
+	a.lastErr = err.Error()
+	a.setState(Backoff)
+	a.log.Warn("failed", "state", Backoff, "pid", pid, "err", err, "retry_in", delay, "failures_in_a_row", a.consecutive)
+	if a.closing {
+		return
+	}
+	a.backoffTimer = time.AfterFunc(delay, a.backoffOver)
+}
+
+func (a *App) backoffOver() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Backoff || a.now().Before(a.backoffUntil) {
+		return
+	}
+	a.setState(Idle)
+	if a.queued > 0 && !a.closing {
+		a.startLocked("connections waiting after back-off")
+	}
+}
+
+// armIdleLocked (re)starts the idle countdown; call with mu held when the
+// last connection went away.
+func (a *App) armIdleLocked() {
+	a.idleSince = a.now()
+	if a.cfg.IdleTimeout <= 0 {
+		return
+	}
+	if a.idleTimer == nil {
+		a.idleTimer = time.AfterFunc(a.cfg.IdleTimeout, a.idleCheck)
+		return
+	}
+	a.idleTimer.Reset(a.cfg.IdleTimeout)
+}
+
+func (a *App) idleCheck() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Ready || a.active > 0 || a.queued > 0 || a.closing {
+		return
+	}
+	if left := a.cfg.IdleTimeout - a.now().Sub(a.idleSince); left > 0 {
+		a.idleTimer.Reset(left)
+		return
+	}
+	a.stopLocked("idle", nil)
+}
+
+// acquire waits until the app is ready and has a free connection slot, then
+// takes the slot (active++). deadline bounds the wait; retrying allows
+// waiting out a back-off that ends before the deadline.
+func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*instance, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	waiting := false
+	defer func() {
+		if waiting {
+			a.queued--
+		}
+	}()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		if a.closing {
+			return nil, ErrClosing
+		}
+		switch a.state {
+		case Ready:
+			if a.cfg.MaxConns <= 0 || a.active < a.cfg.MaxConns {
+				a.active++
+				return a.inst, nil
+			}
+		case Idle:
+			if !waiting && a.queueFullLocked() {
+				return nil, ErrQueueFull
+			}
+			a.startLocked("connection")
+		case Backoff:
+			if !retrying || !a.backoffUntil.Before(deadline) {
+				return nil, &BackoffError{App: a.cfg.Name, Until: a.backoffUntil, Last: a.lastErr}
+			}
+		}
+		if !waiting {
+			if a.queueFullLocked() {
+				return nil, ErrQueueFull
+			}
+			a.queued++
+			waiting = true
+		}
+		if timer == nil {
+			timer = time.NewTimer(deadline.Sub(a.now()))
+		}
+		ch := a.changed
+		a.mu.Unlock()
+		select {
+		case <-ch:
+			a.mu.Lock()
+		case <-timer.C:
+			a.mu.Lock()
+			return nil, ErrQueueTimeout
+		case <-ctx.Done():
+			a.mu.Lock()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (a *App) queueFullLocked() bool {
+	return a.cfg.MaxQueued > 0 && a.queued >= a.cfg.MaxQueued
+}
+
+// release gives back a slot taken by acquire, and forgets the connections
+// that used it.
+func (a *App) release(inst *instance, conns ...net.Conn) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range conns {
+		delete(inst.conns, c)
+	}
+	a.active--
+	if a.queued > 0 || (a.closing && a.active == 0) {
+		a.broadcast() // a slot is free for a held connection, or Close may go on
+	}
+	if a.active == 0 && a.state == Ready && a.queued == 0 {
+		a.armIdleLocked()
+	}
+}
+
+// failed records a request-level failure (refused or reset by the app) of
+// inst; max_fails of them within fail_timeout restart the app.
+func (a *App) failed(inst *instance, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inst != inst || a.state != Ready {
+		return
+	}
+	now := a.now()
+	a.log.Debug("connection failed", "err", err)
+	if a.cfg.MaxFails <= 0 {
+		return
+	}
+	keep := a.fails[:0]
+	for _, t := range a.fails {
+		if now.Sub(t) < a.cfg.FailTimeout {
+			keep = append(keep, t)
+		}
+	}
+	a.fails = append(keep, now)
+	if len(a.fails) >= a.cfg.MaxFails {
+		a.stopLocked("failures", fmt.Errorf("%d failures within %s, last: %w", len(a.fails), a.cfg.FailTimeout, err))
+	}
+}
+
+// adopt registers the two ends of a connection handed to inst, so that they
+// are cut when its process ends. It fails when the process is already gone.
+func (a *App) adopt(inst *instance, client, up net.Conn) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inst != inst || a.closing {
+		return false
+	}
+	inst.conns[client] = struct{}{}
+	inst.conns[up] = struct{}{}
+	return true
+}
+
+// track registers a client connection so that Close can cut it after the drain.
+func (a *App) track(c net.Conn) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing {
+		return false
+	}
+	a.conns[c] = struct{}{}
+	return true
+}
+
+func (a *App) untrack(c net.Conn) {
+	a.mu.Lock()
+	delete(a.conns, c)
+	a.mu.Unlock()
+}
+
+// Start starts the app if it is not running (a back-off is cut short) and
+// waits until it is ready or failed.
+func (a *App) Start(ctx context.Context) error {
+	a.mu.Lock()
+	if a.state == Backoff {
+		if a.backoffTimer != nil {
+			a.backoffTimer.Stop()
+		}
+		a.setState(Idle)
+	}
+	a.mu.Unlock()
+	deadline := a.now().Add(a.cfg.StartTimeout + a.cfg.Process.StopTimeout + 10*time.Second)
+	for {
+		a.mu.Lock()
+		switch a.state {
+		case Ready:
+			a.mu.Unlock()
+			return nil
+		case Idle:
+			if a.closing {
+				a.mu.Unlock()
+				return ErrClosing
+			}
+			a.startLocked("asked")
+		case Backoff:
+			err := errors.New(a.lastErr)
+			a.mu.Unlock()
+			return fmt.Errorf("start %s: %w", a.cfg.Name, err)
+		}
+		ch := a.changed
+		a.mu.Unlock()
+		if err := waitChange(ctx, ch, deadline); err != nil {
+			return fmt.Errorf("start %s: %w", a.cfg.Name, err)
+		}
+	}
+}
+
+// Stop stops the app's process (connections still open are cut by its
+// exit) and waits until it is idle. A later connection starts it again.
+func (a *App) Stop(ctx context.Context) error {
+	deadline := a.now().Add(a.cfg.Process.StopTimeout + a.cfg.StartTimeout + 10*time.Second)
+	for {
+		a.mu.Lock()
+		switch a.state {
+		case Idle:
+			a.mu.Unlock()
+			return nil
+		case Backoff:
+			if a.backoffTimer != nil {
+				a.backoffTimer.Stop()
+			}
+			a.setState(Idle)
+			a.mu.Unlock()
+			return nil
+		case Ready, Starting:
+			a.stopLocked("asked", nil)
+		}
+		ch := a.changed
+		a.mu.Unlock()
+		if err := waitChange(ctx, ch, deadline); err != nil {
+			return fmt.Errorf("stop %s: %w", a.cfg.Name, err)
+		}
+	}
+}
+
+// Restart stops the app if it runs and starts it again.
+func (a *App) Restart(ctx context.Context) error {
+	if err := a.Stop(ctx); err != nil {
+		return err
+	}
+	return a.Start(ctx)
+}
+
+func waitChange(ctx context.Context, ch <-chan struct{}, deadline time.Time) error {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return errors.New("timed out")
+	}
+}
+
+// Close stops accepting, lets open connections finish until ctx ends, cuts
+// the rest, stops the process and returns when every goroutine of the app
+// has exited. Connections still held for a start are closed.
+func (a *App) Close(ctx context.Context) {
+	a.mu.Lock()
+	a.closing = true
+	a.broadcast()
+	if a.backoffTimer != nil {
+		a.backoffTimer.Stop()
+	}
+	a.mu.Unlock()
+	for _, ln := range a.lns {
+		ln.Close()
+	}
+
+	// Drain: wait for the proxied connections to end by themselves.
+	for {
+		a.mu.Lock()
+		n, ch := a.active, a.changed
+		a.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ch:
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+
+	a.mu.Lock()
+	for c := range a.conns {
+		c.Close()
+	}
+	a.stopLocked("shutdown", nil)
+	if a.idleTimer != nil {
+		a.idleTimer.Stop()
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+}
+
+// describeErr turns a connection's error into a short reason for logs.
+func describeErr(err error) string {
+	var be *BackoffError
+	switch {
+	case errors.As(err, &be):
+		return fmt.Sprintf("in back-off for %s", time.Until(be.Until).Round(time.Second))
+	case errors.Is(err, ErrQueueFull), errors.Is(err, ErrQueueTimeout), errors.Is(err, ErrClosing):
+		return err.Error()
+	}
+	return strings.TrimSpace(err.Error())
+}

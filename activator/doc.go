@@ -1,0 +1,16 @@
+// Package activator runs apps on demand: it accepts on an app's sockets,
+// starts the app's process on the first connection, holds connections
+// until the app is ready, proxies them, and stops the process when idle.
+//
+// Invariants:
+//   - Per app, all state lives in App under one mutex that is never held
+//     across I/O; waiters wait on a channel that is closed on every change.
+//   - Exactly one start per Idle -> Starting transition, whatever the load.
+//   - Each process is owned by one goroutine (App.run) from spawn to reaping.
+//   - Only failures rouse observes count (spawn error, exit before ready,
+//     readiness timeout, unexpected exit, refused or reset by the app); they
+//     put the app in back-off (1s, 2s, 4s ... backoff_max).
+//   - A connection that arrives while the app stops is held and starts it
+//     again: an idle stop never loses a connection.
+//   - Close returns only when every goroutine and process of the app is gone.
+package activator

@@ -1,0 +1,242 @@
+package activator
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rouse-dev/rouse/examples/backend"
+	"github.com/rouse-dev/rouse/procman"
+)
+
+// TestMain lets the test binary be the app: a child started with
+// ROUSE_TEST_BACKEND=1 runs the example backend instead of the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("ROUSE_TEST_BACKEND") == "1" {
+		os.Exit(backend.Main(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// testConfig is an app in tcp mode whose process is this test binary
+// running the backend, listening on upstream and noting its starts in starts.
+func testConfig(listen, upstream, starts string) Config {
+	cfg := Config{
+		Name:   "t",
+		Mode:   ModeTCP,
+		Listen: []string{listen},
+		Process: procman.Spec{
+			Argv:        []string{os.Args[0], "-starts", starts, "-listen", upstream},
+			Env:         []string{"ROUSE_TEST_BACKEND=1"},
+			StopTimeout: 5 * time.Second,
+		},
+		UpstreamNetwork: "tcp",
+		UpstreamAddress: upstream,
+		Ready:           Readiness{Kind: "tcp"},
+		StartTimeout:    10 * time.Second,
+		IdleTimeout:     time.Minute,
+		QueueTimeout:    10 * time.Second,
+		MaxQueued:       1024,
+		RetryTries:      3,
+		RetryTimeout:    10 * time.Second,
+		MaxFails:        3,
+		FailTimeout:     30 * time.Second,
+		BackoffMax:      5 * time.Minute,
+	}
+	if os.Geteuid() == 0 {
+		cfg.Process.User = "root" // CI runs as root; apps need an explicit user then
+	}
+	return cfg
+}
+
+// testApp is an App under test with the files to observe it by.
+type testApp struct {
+	*App
+	addr   string // where clients connect
+	starts string // file the backend appends "PID UNIXNANO" to at each start
+}
+
+// newTestApp starts an app in tcp mode whose process is this test binary
+// running the backend with args. edit may change the config.
+func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	starts := filepath.Join(t.TempDir(), "starts")
+	cfg := testConfig(ln.Addr().String(), "127.0.0.1:"+strconv.Itoa(port), starts)
+	cfg.Process.Argv = append(cfg.Process.Argv, args...)
+	if edit != nil {
+		edit(&cfg)
+	}
+	level := slog.LevelDebug
+	if _, bench := t.(*testing.B); bench {
+		level = slog.LevelWarn
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
+	goroutines := runtime.NumGoroutine()
+	fds := countFDs(t)
+	a, err := New(cfg, []net.Listener{ln}, Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Serve()
+	ta := &testApp{App: a, addr: ln.Addr().String(), starts: starts}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		a.Close(ctx)
+		for _, pid := range ta.pids() {
+			if alive(pid) {
+				t.Errorf("app process %d still alive after Close", pid)
+				syscall.Kill(-pid, syscall.SIGKILL)
+			}
+		}
+		waitFor(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
+		// splice(2) keeps a pool of pipes that only the garbage collector
+		// closes: collect while polling.
+		waitFor(t, "fds back to where they were", func() bool {
+			runtime.GC()
+			return countFDs(t) <= fds
+		})
+	})
+	return ta
+}
+
+// pids returns the pids of every process the app started, in order.
+func (ta *testApp) pids() []int {
+	var pids []int
+	for _, s := range ta.startLines() {
+		pids = append(pids, s.pid)
+	}
+	return pids
+}
+
+type startLine struct {
+	pid int
+	at  time.Time
+}
+
+func (ta *testApp) startLines() []startLine {
+	b, err := os.ReadFile(ta.starts)
+	if err != nil {
+		return nil
+	}
+	var out []startLine
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		pid, _ := strconv.Atoi(f[0])
+		ns, _ := strconv.ParseInt(f[1], 10, 64)
+		out = append(out, startLine{pid, time.Unix(0, ns)})
+	}
+	return out
+}
+
+func (ta *testApp) waitState(t testing.TB, want State) Status {
+	t.Helper()
+	var st Status
+	waitFor(t, "state "+want.String(), func() bool {
+		st = ta.Status()
+		return st.State == want
+	})
+	return st
+}
+
+// echo connects, sends msg, half-closes and returns what came back.
+func echo(t *testing.T, addr, msg string) (string, error) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return "", err
+	}
+	c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// bannerConn connects to an app run with -banner and returns the
+// connection and the pid of the process that answered.
+func bannerConn(t *testing.T, addr string) (net.Conn, int) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		c.Close()
+		t.Fatalf("reading banner: %v", err)
+	}
+	f := strings.Fields(line)
+	pid, _ := strconv.Atoi(f[len(f)-1])
+	return c, pid
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for d := time.Millisecond; !cond(); d = min(2*d, 50*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(d) // polling interval of a condition with a deadline
+	}
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie ("Z") is dead but not reaped: that is a leak too, so it
+	// counts as alive here.
+	s := string(b)
+	return !strings.Contains(s[strings.LastIndexByte(s, ')'):], ") X")
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func countFDs(t testing.TB) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,78 @@
+package activator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Supervisor is the set of apps of one daemon. Its methods are safe to call
+// concurrently.
+type Supervisor struct {
+	mu   sync.Mutex
+	apps map[string]*App
+}
+
+// NewSupervisor groups apps; their names must be unique.
+func NewSupervisor(apps ...*App) (*Supervisor, error) {
+	s := &Supervisor{apps: make(map[string]*App, len(apps))}
+	for _, a := range apps {
+		if _, dup := s.apps[a.Name()]; dup {
+			return nil, fmt.Errorf("app %s defined twice", a.Name())
+		}
+		s.apps[a.Name()] = a
+	}
+	return s, nil
+}
+
+// Apps returns the apps sorted by name.
+func (s *Supervisor) Apps() []*App {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*App, 0, len(s.apps))
+	for _, a := range s.apps {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out
+}
+
+// App returns the app called name.
+func (s *Supervisor) App(name string) (*App, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.apps[name]
+	return a, ok
+}
+
+// Serve starts accepting on every app's listeners.
+func (s *Supervisor) Serve() {
+	for _, a := range s.Apps() {
+		a.Serve()
+	}
+}
+
+// Status returns every app's status, sorted by name.
+func (s *Supervisor) Status() []Status {
+	apps := s.Apps()
+	out := make([]Status, len(apps))
+	for i, a := range apps {
+		out[i] = a.Status()
+	}
+	return out
+}
+
+// Close closes every app at once (see App.Close) and returns when all are
+// done: open connections get until ctx ends to finish.
+func (s *Supervisor) Close(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, a := range s.Apps() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.Close(ctx)
+		}()
+	}
+	wg.Wait()
+}

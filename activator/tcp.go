@@ -1,0 +1,161 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"time"
+)
+
+// acceptLoop accepts until the listener is closed. Temporary errors such as
+// EMFILE pause the loop with a growing delay instead of ending it.
+func (a *App) acceptLoop(ln net.Listener) {
+	defer a.wg.Done()
+	var pause time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			a.log.Warn("accept", "addr", ln.Addr().String(), "err", err, "retry_in", pause)
+			if !a.pause(pause) {
+				return
+			}
+			continue
+		}
+		pause = 0
+		if !a.track(c) {
+			c.Close()
+			return
+		}
+		a.wg.Add(1)
+		go a.serveConn(c)
+	}
+}
+
+// pause waits d, or less when the app closes; it reports whether to go on.
+func (a *App) pause(d time.Duration) bool {
+	a.mu.Lock()
+	closing, ch := a.closing, a.changed
+	a.mu.Unlock()
+	if closing {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ch:
+	}
+	return true
+}
+
+// serveConn holds a client connection until the app is ready, connects it
+// to the app and copies bytes both ways. Bytes the client sends while it is
+// held wait in the kernel's receive buffer and are delivered in order.
+func (a *App) serveConn(c net.Conn) {
+	defer a.wg.Done()
+	defer a.untrack(c)
+	defer c.Close()
+	inst, up, err := a.connect(context.Background(), c)
+	if err != nil {
+		a.log.Info("connection refused", "remote", c.RemoteAddr().String(), "why", describeErr(err))
+		return
+	}
+	defer a.release(inst, c, up)
+	defer up.Close()
+	if err := proxy(c, up); err != nil && resetBy(err, up) {
+		a.failed(inst, err)
+	}
+}
+
+// connect waits for the app and dials it for client, retrying a failed dial
+// within retry_tries and retry_timeout. On success the caller owns a slot
+// and must release it.
+func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn, error) {
+	start := a.now()
+	deadline := start.Add(a.cfg.QueueTimeout)
+	retryDeadline := start.Add(a.cfg.RetryTimeout)
+	var lastErr error
+	for try := 1; ; try++ {
+		inst, err := a.acquire(ctx, deadline, try > 1)
+		if err != nil {
+			if lastErr != nil {
+				return nil, nil, errors.Join(lastErr, err)
+			}
+			return nil, nil, err
+		}
+		up, err := a.dial(ctx)
+		if err == nil {
+			if a.adopt(inst, client, up) {
+				return inst, up, nil
+			}
+			up.Close()
+			err = errors.New("the app's process ended")
+		}
+		a.release(inst)
+		a.failed(inst, err)
+		lastErr = err
+		if try >= a.cfg.RetryTries || !a.now().Before(retryDeadline) {
+			return nil, nil, err
+		}
+		// The app refused: give it a moment (it may be restarting) and
+		// wait for ready again, no longer than the retry budget.
+		deadline = retryDeadline
+		if !a.pause(time.Duration(try) * 10 * time.Millisecond) {
+			return nil, nil, ErrClosing
+		}
+	}
+}
+
+func (a *App) dial(ctx context.Context) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return d.DialContext(ctx, a.cfg.UpstreamNetwork, a.cfg.UpstreamAddress)
+}
+
+// proxy copies both ways until both directions are done, passing each
+// half-close on. It returns the first error that is not a plain end of
+// stream. Between two TCP connections io.Copy uses splice(2).
+func proxy(client, up net.Conn) error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(up, client)
+		closeWrite(up)
+		errc <- err
+	}()
+	_, err := io.Copy(client, up)
+	if err != nil {
+		// The app broke the exchange: cut the client too instead of
+		// waiting for it to stop sending.
+		client.Close()
+		up.Close()
+	} else {
+		closeWrite(client)
+	}
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	c.Close()
+}
+
+// resetBy reports whether err is a reset of connection c by its peer: a
+// reset by the app counts toward max_fails, one by the client does not.
+func resetBy(err error, c net.Conn) bool {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Addr == nil {
+		return false
+	}
+	return errors.Is(err, syscall.ECONNRESET) && op.Addr.String() == c.RemoteAddr().String()
+}

@@ -1,0 +1,261 @@
+// Package backend is a tiny, configurable app for rouse to start: the demo
+// backend of `rouse demo` and the child process of rouse's tests, which
+// re-execute themselves (or rouse) and call Main. Its flags let a test ask
+// for the behaviours rouse must cope with: slow start, exit before ready,
+// never ready, ignoring SIGTERM, a forked grandchild, a crash after a while.
+package backend
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Main runs the backend with args (without the program name) and returns
+// its exit code. It never returns while serving unless the listener fails or
+// the process is told to stop (SIGTERM/SIGINT, unless -ignore-term).
+func Main(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "", `address: "HOST:PORT" or "unix:PATH" (default 127.0.0.1:$PORT)`)
+	proto := fs.String("proto", "http", "http | echo")
+	name := fs.String("name", "backend", "name used in replies")
+	banner := fs.Bool("banner", false, `echo: write "NAME PID\n" first on every connection`)
+	delay := fs.Duration("delay", 0, "wait this long before listening")
+	exitCode := fs.Int("exit", -1, "exit at once with this code, before listening")
+	neverListen := fs.Bool("never-listen", false, "run but never listen")
+	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM")
+	grandchild := fs.Bool("grandchild", false, "fork a `sleep 3600` that stays in the process group")
+	startsFile := fs.String("starts", "", `append "PID UNIXNANO" to FILE at start`)
+	crashAfter := fs.Duration("crash-after", 0, "exit with status 1 this long after listening")
+	readyFile := fs.String("ready-file", "", "append UNIXNANO to FILE the moment the socket listens")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	logf := func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
+
+	if *startsFile != "" {
+		if err := appendLine(*startsFile, fmt.Sprintf("%d %d", os.Getpid(), time.Now().UnixNano())); err != nil {
+			logf("starts file: %v", err)
+			return 1
+		}
+	}
+	if *ignoreTerm {
+		signal.Ignore(syscall.SIGTERM)
+	}
+	if *grandchild {
+		cmd := exec.Command("sleep", "3600")
+		if err := cmd.Start(); err != nil {
+			logf("grandchild: %v", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "grandchild %d\n", cmd.Process.Pid)
+	}
+	if *exitCode >= 0 {
+		logf("%s: exiting with status %d as asked", *name, *exitCode)
+		return *exitCode
+	}
+	time.Sleep(*delay) // the slow start being simulated, not a wait for a condition
+	if *neverListen {
+		logf("%s: running, never listening", *name)
+		select {}
+	}
+
+	network, address, err := resolve(*listen)
+	if err != nil {
+		logf("%v", err)
+		return 2
+	}
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		logf("listen: %v", err)
+		return 1
+	}
+	if *readyFile != "" {
+		if err := appendLine(*readyFile, fmt.Sprint(time.Now().UnixNano())); err != nil {
+			logf("ready file: %v", err)
+			return 1
+		}
+	}
+	logf("%s: pid %d listening on %s", *name, os.Getpid(), ln.Addr())
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if *crashAfter > 0 {
+		time.AfterFunc(*crashAfter, func() {
+			logf("%s: crashing as asked", *name)
+			os.Exit(1)
+		})
+	}
+	switch *proto {
+	case "echo":
+		return serveEcho(ctx, ln, *name, *banner, logf)
+	case "http":
+		return serveHTTP(ctx, ln, *name, logf)
+	default:
+		logf("unknown -proto %q", *proto)
+		return 2
+	}
+}
+
+func appendLine(file, line string) error {
+	f, err := os.OpenFile(file, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(f, line)
+	if err2 := f.Close(); err == nil {
+		err = err2
+	}
+	return err
+}
+
+func resolve(listen string) (network, address string, err error) {
+	if listen == "" {
+		port := os.Getenv("PORT")
+		if port == "" {
+			return "", "", errors.New("no -listen and no $PORT")
+		}
+		return "tcp", net.JoinHostPort("127.0.0.1", port), nil
+	}
+	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+		return "unix", path, nil
+	}
+	return "tcp", listen, nil
+}
+
+func serveEcho(ctx context.Context, ln net.Listener, name string, banner bool, logf func(string, ...any)) int {
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				logf("%s: stopping", name)
+				return 0
+			}
+			logf("accept: %v", err)
+			return 1
+		}
+		go func() {
+			defer c.Close()
+			if banner {
+				fmt.Fprintf(c, "%s %d\n", name, os.Getpid())
+			}
+			io.Copy(c, c)
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.CloseWrite()
+			}
+		}()
+	}
+}
+
+func serveHTTP(ctx context.Context, ln net.Listener, name string, logf func(string, ...any)) int {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s (pid %d)\n", name, os.Getpid())
+	})
+	mux.HandleFunc("/pid", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d\n", os.Getpid())
+	})
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/broken", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "this route is broken on purpose", http.StatusInternalServerError)
+	})
+	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
+		logf("%s: crashing in a request as asked", name)
+		os.Exit(1)
+	})
+	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
+		io.Copy(w, r.Body)
+	})
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+		}
+		fmt.Fprintf(w, "slept %s\n", d)
+	})
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		r.Header.Write(w)
+	})
+	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range n {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-time.After(20 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		hold = append(hold, touch(mb<<20))
+		fmt.Fprintf(w, "holding %d MiB more\n", mb)
+	})
+	mux.HandleFunc("/upgrade", func(w http.ResponseWriter, r *http.Request) {
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "echo") {
+			http.Error(w, "need Upgrade: echo", http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		sc := bufio.NewScanner(brw)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s\n", sc.Text())
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		logf("serve: %v", err)
+		return 1
+	case <-ctx.Done():
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+		logf("%s: stopping", name)
+		return 0
+	}
+}
+
+// hold keeps /alloc's memory alive for the life of the process; the backend
+// is a single-purpose program, so a package-level slice is fine here.
+var hold [][]byte
+
+func touch(n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	return b
+}
