@@ -169,8 +169,7 @@ func (a *App) run(inst *instance) {
 	spec.Name = a.cfg.Name
 	spec.Guard = a.guard
 	if spec.Output == nil {
-		out := a.log.With("stream", "")
-		spec.Output = func(stream, line string) { out.Info(line, "stream", stream) }
+		spec.Output = func(stream, line string) { a.log.Info(line, "stream", stream) }
 	}
 	t0 := a.now()
 	p, err := procman.Start(spec)

@@ -37,6 +37,17 @@ func (s State) String() string {
 // MarshalText makes a State read as its name in JSON.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads a State from its name, as status clients need.
+func (s *State) UnmarshalText(b []byte) error {
+	for st := Idle; st <= Backoff; st++ {
+		if st.String() == string(b) {
+			*s = st
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown state %q", b)
+}
+
 // backoffReset is how long an app must have been ready for its back-off
 // counter to start again from 1s (DESIGN.md: "resets after 10 minutes of
 // healthy running").

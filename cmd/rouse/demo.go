@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+
+	"github.com/rouse-dev/rouse/activator"
+)
+
+// demoConfig is the embedded default `rouse demo` runs. Its apps are rouse
+// itself re-executed as the example backend, so nothing else is needed.
+//
+//go:embed demo.toml
+var demoConfig string
+
+func cmdDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rouse demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	hello := fs.String("hello", "127.0.0.1:7070", "listen `ADDR` of the hello app (HTTP)")
+	echo := fs.String("echo", "127.0.0.1:7071", "listen `ADDR` of the echo app (TCP)")
+	if pos, err := parseFlags(fs, args); err != nil || len(pos) > 0 {
+		return exitConfig
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(stderr, "rouse demo:", err)
+		return 1
+	}
+	u, err := user.Current()
+	if err != nil {
+		fmt.Fprintln(stderr, "rouse demo:", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "rouse-demo-")
+	if err != nil {
+		fmt.Fprintln(stderr, "rouse demo:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	text := strings.NewReplacer(
+		"@EXE@", self, "@DIR@", dir, "@USER@", u.Username, "@HELLO@", *hello, "@ECHO@", *echo,
+	).Replace(demoConfig)
+	file := filepath.Join(dir, "rouse.toml")
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		fmt.Fprintln(stderr, "rouse demo:", err)
+		return 1
+	}
+	cfg, code := loadConfig(file, stderr)
+	if cfg == nil {
+		return code
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	err = serve(ctx, cfg, log, func(*activator.Supervisor) {
+		fmt.Fprintf(stdout, `
+rouse demo is running. Nothing runs behind these sockets until you connect:
+
+  curl http://%[1]s/          the hello app starts on this first request
+  echo hi | nc %[3]s           the echo app (TCP) starts on this connection
+
+Both stop again after 10 seconds without connections. Watch them with
+
+  rouse status --control %[2]s
+
+(or: go run ./cmd/rouse status --control %[2]s). Ctrl-C stops the demo and its apps.
+
+`, *hello, cfg.Control, strings.Replace(*echo, ":", " ", 1))
+	})
+	if err != nil {
+		log.Error("rouse demo", "err", err)
+		return 1
+	}
+	return 0
+}
