@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -27,6 +28,7 @@ type App struct {
 	lns   []net.Listener
 	probe procman.Probe
 	now   func() time.Time
+	http  *httpUpstream // http mode: the transport to the app
 
 	wg sync.WaitGroup // every goroutine the app starts
 
@@ -60,7 +62,7 @@ type instance struct {
 	readyAt time.Time
 	why     string                // why it was asked to stop, for the log
 	failure error                 // set when it is stopped because of failures
-	conns   map[net.Conn]struct{} // both ends of every connection handed to this process
+	conns   map[io.Closer]struct{} // both ends of every connection handed to this process
 }
 
 // Options are the app's collaborators, shared by all apps of a daemon.
@@ -94,12 +96,15 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 	default:
 		a.probe = procman.TCPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress)
 	}
+	if cfg.Mode == ModeHTTP {
+		a.http = newHTTPUpstream(cfg)
+	}
 	return a, nil
 }
 
 func (c *Config) check() error {
 	switch c.Mode {
-	case ModeTCP:
+	case ModeTCP, ModeHTTP:
 	default:
 		return fmt.Errorf("mode %q is not supported by this version of rouse", c.Mode)
 	}
@@ -117,11 +122,15 @@ func (c *Config) check() error {
 // Name is the app's name.
 func (a *App) Name() string { return a.cfg.Name }
 
-// Serve starts accepting on the app's listeners and returns at once.
+// Serve starts accepting on the app's listeners and returns at once. An
+// http app has none: an HTTPFront accepts for it and calls ServeHTTP.
 func (a *App) Serve() {
-	for _, ln := range a.lns {
-		a.wg.Add(1)
-		go a.acceptLoop(ln)
+	switch a.cfg.Mode {
+	case ModeTCP:
+		for _, ln := range a.lns {
+			a.wg.Add(1)
+			go a.acceptLoop(ln)
+		}
 	}
 }
 
@@ -142,7 +151,7 @@ func (a *App) setState(s State) {
 func (a *App) startLocked(why string) {
 	ctx, stop := context.WithCancel(context.Background())
 	a.starts++
-	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[net.Conn]struct{})}
+	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{})}
 	a.inst = inst
 	a.fails = a.fails[:0]
 	a.setState(Starting)
@@ -251,6 +260,10 @@ func (a *App) finish(inst *instance, err error) {
 	// those it had, or a client that never closes would hold them forever.
 	for c := range inst.conns {
 		c.Close()
+	}
+	if a.http != nil {
+		// Keep-alive connections to a process that is gone are dead.
+		a.http.transport.CloseIdleConnections()
 	}
 	if err == nil {
 		err = inst.failure
@@ -406,9 +419,18 @@ func (a *App) queueFullLocked() bool {
 	return a.cfg.MaxQueued > 0 && a.queued >= a.cfg.MaxQueued
 }
 
+// forget unregisters connections registered with adopt.
+func (a *App) forget(inst *instance, conns ...io.Closer) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range conns {
+		delete(inst.conns, c)
+	}
+}
+
 // release gives back a slot taken by acquire, and forgets the connections
 // that used it.
-func (a *App) release(inst *instance, conns ...net.Conn) {
+func (a *App) release(inst *instance, conns ...io.Closer) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, c := range conns {
@@ -448,16 +470,17 @@ func (a *App) failed(inst *instance, err error) {
 	}
 }
 
-// adopt registers the two ends of a connection handed to inst, so that they
+// adopt registers the ends of a connection handed to inst, so that they
 // are cut when its process ends. It fails when the process is already gone.
-func (a *App) adopt(inst *instance, client, up net.Conn) bool {
+func (a *App) adopt(inst *instance, conns ...io.Closer) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.inst != inst || a.closing {
 		return false
 	}
-	inst.conns[client] = struct{}{}
-	inst.conns[up] = struct{}{}
+	for _, c := range conns {
+		inst.conns[c] = struct{}{}
+	}
 	return true
 }
 

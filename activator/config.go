@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/rouse-dev/rouse/procman"
@@ -49,7 +50,9 @@ type Config struct {
 	BackoffMax   time.Duration // cap of the crash-loop back-off (1s, 2s, 4s, ...)
 
 	// http mode
-	Hosts              []string // Host names routed to this app on a shared listen address
-	RequestBuffer      int64    // bodies up to this many bytes are buffered for replay
-	RetryNonIdempotent bool     // replay non-idempotent requests after they reached the app
+	Hosts              []string       // Host names routed to this app on a shared listen address ("*.example.com" too)
+	RequestBuffer      int64          // bodies up to this many bytes are buffered for replay
+	RetryNonIdempotent bool           // replay non-idempotent requests after they reached the app
+	ResponseTimeout    time.Duration  // request sent -> response headers, else 504; 0 = no limit
+	TrustedProxies     []netip.Prefix // clients whose X-Forwarded-* headers are kept and extended
 }

@@ -65,6 +65,7 @@ type testApp struct {
 	*App
 	addr   string // where clients connect
 	starts string // file the backend appends "PID UNIXNANO" to at each start
+	dir    string // a temporary directory of the test
 }
 
 // newTestApp starts an app in tcp mode whose process is this test binary
@@ -89,16 +90,32 @@ func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
 	goroutines := runtime.NumGoroutine()
 	fds := countFDs(t)
-	a, err := New(cfg, []net.Listener{ln}, Options{Logger: log})
+	lns := []net.Listener{ln}
+	if cfg.Mode == ModeHTTP {
+		lns = nil // the front accepts for an http app
+	}
+	a, err := New(cfg, lns, Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.Serve()
-	ta := &testApp{App: a, addr: ln.Addr().String(), starts: starts}
+	var fronts []*HTTPFront
+	if cfg.Mode == ModeHTTP {
+		f, err := NewHTTPFront(ln, []*App{a}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fronts = append(fronts, f)
+	}
+	sup, err := NewSupervisor([]*App{a}, fronts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup.Serve()
+	ta := &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts)}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		a.Close(ctx)
+		sup.Close(ctx)
 		for _, pid := range ta.pids() {
 			if alive(pid) {
 				t.Errorf("app process %d still alive after Close", pid)

@@ -10,13 +10,15 @@ import (
 // Supervisor is the set of apps of one daemon. Its methods are safe to call
 // concurrently.
 type Supervisor struct {
-	mu   sync.Mutex
-	apps map[string]*App
+	mu     sync.Mutex
+	apps   map[string]*App
+	fronts []*HTTPFront
 }
 
-// NewSupervisor groups apps; their names must be unique.
-func NewSupervisor(apps ...*App) (*Supervisor, error) {
-	s := &Supervisor{apps: make(map[string]*App, len(apps))}
+// NewSupervisor groups apps and the HTTP fronts that route to them; app
+// names must be unique.
+func NewSupervisor(apps []*App, fronts []*HTTPFront) (*Supervisor, error) {
+	s := &Supervisor{apps: make(map[string]*App, len(apps)), fronts: fronts}
 	for _, a := range apps {
 		if _, dup := s.apps[a.Name()]; dup {
 			return nil, fmt.Errorf("app %s defined twice", a.Name())
@@ -46,10 +48,13 @@ func (s *Supervisor) App(name string) (*App, bool) {
 	return a, ok
 }
 
-// Serve starts accepting on every app's listeners.
+// Serve starts accepting on every app's listeners and every front.
 func (s *Supervisor) Serve() {
 	for _, a := range s.Apps() {
 		a.Serve()
+	}
+	for _, f := range s.fronts {
+		f.Serve()
 	}
 }
 
@@ -63,10 +68,18 @@ func (s *Supervisor) Status() []Status {
 	return out
 }
 
-// Close closes every app at once (see App.Close) and returns when all are
-// done: open connections get until ctx ends to finish.
+// Close stops accepting everywhere, gives open connections and requests
+// until ctx ends to finish, stops every app and returns when all of it is
+// done.
 func (s *Supervisor) Close(ctx context.Context) {
 	var wg sync.WaitGroup
+	for _, f := range s.fronts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.Shutdown(ctx)
+		}()
+	}
 	for _, a := range s.Apps() {
 		wg.Add(1)
 		go func() {
@@ -75,4 +88,7 @@ func (s *Supervisor) Close(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	for _, f := range s.fronts {
+		f.Close()
+	}
 }

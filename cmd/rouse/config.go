@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -599,6 +600,8 @@ func (b *builder) build(ports map[int]string) *built {
 		Hosts:              val[[]string](m, "hosts", nil),
 		RequestBuffer:      val[int64](m, "request_buffer", defaultRequestBuffer),
 		RetryNonIdempotent: val(m, "retry_non_idempotent", false),
+		ResponseTimeout:    val(m, "response_timeout", defaultResponseTime),
+		TrustedProxies:     val[[]netip.Prefix](m, "trusted_proxies", nil),
 	}
 	rd := val(m, "ready", readiness{kind: "tcp"})
 	cfg.Ready.Kind, cfg.Ready.Path = rd.kind, rd.path

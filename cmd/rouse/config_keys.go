@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -35,6 +36,7 @@ const (
 	defaultMaxFails      = 3
 	defaultFailTimeout   = 30 * time.Second
 	defaultBackoffMax    = 5 * time.Minute
+	defaultResponseTime  = 60 * time.Second
 	defaultUpstream      = "127.0.0.1:{port}"
 )
 
@@ -82,6 +84,8 @@ var appKeys = map[string]parseFunc{
 	"max_fails":            intKey(0, math.MaxInt32),
 	"fail_timeout":         durationKey(time.Nanosecond),
 	"backoff_max":          durationKey(time.Second),
+	"response_timeout":     durationKey(0),
+	"trusted_proxies":      parseTrustedProxies,
 }
 
 // stopSignals are the signals stop_signal may name.
@@ -288,6 +292,32 @@ func parseUpstream(v any, _ string) (any, error) {
 		return nil, fmt.Errorf("unix socket path %q is not absolute", p)
 	}
 	return s, nil
+}
+
+// parseTrustedProxies reads addresses or CIDR prefixes ("127.0.0.1",
+// "10.0.0.0/8", "::1") of clients whose X-Forwarded-* headers are kept.
+func parseTrustedProxies(v any, _ string) (any, error) {
+	items, err := asStrings(v)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	var errs errList
+	for _, it := range items {
+		if p, err := netip.ParsePrefix(it); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		if a, err := netip.ParseAddr(it); err == nil {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		errs = append(errs, fmt.Errorf("invalid address or prefix %q: want e.g. \"127.0.0.1\" or \"10.0.0.0/8\"", it))
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return out, nil
 }
 
 func parseHosts(v any, _ string) (any, error) {

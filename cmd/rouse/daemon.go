@@ -51,38 +51,15 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	defer guard.Close()
 
 	sockets := listeners.NewSet(log)
-	var apps []*activator.App
-	closeAll := func() {
-		for _, a := range apps {
-			a.Close(context.Background())
-		}
-	}
-	for _, ac := range cfg.Apps {
-		lns, err := listen(sockets, ac)
-		if err != nil {
-			closeAll()
-			return err
-		}
-		a, err := activator.New(ac.Config, lns, activator.Options{Logger: log, Guard: guard})
-		if err != nil {
-			for _, ln := range lns {
-				ln.Close()
-			}
-			closeAll()
-			return err
-		}
-		apps = append(apps, a)
-	}
-	sockets.CloseUnused()
-	sup, err := activator.NewSupervisor(apps...)
+	sup, err := buildApps(cfg, sockets, log, guard)
 	if err != nil {
-		closeAll()
 		return err
 	}
+	sockets.CloseUnused()
 
 	ctl, err := listenControl(sockets, cfg.Control)
 	if err != nil {
-		closeAll()
+		sup.Close(context.Background())
 		return err
 	}
 	srv := &http.Server{Handler: controlHandler(sup), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -90,7 +67,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	go func() { srvDone <- srv.Serve(ctl) }()
 
 	sup.Serve()
-	log.Info("rouse ready", "apps", len(apps), "control", cfg.Control, "version", buildVersion())
+	log.Info("rouse ready", "apps", len(cfg.Apps), "control", cfg.Control, "version", buildVersion())
 	if ready != nil {
 		ready(sup)
 	}
@@ -110,19 +87,85 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	return nil
 }
 
-func listen(sockets *listeners.Set, ac App) ([]net.Listener, error) {
-	var lns []net.Listener
-	for _, addr := range ac.Addrs {
-		l, err := sockets.Listen(addr, listeners.Options{})
-		if err != nil {
-			for _, ln := range lns {
-				ln.Close()
-			}
-			return nil, fmt.Errorf("app %s: %w", ac.Name, err)
+// buildApps binds (or takes from systemd) every listen address and builds
+// the apps: a tcp app owns its listeners; http apps sharing an address are
+// served by one HTTPFront that routes by Host. On error, everything built
+// so far is closed.
+func buildApps(cfg *Config, sockets *listeners.Set, log *slog.Logger, guard *procman.Guard) (*activator.Supervisor, error) {
+	var (
+		apps    []*activator.App
+		fronts  []*activator.HTTPFront
+		open    []net.Listener // not yet owned by an app or a front
+		byAddr  = make(map[string][]*activator.App)
+		addrs   []listeners.Addr
+		failure error
+	)
+	defer func() {
+		if failure == nil {
+			return
 		}
-		lns = append(lns, l...)
+		for _, ln := range open {
+			ln.Close()
+		}
+		for _, f := range fronts {
+			f.Close()
+		}
+		for _, a := range apps {
+			a.Close(context.Background())
+		}
+	}()
+	for _, ac := range cfg.Apps {
+		var own []net.Listener
+		if ac.Mode != activator.ModeHTTP {
+			for _, addr := range ac.Addrs {
+				lns, err := sockets.Listen(addr, listeners.Options{})
+				if err != nil {
+					failure = fmt.Errorf("app %s: %w", ac.Name, err)
+					open = append(open, own...)
+					return nil, failure
+				}
+				own = append(own, lns...)
+			}
+		}
+		a, err := activator.New(ac.Config, own, activator.Options{Logger: log, Guard: guard})
+		if err != nil {
+			failure = err
+			open = append(open, own...)
+			return nil, failure
+		}
+		apps = append(apps, a)
+		if ac.Mode == activator.ModeHTTP {
+			for _, addr := range ac.Addrs {
+				key := addr.String()
+				if _, seen := byAddr[key]; !seen {
+					addrs = append(addrs, addr)
+				}
+				byAddr[key] = append(byAddr[key], a)
+			}
+		}
 	}
-	return lns, nil
+	for _, addr := range addrs {
+		lns, err := sockets.Listen(addr, listeners.Options{})
+		if err != nil {
+			failure = err
+			return nil, failure
+		}
+		for i, ln := range lns {
+			f, err := activator.NewHTTPFront(ln, byAddr[addr.String()], log)
+			if err != nil {
+				failure = err
+				open = append(open, lns[i:]...)
+				return nil, failure
+			}
+			fronts = append(fronts, f)
+		}
+	}
+	sup, err := activator.NewSupervisor(apps, fronts)
+	if err != nil {
+		failure = err
+		return nil, failure
+	}
+	return sup, nil
 }
 
 // listenControl binds the control socket, readable and writable by rouse's

@@ -41,6 +41,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	startsFile := fs.String("starts", "", `append "PID UNIXNANO" to FILE at start`)
 	crashAfter := fs.Duration("crash-after", 0, "exit with status 1 this long after listening")
 	readyFile := fs.String("ready-file", "", "append UNIXNANO to FILE the moment the socket listens")
+	hits := fs.String("hits", "", `http: append "METHOD PATH" to FILE for every request, before handling it`)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -103,7 +104,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case "echo":
 		return serveEcho(ctx, ln, *name, *banner, logf)
 	case "http":
-		return serveHTTP(ctx, ln, *name, logf)
+		return serveHTTP(ctx, ln, *name, *hits, logf)
 	default:
 		logf("unknown -proto %q", *proto)
 		return 2
@@ -164,7 +165,7 @@ func serveEcho(ctx context.Context, ln net.Listener, name string, banner bool, l
 	}
 }
 
-func serveHTTP(ctx context.Context, ln net.Listener, name string, logf func(string, ...any)) int {
+func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, logf func(string, ...any)) int {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s (pid %d)\n", name, os.Getpid())
@@ -183,8 +184,14 @@ func serveHTTP(ctx context.Context, ln net.Listener, name string, logf func(stri
 		os.Exit(1)
 	})
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		// Read all first: net/http's HTTP/1 server is not full duplex.
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
 		w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
-		io.Copy(w, r.Body)
+		w.Write(b)
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
@@ -232,7 +239,16 @@ func serveHTTP(ctx context.Context, ln net.Listener, name string, logf func(stri
 			fmt.Fprintf(c, "%s\n", sc.Text())
 		}
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	var handler http.Handler = mux
+	if hits != "" {
+		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := appendLine(hits, r.Method+" "+r.URL.Path); err != nil {
+				logf("hits file: %v", err)
+			}
+			mux.ServeHTTP(w, r)
+		})
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -1,0 +1,472 @@
+package activator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// httpUpstream is an http app's way to its process: one Transport per app,
+// so keep-alive connections are pooled per app and dropped when it stops.
+type httpUpstream struct {
+	transport *http.Transport
+}
+
+func newHTTPUpstream(cfg Config) *httpUpstream {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	network, address := cfg.UpstreamNetwork, cfg.UpstreamAddress
+	return &httpUpstream{transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, address)
+		},
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.ResponseTimeout,
+		DisableCompression:    true,
+		ExpectContinueTimeout: 0,
+	}}
+}
+
+// ServeHTTP proxies one request to the app, starting it if needed. The
+// request is held while the app starts; its body, up to request_buffer, is
+// read first so that the request can be replayed if the app fails before
+// answering (see DESIGN.md "Retries"). An HTTPFront calls it.
+func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := a.now()
+	ctx := r.Context()
+	var body *requestBody
+	// With Expect: 100-continue the client waits for a go-ahead before
+	// sending the body; net/http sends "100 Continue" when the body is
+	// first read, so read it only once the app is ready.
+	expect := strings.EqualFold(r.Header.Get("Expect"), "100-continue")
+	if !expect {
+		var err error
+		if body, err = readBody(r, a.cfg.RequestBuffer); err != nil {
+			a.log.Debug("reading request body", "remote", r.RemoteAddr, "err", err)
+			a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+			return
+		}
+	}
+	deadline := start.Add(a.cfg.QueueTimeout)
+	retryDeadline := start.Add(a.cfg.RetryTimeout)
+	var lastErr error
+	for try := 1; ; try++ {
+		inst, err := a.acquire(ctx, deadline, try > 1)
+		if err != nil {
+			a.refuse(w, r, err, lastErr)
+			return
+		}
+		if body == nil {
+			if body, err = readBody(r, a.cfg.RequestBuffer); err != nil {
+				a.release(inst)
+				a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+				return
+			}
+		}
+		res := a.exchange(w, r, inst, body)
+		a.release(inst)
+		if res.err == nil || res.answered {
+			return
+		}
+		lastErr = res.err
+		switch {
+		case ctx.Err() != nil:
+			return // the client went away; nobody to answer
+		case res.timeout:
+			a.writeError(w, http.StatusGatewayTimeout, 0, "http_response_timeout",
+				fmt.Sprintf("the app did not answer within %s", a.cfg.ResponseTimeout))
+			return
+		}
+		a.failed(inst, res.err)
+		if res.sent && !a.replayable(r, body) {
+			a.log.Info("request failed, not replayed", "method", r.Method, "path", r.URL.Path, "err", res.err)
+			a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
+				"the app broke the connection before answering; the request was not repeated because it may have had an effect")
+			return
+		}
+		if try >= a.cfg.RetryTries || !a.now().Before(retryDeadline) {
+			if res.sent {
+				a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
+					fmt.Sprintf("the app broke the connection %d times", try))
+			} else {
+				a.writeError(w, http.StatusServiceUnavailable, time.Second, "connection_refused",
+					fmt.Sprintf("the app refused the connection %d times", try))
+			}
+			return
+		}
+		a.log.Debug("retrying request", "method", r.Method, "path", r.URL.Path, "try", try, "err", res.err)
+		deadline = retryDeadline
+		if !a.pause(time.Duration(try) * 10 * time.Millisecond) {
+			a.refuse(w, r, ErrClosing, lastErr)
+			return
+		}
+	}
+}
+
+// replayable reports whether a request that reached the app but got no
+// response byte back may be sent again.
+func (a *App) replayable(r *http.Request, body *requestBody) bool {
+	if !body.replayable() {
+		return false
+	}
+	if a.cfg.RetryNonIdempotent {
+		return true
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// exchangeResult says how one attempt went.
+type exchangeResult struct {
+	err      error // nil: the response went to the client
+	answered bool  // the client got a response (or part of one): never retry
+	sent     bool  // request bytes reached the app
+	timeout  bool  // the app was too slow to answer
+}
+
+// exchange sends r to the app once and copies the response back.
+func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, body *requestBody) exchangeResult {
+	var sent atomic.Bool
+	trace := &httptrace.ClientTrace{WroteHeaders: func() { sent.Store(true) }}
+	out := a.outgoing(r, body, httptrace.WithClientTrace(r.Context(), trace))
+	resp, err := a.http.transport.RoundTrip(out)
+	if err != nil {
+		var ne net.Error
+		timeout := errors.As(err, &ne) && ne.Timeout() && r.Context().Err() == nil
+		return exchangeResult{err: err, sent: sent.Load(), timeout: timeout}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return a.upgrade(w, r, inst, resp)
+	}
+
+	h := w.Header()
+	removeHopHeaders(resp.Header)
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	for k := range resp.Trailer {
+		h.Add("Trailer", k)
+	}
+	w.WriteHeader(resp.StatusCode)
+	// A response of unknown length (SSE, streaming) is flushed as it comes;
+	// one of known length is left to net/http's buffering.
+	dst := clientWriter{w: w}
+	if resp.ContentLength < 0 {
+		dst.flush = http.NewResponseController(w)
+	}
+	if _, err := io.Copy(dst, resp.Body); err != nil {
+		if r.Context().Err() == nil && !isWriteError(err) {
+			// The app broke the response halfway: the client must see a
+			// cut connection, not a complete-looking short body.
+			a.failed(inst, err)
+			a.log.Info("response cut by the app", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		panic(http.ErrAbortHandler)
+	}
+	for k, vv := range resp.Trailer {
+		h[http.TrailerPrefix+k] = vv
+	}
+	return exchangeResult{answered: true}
+}
+
+// isWriteError reports whether a copy failed on the client's side.
+func isWriteError(err error) bool {
+	var we writeError
+	return errors.As(err, &we)
+}
+
+type writeError struct{ error }
+
+func (e writeError) Unwrap() error { return e.error }
+
+// clientWriter marks errors as the client's, and when flush is set flushes
+// after every write, so streamed responses (SSE) reach the client as the
+// app sends them.
+type clientWriter struct {
+	w     io.Writer
+	flush *http.ResponseController
+}
+
+func (c clientWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		return n, writeError{err}
+	}
+	if c.flush != nil {
+		if err := c.flush.Flush(); err != nil {
+			return n, writeError{err}
+		}
+	}
+	return n, nil
+}
+
+// outgoing builds the request to the app: same method, URI, Host and
+// headers, minus hop-by-hop headers, plus X-Forwarded-*.
+func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) *http.Request {
+	out := r.Clone(ctx)
+	out.RequestURI = ""
+	out.URL.Scheme = "http"
+	out.URL.Host = r.Host
+	out.Close = false
+	out.Body, out.ContentLength = body.reader(r.ContentLength)
+	removeHopHeaders(out.Header)
+	out.Header.Del("Expect") // rouse already has the body, or streams it now
+	if up := upgradeType(r.Header); up != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", up)
+	}
+	if r.Header.Get("Te") == "trailers" {
+		out.Header.Set("Te", "trailers")
+	}
+	a.setForwarded(r, out)
+	return out
+}
+
+// setForwarded sets X-Forwarded-For/-Proto/-Host. What the client sent is
+// replaced unless the client is a trusted proxy (trusted_proxies), whose
+// values are kept and extended.
+func (a *App) setForwarded(r *http.Request, out *http.Request) {
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		ip = "" // a unix socket client has no address
+	}
+	trusted := a.trusted(ip)
+	xff := ip
+	if prior := r.Header.Values("X-Forwarded-For"); trusted && len(prior) > 0 {
+		xff = strings.Join(prior, ", ")
+		if ip != "" {
+			xff += ", " + ip
+		}
+	}
+	if xff != "" {
+		out.Header.Set("X-Forwarded-For", xff)
+	} else {
+		out.Header.Del("X-Forwarded-For")
+	}
+	if !trusted || out.Header.Get("X-Forwarded-Proto") == "" {
+		proto := "http"
+		if r.TLS != nil {
+			proto = "https"
+		}
+		out.Header.Set("X-Forwarded-Proto", proto)
+	}
+	if !trusted || out.Header.Get("X-Forwarded-Host") == "" {
+		out.Header.Set("X-Forwarded-Host", r.Host)
+	}
+	if !trusted {
+		out.Header.Del("Forwarded")
+	}
+}
+
+func (a *App) trusted(ip string) bool {
+	if len(a.cfg.TrustedProxies) == 0 {
+		return false
+	}
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, p := range a.cfg.TrustedProxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// hopHeaders are meant for one connection, not to be forwarded (RFC 9110
+// 7.6.1), as in net/http/httputil.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h.Values("Connection") {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = http.CanonicalHeaderKey(strings.TrimSpace(sf)); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+}
+
+func upgradeType(h http.Header) string {
+	for _, v := range h.Values("Connection") {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), "upgrade") {
+				return h.Get("Upgrade")
+			}
+		}
+	}
+	return ""
+}
+
+// upgrade connects a client whose request the app answered with 101
+// Switching Protocols (WebSocket and the like) to the app, byte for byte.
+// The open connection counts as activity until both sides are done.
+func (a *App) upgrade(w http.ResponseWriter, r *http.Request, inst *instance, resp *http.Response) exchangeResult {
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		a.writeError(w, http.StatusBadGateway, 0, "http_protocol_error", "the app switched protocols on a connection rouse cannot pass on")
+		return exchangeResult{answered: true}
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		up.Close()
+		return exchangeResult{answered: true}
+	}
+	defer conn.Close()
+	defer up.Close()
+	// The request's slot stays taken while the connection is open: it
+	// keeps the app up, and the caller releases it when this returns.
+	if !a.adopt(inst, conn, up) {
+		return exchangeResult{answered: true}
+	}
+	defer a.forget(inst, conn, up)
+	proto := resp.Header.Get("Upgrade")
+	removeHopHeaders(resp.Header)
+	resp.Header.Set("Connection", "Upgrade")
+	resp.Header.Set("Upgrade", proto)
+	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
+	resp.Header.Write(brw)
+	brw.WriteString("\r\n")
+	if err := brw.Flush(); err != nil {
+		return exchangeResult{answered: true}
+	}
+	// The upgraded connection to the app cannot be half-closed, so when
+	// either side is done both are closed.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(up, brw) // brw first holds what the client sent after its request
+		up.Close()
+	}()
+	io.Copy(conn, up)
+	conn.Close()
+	up.Close()
+	<-done
+	return exchangeResult{answered: true}
+}
+
+// refuse answers a request rouse could not hand to the app.
+func (a *App) refuse(w http.ResponseWriter, r *http.Request, err, lastErr error) {
+	var be *BackoffError
+	switch {
+	case errors.As(err, &be):
+		wait := be.Until.Sub(a.now())
+		a.writeError(w, http.StatusServiceUnavailable, wait, "destination_unavailable",
+			fmt.Sprintf("the app failed to start and is in back-off for %s more (last error: %s)", roundUp(wait), be.Last))
+	case errors.Is(err, ErrQueueFull):
+		a.writeError(w, http.StatusServiceUnavailable, time.Second, "connection_limit_reached",
+			"too many requests are already waiting for the app")
+	case errors.Is(err, ErrQueueTimeout):
+		if lastErr != nil {
+			a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
+				fmt.Sprintf("the app failed and was not back within retry_timeout: %v", lastErr))
+			return
+		}
+		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
+			fmt.Sprintf("the app was not ready within %s", a.cfg.QueueTimeout))
+	case errors.Is(err, ErrClosing):
+		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
+			"rouse is shutting down")
+	case r.Context().Err() != nil:
+		// The client went away while its request was held.
+	default:
+		a.writeError(w, http.StatusServiceUnavailable, time.Second, "destination_unavailable", err.Error())
+	}
+}
+
+func roundUp(d time.Duration) time.Duration {
+	return time.Duration(math.Ceil(d.Seconds())) * time.Second
+}
+
+// writeError writes a response rouse makes itself: short, plain text,
+// never cached, naming the app and the reason, with an RFC 9209
+// Proxy-Status naming the error type.
+func (a *App) writeError(w http.ResponseWriter, code int, retryAfter time.Duration, proxyError, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Proxy-Status", "rouse; error="+proxyError)
+	if retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(max(1, roundUp(retryAfter)/time.Second))))
+	}
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "%d %s: rouse: app %s: %s\n", code, http.StatusText(code), a.cfg.Name, msg)
+}
+
+// requestBody is a request's body as rouse holds it: complete in memory
+// (replayable), or a prefix plus the rest still on the client connection.
+type requestBody struct {
+	buf      []byte
+	rest     io.Reader // nil when buf is the whole body
+	consumed atomic.Bool
+}
+
+// readBody reads up to limit bytes of r's body.
+func readBody(r *http.Request, limit int64) (*requestBody, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return &requestBody{}, nil
+	}
+	if r.ContentLength > limit {
+		return &requestBody{rest: r.Body}, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) <= limit {
+		return &requestBody{buf: b}, nil
+	}
+	return &requestBody{buf: b, rest: r.Body}, nil
+}
+
+// replayable reports whether the whole body can still be sent again.
+func (b *requestBody) replayable() bool { return b.rest == nil || !b.consumed.Load() }
+
+// reader returns a fresh reader over the body for one attempt, and the
+// length to announce (-1 when streaming without a known length).
+func (b *requestBody) reader(declared int64) (io.ReadCloser, int64) {
+	if b.rest == nil {
+		if len(b.buf) == 0 {
+			return http.NoBody, 0
+		}
+		return io.NopCloser(bytes.NewReader(b.buf)), int64(len(b.buf))
+	}
+	// The Transport closes the body it is given, even on errors; the
+	// client's body must stay open in case this attempt never sent it.
+	return io.NopCloser(io.MultiReader(bytes.NewReader(b.buf), consumeReader{b})), declared
+}
+
+type consumeReader struct{ b *requestBody }
+
+func (c consumeReader) Read(p []byte) (int, error) {
+	n, err := c.b.rest.Read(p)
+	if n > 0 {
+		c.b.consumed.Store(true)
+	}
+	return n, err
+}

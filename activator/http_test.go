@@ -1,0 +1,447 @@
+package activator
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// newHTTPTestApp is newTestApp in http mode; the backend notes every
+// request it receives in the returned hits file.
+func newHTTPTestApp(t testing.TB, args []string, edit func(*Config)) (*testApp, string) {
+	t.Helper()
+	hits := filepath.Join(t.TempDir(), "hits")
+	ta := newTestApp(t, append([]string{"-proto", "http", "-hits", hits}, args...), func(c *Config) {
+		c.Mode = ModeHTTP
+		c.RequestBuffer = 1 << 20
+		c.ResponseTimeout = 30 * time.Second
+		if edit != nil {
+			edit(c)
+		}
+	})
+	return ta, hits
+}
+
+// hitCount counts the requests for path the app received.
+func hitCount(t testing.TB, hits, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(hits)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	n := 0
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) == 2 && f[1] == path {
+			n++
+		}
+	}
+	return n
+}
+
+func get(t testing.TB, client *http.Client, url string) (*http.Response, string) {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s body: %v", url, err)
+	}
+	return resp, string(b)
+}
+
+func newClient(t testing.TB) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 500}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+func TestHTTPColdStartManyRequestsOneSpawn(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, []string{"-delay", "300ms"}, nil)
+	client := newClient(t)
+	const n = 300
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Get("http://" + ta.addr + "/")
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.HasPrefix(string(b), "hello from backend") {
+				errs <- fmt.Sprintf("%d %q", resp.StatusCode, b)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if pids := ta.pids(); len(pids) != 1 {
+		t.Errorf("%d spawns for %d concurrent first requests, want 1", len(pids), n)
+	}
+}
+
+// The seed regression: a route that answers 500 is the app's answer. It is
+// passed through, never counted, never retried; the app keeps serving.
+func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
+	ta, hits := newHTTPTestApp(t, nil, func(c *Config) { c.MaxFails = 1 })
+	client := newClient(t)
+	for range 20 {
+		resp, body := get(t, client, "http://"+ta.addr+"/broken")
+		if resp.StatusCode != 500 || !strings.Contains(body, "broken on purpose") {
+			t.Fatalf("/broken: %d %q, want the app's own 500", resp.StatusCode, body)
+		}
+		if resp, _ := get(t, client, "http://"+ta.addr+"/"); resp.StatusCode != 200 {
+			t.Fatalf("/ after /broken: %d", resp.StatusCode)
+		}
+	}
+	if n := hitCount(t, hits, "/broken"); n != 20 {
+		t.Errorf("/broken reached the app %d times for 20 requests: retried?", n)
+	}
+	st := ta.Status()
+	if st.Starts != 1 || st.Failures != 0 || st.State != Ready {
+		t.Errorf("status %+v, want 1 start, 0 failures, ready", st)
+	}
+}
+
+func TestHTTPPostThatKillsTheAppIsSentOnceAnd502(t *testing.T) {
+	ta, hits := newHTTPTestApp(t, nil, nil)
+	client := newClient(t)
+	resp, err := client.Post("http://"+ta.addr+"/crash", "text/plain", strings.NewReader("payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("POST /crash: %d %q, want 502", resp.StatusCode, body)
+	}
+	if got := resp.Header.Get("Cache-Control"); got != "no-store" {
+		t.Errorf("Cache-Control %q, want no-store", got)
+	}
+	if !strings.Contains(string(body), "app t") {
+		t.Errorf("502 body %q should name the app", body)
+	}
+	if n := hitCount(t, hits, "/crash"); n != 1 {
+		t.Errorf("POST /crash delivered %d times, want exactly once", n)
+	}
+}
+
+func TestHTTPGetInFlightWhenAppKilledIsAnsweredByTheRestart(t *testing.T) {
+	ta, hits := newHTTPTestApp(t, nil, nil)
+	client := newClient(t)
+	get(t, client, "http://"+ta.addr+"/") // start it
+	pid := ta.Status().PID
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := client.Get("http://" + ta.addr + "/sleep?d=300ms")
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(b), nil}
+	}()
+	waitFor(t, "the GET to reach the app", func() bool { return hitCount(t, hits, "/sleep") == 1 })
+	syscall.Kill(pid, syscall.SIGKILL)
+	r := <-done
+	if r.err != nil || r.code != 200 || !strings.HasPrefix(r.body, "slept") {
+		t.Fatalf("GET in flight during a crash: %d %q %v, want 200 from the restarted app", r.code, r.body, r.err)
+	}
+	if st := ta.Status(); st.Starts != 2 || st.PID == pid {
+		t.Errorf("starts %d pid %d, want a second process", st.Starts, st.PID)
+	}
+}
+
+func TestHTTPUpgradeIsPassedThroughAndCountsAsActivity(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.IdleTimeout = 100 * time.Millisecond })
+	c, err := net.Dial("tcp", ta.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("upgrade answered %d %v", resp.StatusCode, resp.Header)
+	}
+	// Well past idle_timeout, the open upgraded connection keeps the app up.
+	for i := range 5 {
+		fmt.Fprintf(c, "line %d\n", i)
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("line %d\n", i) {
+			t.Fatalf("echo over the upgraded connection: %q %v", line, err)
+		}
+		if st := ta.Status(); st.State != Ready || st.Conns != 1 {
+			t.Fatalf("with an upgraded connection open: %s, %d conns", st.State, st.Conns)
+		}
+		time.Sleep(60 * time.Millisecond) // letting idle_timeout pass, not waiting for a condition
+	}
+	c.Close()
+	ta.waitState(t, Idle)
+}
+
+func TestHTTPStreamedResponseIsFlushed(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	client := newClient(t)
+	resp, err := client.Get("http://" + ta.addr + "/sse?n=1000") // 20 s in all
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("data: %d\n", i) {
+			t.Fatalf("event %d: %q %v (a buffering proxy would hold it until the end)", i, line, err)
+		}
+		br.ReadString('\n')
+	}
+}
+
+func TestHTTPHostRouting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two apps behind one address; the test harness's own listener of
+	// each is unused.
+	a := newTestAppNoListen(t, "a", []string{"-name", "app-a"}, []string{"a.example.com"})
+	b := newTestAppNoListen(t, "b", []string{"-name", "app-b"}, []string{"*.b.example.com"})
+	f, err := NewHTTPFront(ln, []*App{a, b}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Serve()
+	defer f.Close()
+	client := newClient(t)
+	for host, want := range map[string]string{
+		"a.example.com":        "hello from app-a",
+		"A.Example.Com:80":     "hello from app-a",
+		"x.b.example.com":      "hello from app-b",
+		"deep.x.b.example.com": "hello from app-b",
+	} {
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(string(body), want) {
+			t.Errorf("Host %s: %d %q, want %q", host, resp.StatusCode, body, want)
+		}
+	}
+	for _, host := range []string{"b.example.com", "unknown.example.com"} {
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 404 || !strings.Contains(string(body), "no app for host") {
+			t.Errorf("Host %s: %d %q, want 404 naming the host", host, resp.StatusCode, body)
+		}
+	}
+}
+
+// newTestAppNoListen is an http app for a front the test builds itself.
+func newTestAppNoListen(t *testing.T, name string, args []string, hosts []string) *App {
+	t.Helper()
+	port := freePort(t)
+	cfg := testConfig("shared", "127.0.0.1:"+strconv.Itoa(port), os.DevNull)
+	cfg.Name, cfg.Mode, cfg.Hosts = name, ModeHTTP, hosts
+	cfg.RequestBuffer, cfg.ResponseTimeout = 1<<20, 30*time.Second
+	cfg.Process.Argv = append(cfg.Process.Argv, append([]string{"-proto", "http"}, args...)...)
+	a, err := New(cfg, nil, Options{Logger: nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(t.Context()) })
+	return a
+}
+
+func TestHTTPBadRequestsFromClients(t *testing.T) {
+	ta, hits := newHTTPTestApp(t, nil, nil)
+	raw := func(req string) string {
+		c, err := net.Dial("tcp", ta.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, req)
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+	if got := raw("GARBAGE\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 400") {
+		t.Errorf("malformed request answered %q, want 400", got)
+	}
+	huge := "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 200<<10) + "\r\n\r\n"
+	if got := raw(huge); !strings.HasPrefix(got, "HTTP/1.1 431") {
+		t.Errorf("200 KiB header answered %q, want 431", got)
+	}
+	if n := hitCount(t, hits, "/"); n != 0 {
+		t.Errorf("bad requests reached the app %d times", n)
+	}
+	if st := ta.Status(); st.Starts != 0 {
+		t.Errorf("bad requests started the app")
+	}
+}
+
+func TestHTTPBodies(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.RequestBuffer = 64 << 10 })
+	client := newClient(t)
+	for _, size := range []int{0, 1, 64 << 10, 64<<10 + 1, 5 << 20} {
+		body := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
+		resp, err := client.Post("http://"+ta.addr+"/echo", "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("POST %d bytes: %v", size, err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(got, body) {
+			t.Errorf("POST %d bytes (request_buffer 64 KiB): %d, %d bytes back", size, resp.StatusCode, len(got))
+		}
+	}
+}
+
+func TestHTTPExpectContinueAnsweredWhenReady(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, []string{"-delay", "300ms"}, nil)
+	c, err := net.Dial("tcp", ta.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
+		t.Fatalf("first line %q %v, want 100 Continue", line, err)
+	}
+	if st := ta.Status(); st.State != Ready {
+		t.Errorf("100 Continue sent while the app was %s", st.State)
+	}
+	br.ReadString('\n')
+	io.WriteString(c, "hello")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "hello" {
+		t.Errorf("after 100-continue: %d %q", resp.StatusCode, b)
+	}
+}
+
+func TestHTTPForwardedHeadersAreReplaced(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	client := newClient(t)
+	req, _ := http.NewRequest("GET", "http://"+ta.addr+"/headers", nil)
+	req.Host = "blog.example.com"
+	req.Header.Set("X-Forwarded-For", "6.6.6.6")
+	req.Header.Set("X-Forwarded-Host", "evil.example.com")
+	req.Header.Set("Connection", "keep-alive, X-Hop")
+	req.Header.Set("X-Hop", "drop me")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	h, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET / HTTP/1.1\r\n" + string(b) + "\r\n")))
+	if err != nil {
+		t.Fatalf("parsing the headers the app saw: %v\n%s", err, b)
+	}
+	for k, want := range map[string]string{
+		"X-Forwarded-For":   "127.0.0.1",
+		"X-Forwarded-Host":  "blog.example.com",
+		"X-Forwarded-Proto": "http",
+		"X-Hop":             "",
+	} {
+		if got := h.Header.Get(k); got != want {
+			t.Errorf("app saw %s: %q, want %q", k, got, want)
+		}
+	}
+}
+
+func TestHTTPIdleKeepAliveDoesNotKeepTheAppUp(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.IdleTimeout = 100 * time.Millisecond })
+	client := newClient(t)
+	_, body1 := get(t, client, "http://"+ta.addr+"/pid")
+	// The client keeps its connection to rouse open and idle, as nginx's
+	// upstream keepalive pool does; the app still stops.
+	ta.waitState(t, Idle)
+	_, body2 := get(t, client, "http://"+ta.addr+"/pid")
+	if body1 == body2 {
+		t.Errorf("same pid %s after an idle stop", body1)
+	}
+	if st := ta.Status(); st.Starts != 2 {
+		t.Errorf("starts = %d, want 2", st.Starts)
+	}
+}
+
+func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
+	broken, _ := newHTTPTestApp(t, []string{"-exit", "1"}, nil)
+	healthy, _ := newHTTPTestApp(t, nil, nil)
+	client := newClient(t)
+	resp, body := get(t, client, "http://"+broken.addr+"/")
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("first request to a crashing app: %d %q %v, want 503 with Retry-After", resp.StatusCode, body, resp.Header)
+	}
+	for range 20 {
+		start := time.Now()
+		resp, body := get(t, client, "http://"+broken.addr+"/")
+		if took := time.Since(start); took > 500*time.Millisecond {
+			t.Errorf("503 during back-off took %s, want at once", took)
+		}
+		ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if resp.StatusCode != 503 || ra < 1 || !strings.Contains(body, "back-off") {
+			t.Errorf("during back-off: %d Retry-After %q %q", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+		}
+		if resp, _ := get(t, client, "http://"+healthy.addr+"/"); resp.StatusCode != 200 {
+			t.Errorf("neighbour app answered %d", resp.StatusCode)
+		}
+	}
+	if n := len(broken.pids()); n != 1 {
+		t.Errorf("%d spawns during the first back-off second, want 1", n)
+	}
+}
