@@ -169,6 +169,7 @@ command = ["/usr/bin/blog", "--port", "{port}"]
 			FailTimeout:     30 * time.Second,
 			BackoffMax:      5 * time.Minute,
 			RequestBuffer:   1 << 20,
+			ResponseTimeout: time.Minute,
 		},
 		Addrs:  []listeners.Addr{{Kind: listeners.TCP, Address: "127.0.0.1:8001"}},
 		Port:   41000,
