@@ -11,6 +11,11 @@
 //   - No signal is sent to a group after its leader was reaped.
 //   - Done is closed only after the child was reaped and its output drained
 //     (bounded in time), so StderrTail then holds its last words.
+//   - With Spec.Notify a child gets its own abstract NOTIFY_SOCKET, read by one
+//     goroutine of its Process. Only its group, its uid and root are heard;
+//     every fd a message carries is closed at once (sd_notify barriers wait
+//     for that). Done is closed only after what was queued was read, the
+//     reader returned and the socket was closed.
 //   - A child never outlives rouse for long: Pdeathsig kills the leader and a
 //     Guard process kills whole groups when rouse dies without stopping them.
 //   - procman keeps no package-level state and logs nothing; the child's own

@@ -111,6 +111,8 @@ func helperMain(mode string) int {
 		//lint:ignore SA5002 burning CPU is the point
 		for {
 		}
+	case "notify":
+		return helperNotify()
 	case "rouse":
 		// Plays rouse: guards an app that has a grandchild, then waits to be
 		// SIGKILLed by the test.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -38,6 +40,14 @@ type Spec struct {
 	// Guard, when set, is told about the process group so that it is killed
 	// if rouse itself dies without stopping it.
 	Guard *Guard
+	// Notify gives the process its own NOTIFY_SOCKET (an abstract unix
+	// socket, which overrides one in Env) to report readiness the systemd
+	// way (sd_notify(3)): READY=1, STATUS=, STOPPING=1, EXTEND_TIMEOUT_USEC=
+	// and so on, in datagrams of up to 4 KiB. WaitReady then waits for
+	// READY=1 instead of probing. See Ready and NotifyState. Without Notify
+	// the process gets no NOTIFY_SOCKET (rouse's own is not passed on)
+	// unless Env sets one.
+	Notify bool
 }
 
 // ErrRoot is returned by Start when rouse runs as root and Spec.User is empty.
@@ -57,6 +67,8 @@ type Process struct {
 
 	outputMu sync.Mutex // serializes calls to output
 	tail     lineRing   // last stderr lines
+
+	notify *notifier // nil unless Spec.Notify
 
 	done chan struct{}
 	err  error // written before done is closed
@@ -108,7 +120,7 @@ func Start(spec Spec) (*Process, error) {
 		}
 	}
 	cmd.Dir = spec.Dir
-	cmd.Env = append(append(os.Environ(), env...), spec.Env...)
+	cmd.Env = append(append(inheritedEnv(), env...), spec.Env...)
 	cmd.ExtraFiles = spec.ExtraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true,
@@ -116,16 +128,32 @@ func Start(spec Spec) (*Process, error) {
 		Credential: cred,
 	}
 
+	if spec.Notify {
+		if p.notify, err = newNotifier(); err != nil {
+			return nil, fmt.Errorf("start %s: %w", spec.Name, err)
+		}
+		cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+p.notify.addr)
+	}
+
 	readers, err := p.attachOutput(cmd)
 	if err != nil {
+		p.notify.abort()
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	p.startedAt = time.Now()
 	if err := cmd.Start(); err != nil {
 		readers.abort()
+		p.notify.abort()
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	readers.started()
+	if p.notify != nil {
+		uid := uint32(os.Getuid())
+		if cred != nil {
+			uid = cred.Uid
+		}
+		p.notify.start(cmd.Process.Pid, uid)
+	}
 
 	p.cmd = cmd
 	p.pid = cmd.Process.Pid
@@ -134,6 +162,13 @@ func Start(spec Spec) (*Process, error) {
 	p.guard.add(p.pid)
 	go p.reap(readers)
 	return p, nil
+}
+
+// inheritedEnv is rouse's environment without NOTIFY_SOCKET: that one is
+// how rouse talks to its own service manager, never the app's.
+func inheritedEnv() []string {
+	env := os.Environ()
+	return slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "NOTIFY_SOCKET=") })
 }
 
 // command builds the exec.Cmd for argv or the shell string of spec.
@@ -155,7 +190,7 @@ func command(spec Spec) (*exec.Cmd, error) {
 
 // reap waits for the leader to exit, kills what is left of its group while the
 // pgid is still reserved by the unreaped leader, reaps it, drains its output
-// and only then publishes the result.
+// and notify socket and only then publishes the result.
 func (p *Process) reap(readers *outputReaders) {
 	var err error
 	for {
@@ -175,6 +210,9 @@ func (p *Process) reap(readers *outputReaders) {
 	err = p.cmd.Wait()
 	p.guard.remove(p.pid)
 	readers.drain()
+	if p.notify != nil {
+		p.notify.stop()
+	}
 
 	if err != nil {
 		p.err = fmt.Errorf("run %s pid %d: %w", p.name, p.pid, err)
@@ -190,7 +228,8 @@ func (p *Process) StartedAt() time.Time { return p.startedAt }
 
 // Done is closed once the process has exited, was reaped, the rest of its
 // group was killed and its output was read to the end (or for at most
-// OutputDrainTimeout after the leader exited).
+// OutputDrainTimeout after the leader exited). With Spec.Notify, the
+// messages queued on the notify socket were read too and it is closed.
 func (p *Process) Done() <-chan struct{} { return p.done }
 
 // Err returns the exit error once Done is closed (nil for status 0 and

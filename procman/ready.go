@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -94,7 +95,18 @@ func HTTPProbe(network, address, path string) Probe {
 // carries the exit status and the last stderr line. When timeout passes the
 // error wraps ErrNotReady and the last probe error; timeout <= 0 means only
 // ctx bounds the wait. WaitReady returns only after its probe call returned.
+//
+// For a process started with Spec.Notify, ready means READY=1 received and
+// probe is ignored (it may be nil). EXTEND_TIMEOUT_USEC=N moves the timeout
+// to at least N microseconds after the message arrived. Errors are as above,
+// with the last STATUS= in place of the probe error.
 func WaitReady(ctx context.Context, p *Process, probe Probe, timeout time.Duration) error {
+	if p.notify != nil {
+		return p.waitNotified(ctx, timeout)
+	}
+	if probe == nil {
+		return fmt.Errorf("ready %s pid %d: no probe and not started with Notify", p.name, p.pid)
+	}
 	attemptCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -155,14 +167,62 @@ func WaitReady(ctx context.Context, p *Process, probe Probe, timeout time.Durati
 	}
 }
 
-// exitedError describes an exit before ready: the status and the last stderr
-// line, which usually says why. It wraps ErrExited and the *exec.ExitError.
+// waitNotified is WaitReady for a process started with Spec.Notify.
+func (p *Process) waitNotified(ctx context.Context, timeout time.Duration) error {
+	began := time.Now()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	expired := timer.C
+	if timeout <= 0 {
+		timer.Stop()
+		expired = nil
+	}
+	for {
+		select {
+		case <-p.notify.ready:
+			select {
+			case <-p.Done(): // it said READY=1 but is gone
+				return p.exitedError()
+			default:
+				return nil
+			}
+		case <-p.Done():
+			return p.exitedError()
+		case <-expired:
+			// Checked only now: an extension can only move the deadline
+			// later, so the timer never fires too late.
+			if left := time.Until(p.notify.extendedUntil()); left > 0 {
+				timer.Reset(left)
+				continue
+			}
+			err := fmt.Errorf("ready %s pid %d: %w after %s: no READY=1", p.name, p.pid, ErrNotReady, time.Since(began).Round(time.Millisecond))
+			if status := p.NotifyStatus(); status != "" {
+				err = fmt.Errorf("%w (status: %q)", err, status)
+			}
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("ready %s pid %d: %w", p.name, p.pid, ctx.Err())
+		}
+	}
+}
+
+// exitedError describes an exit before ready: the status, what a Notify app
+// last sent in STATUS= and ERRNO=, and the last stderr line, which usually
+// say why. It wraps ErrExited and the *exec.ExitError.
 func (p *Process) exitedError() error {
 	status := errors.New("exit status 0")
 	if err := p.Err(); err != nil {
 		status = errors.Unwrap(err) // without the "run NAME pid PID" prefix
 	}
 	err := fmt.Errorf("ready %s pid %d: %w: %w", p.name, p.pid, ErrExited, status)
+	// Read to the end once Done is closed: what a Notify app said last.
+	st := p.NotifyState()
+	if st.Status != "" {
+		err = fmt.Errorf("%w (status: %q)", err, st.Status)
+	}
+	if st.Errno != 0 {
+		err = fmt.Errorf("%w (errno %d: %v)", err, st.Errno, syscall.Errno(st.Errno))
+	}
 	if tail := p.StderrTail(1); len(tail) > 0 {
 		err = fmt.Errorf("%w (stderr: %q)", err, tail[0])
 	}
