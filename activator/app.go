@@ -36,9 +36,10 @@ type App struct {
 	state        State
 	changed      chan struct{}
 	inst         *instance // the current process, nil when idle or in back-off
-	closing      bool
-	active       int // connections handed to the app (status: conns)
-	queued       int // connections waiting for ready or a free slot
+	draining     bool      // Close began: no new connections, held ones are still served
+	closing      bool      // the drain is over: nothing more is served
+	active       int       // connections handed to the app (status: conns)
+	queued       int       // connections waiting for ready or a free slot
 	conns        map[net.Conn]struct{}
 	idleSince    time.Time
 	idleTimer    *time.Timer
@@ -60,8 +61,8 @@ type instance struct {
 	stop    context.CancelFunc
 	proc    *procman.Process
 	readyAt time.Time
-	why     string                // why it was asked to stop, for the log
-	failure error                 // set when it is stopped because of failures
+	why     string                 // why it was asked to stop, for the log
+	failure error                  // set when it is stopped because of failures
 	conns   map[io.Closer]struct{} // both ends of every connection handed to this process
 }
 
@@ -93,6 +94,8 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 	switch cfg.Ready.Kind {
 	case "http":
 		a.probe = procman.HTTPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress, cfg.Ready.Path)
+	case "notify":
+		a.cfg.Process.Notify = true // readiness is the app's READY=1; no probe
 	default:
 		a.probe = procman.TCPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress)
 	}
@@ -109,7 +112,7 @@ func (c *Config) check() error {
 		return fmt.Errorf("mode %q is not supported by this version of rouse", c.Mode)
 	}
 	switch c.Ready.Kind {
-	case "tcp", "http":
+	case "tcp", "http", "notify":
 	default:
 		return fmt.Errorf("ready %q is not supported by this version of rouse", c.Ready.Kind)
 	}
@@ -362,6 +365,9 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 	defer func() {
 		if waiting {
 			a.queued--
+			if a.draining {
+				a.broadcast() // Close may be waiting for the queue to empty
+			}
 		}
 	}()
 	var timer *time.Timer
@@ -437,7 +443,7 @@ func (a *App) release(inst *instance, conns ...io.Closer) {
 		delete(inst.conns, c)
 	}
 	a.active--
-	if a.queued > 0 || (a.closing && a.active == 0) {
+	if a.queued > 0 || (a.draining && a.active == 0) {
 		a.broadcast() // a slot is free for a held connection, or Close may go on
 	}
 	if a.active == 0 && a.state == Ready && a.queued == 0 {
@@ -587,25 +593,21 @@ func waitChange(ctx context.Context, ch <-chan struct{}, deadline time.Time) err
 	}
 }
 
-// Close stops accepting, lets open connections finish until ctx ends, cuts
-// the rest, stops the process and returns when every goroutine of the app
-// has exited. Connections still held for a start are closed.
+// Close stops accepting (connections not accepted yet stay in the kernel's
+// backlog, for the next rouse when systemd holds the sockets), serves the
+// connections already accepted, held ones included, until they are done or
+// ctx ends, cuts the rest, stops the process and returns when every
+// goroutine of the app has exited.
 func (a *App) Close(ctx context.Context) {
 	a.mu.Lock()
-	a.closing = true
-	a.broadcast()
-	if a.backoffTimer != nil {
-		a.backoffTimer.Stop()
-	}
+	a.draining = true
 	a.mu.Unlock()
 	for _, ln := range a.lns {
 		ln.Close()
 	}
-
-	// Drain: wait for the proxied connections to end by themselves.
 	for {
 		a.mu.Lock()
-		n, ch := a.active, a.changed
+		n, ch := a.active+a.queued, a.changed
 		a.mu.Unlock()
 		if n == 0 {
 			break
@@ -619,6 +621,11 @@ func (a *App) Close(ctx context.Context) {
 	}
 
 	a.mu.Lock()
+	a.closing = true
+	a.broadcast()
+	if a.backoffTimer != nil {
+		a.backoffTimer.Stop()
+	}
 	for c := range a.conns {
 		c.Close()
 	}

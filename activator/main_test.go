@@ -117,6 +117,12 @@ func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
 		defer cancel()
 		sup.Close(ctx)
 		for _, pid := range ta.pids() {
+			// A process of the group that is not our child (the app's
+			// own child) is reaped by init, which takes its time.
+			deadline := time.Now().Add(2 * time.Second)
+			for alive(pid) && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond) // polling with a deadline
+			}
 			if alive(pid) {
 				t.Errorf("app process %d still alive after Close", pid)
 				syscall.Kill(-pid, syscall.SIGKILL)
@@ -222,15 +228,26 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// alive reports whether pid runs, or is a zombie of ours: procman must
+// reap its children, so an unreaped child is a leak. The zombie of a
+// process that is not our child is init's to reap and counts as dead.
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return false
 	}
-	// A zombie ("Z") is dead but not reaped: that is a leak too, so it
-	// counts as alive here.
 	s := string(b)
-	return !strings.Contains(s[strings.LastIndexByte(s, ')'):], ") X")
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 2 {
+		return false
+	}
+	switch f[0] {
+	case "X":
+		return false
+	case "Z":
+		return f[1] == strconv.Itoa(os.Getpid())
+	}
+	return true
 }
 
 func freePort(t testing.TB) int {

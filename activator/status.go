@@ -25,6 +25,7 @@ type Status struct {
 	Command      []string   `json:"command,omitempty"`
 	Upstream     string     `json:"upstream,omitempty"`
 	StderrTail   []string   `json:"stderr_tail,omitempty"`
+	AppStatus    string     `json:"app_status,omitempty"` // the app's last sd_notify STATUS=
 }
 
 // Status returns a snapshot of the app. It samples the process's RSS and
@@ -66,6 +67,14 @@ func (a *App) Status() Status {
 			st.RSSBytes, st.CPUPercent = s.RSS, s.CPUPercent
 		}
 		st.StderrTail = p.StderrTail(10)
+		st.AppStatus = p.NotifyStatus()
 	}
 	return st
+}
+
+// State returns the app's state without sampling anything.
+func (a *App) State() State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state
 }

@@ -92,3 +92,28 @@ func (s *Supervisor) Close(ctx context.Context) {
 		f.Close()
 	}
 }
+
+// Summary counts the apps by state, cheaply (no /proc reads): what rouse
+// tells systemd in STATUS=.
+type Summary struct {
+	Apps, Running, Backoff int
+}
+
+// Summary returns the counts for all apps.
+func (s *Supervisor) Summary() Summary {
+	var sum Summary
+	for _, a := range s.Apps() {
+		sum.Apps++
+		switch a.State() {
+		case Starting, Ready, Stopping:
+			sum.Running++
+		case Backoff:
+			sum.Backoff++
+		}
+	}
+	return sum
+}
+
+func (s Summary) String() string {
+	return fmt.Sprintf("%d apps, %d running, %d in back-off", s.Apps, s.Running, s.Backoff)
+}

@@ -2,8 +2,11 @@ package activator
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -324,4 +327,52 @@ func TestCloseDrainsAndStops(t *testing.T) {
 	if alive(pid) {
 		t.Errorf("app %d alive after Close", pid)
 	}
+}
+
+func TestNotifyReadiness(t *testing.T) {
+	t.Run("go app", func(t *testing.T) {
+		ta := newTestApp(t, []string{"-proto", "echo", "-notify"}, func(c *Config) { c.Ready = Readiness{Kind: "notify"} })
+		if got, err := echo(t, ta.addr, "hi"); err != nil || got != "hi" {
+			t.Fatalf("echo through a notify-ready app: %q %v", got, err)
+		}
+		if st := ta.Status(); !strings.HasPrefix(st.AppStatus, "serving on ") {
+			t.Errorf("status shows the app's STATUS= as %q", st.AppStatus)
+		}
+	})
+	t.Run("shell script with systemd-notify", func(t *testing.T) {
+		if _, err := exec.LookPath("systemd-notify"); err != nil {
+			t.Fatal("systemd-notify is not installed (make deps installs systemd)")
+		}
+		ta := newTestApp(t, nil, func(c *Config) {
+			c.Ready = Readiness{Kind: "notify"}
+			c.StartTimeout = 3 * time.Second // a BARRIER=1 fd left open would hang systemd-notify ~5 s
+			ready := filepath.Join(filepath.Dir(startsFile(c.Process.Argv)), "ready")
+			argv := append(c.Process.Argv, "-proto", "echo", "-ready-file", ready)
+			c.Process.Argv = nil
+			// The script is the app's process; it says READY=1 once the
+			// backend it started listens.
+			c.Process.Shell = fmt.Sprintf(`'%s' & until [ -s %s ]; do sleep 0.01; done; systemd-notify --ready --status="from a script"; wait`,
+				strings.Join(argv, "' '"), ready)
+		})
+		start := time.Now()
+		if got, err := echo(t, ta.addr, "hi"); err != nil || got != "hi" {
+			t.Fatalf("echo through a script-notified app: %q %v", got, err)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("ready after %s", took)
+		}
+		if st := ta.Status(); st.AppStatus != "from a script" {
+			t.Errorf("app status %q", st.AppStatus)
+		}
+	})
+}
+
+// startsFile returns the -starts file of a backend argv.
+func startsFile(argv []string) string {
+	for i, a := range argv {
+		if a == "-starts" && i+1 < len(argv) {
+			return argv[i+1]
+		}
+	}
+	return ""
 }

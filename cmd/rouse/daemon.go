@@ -29,7 +29,7 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 	if cfg == nil {
 		return code
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log := newLogger(stderr, cfg.LogLevel)
 	if err := serve(ctx, cfg, log, nil); err != nil {
 		log.Error("rouse stopped", "err", err)
 		return 1
@@ -40,6 +40,10 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 // serve runs the daemon for cfg until ctx ends, then drains and stops every
 // app. ready, when set, is called once every socket is bound.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activator.Supervisor)) error {
+	// First, before anything is spawned: the notifier takes NOTIFY_SOCKET
+	// out of the environment the apps inherit.
+	notify := newNotifier(log)
+	defer notify.close()
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find rouse's own executable: %w", err)
@@ -67,12 +71,22 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	go func() { srvDone <- srv.Serve(ctl) }()
 
 	sup.Serve()
-	log.Info("rouse ready", "apps", len(cfg.Apps), "control", cfg.Control, "version", buildVersion())
+	notify.send("READY=1\nSTATUS=" + sup.Summary().String())
+	log.Info("rouse ready", "apps", len(cfg.Apps), "control", cfg.Control, "version", buildVersion(), "systemd_notify", notify.String())
 	if ready != nil {
 		ready(sup)
 	}
+	notifyCtx, stopNotify := context.WithCancel(ctx)
+	notifyDone := make(chan struct{})
+	go func() {
+		defer close(notifyDone)
+		notify.run(notifyCtx, sup)
+	}()
 
 	<-ctx.Done()
+	stopNotify()
+	<-notifyDone
+	notify.send("STOPPING=1\nSTATUS=stopping: draining connections and stopping apps")
 	log.Info("shutting down: draining connections and stopping apps", "drain_timeout", cfg.DrainTimeout)
 	drain, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -57,7 +56,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	if cfg == nil {
 		return code
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log := newLogger(stderr, cfg.LogLevel)
 	err = serve(ctx, cfg, log, func(*activator.Supervisor) {
 		fmt.Fprintf(stdout, `
 rouse demo is running. Nothing runs behind these sockets until you connect:

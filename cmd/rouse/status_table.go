@@ -49,6 +49,9 @@ func writeStatusDetail(w io.Writer, s activator.Status, now time.Time) {
 	if s.Starts > 0 {
 		row("last start took", fmt.Sprintf("%.1f ms", s.LastStartMS))
 	}
+	if s.AppStatus != "" {
+		row("app status", s.AppStatus)
+	}
 	row("last error", dash(s.LastError != "", s.LastError))
 	tw.Flush()
 	if len(s.StderrTail) > 0 {

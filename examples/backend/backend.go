@@ -41,6 +41,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	startsFile := fs.String("starts", "", `append "PID UNIXNANO" to FILE at start`)
 	crashAfter := fs.Duration("crash-after", 0, "exit with status 1 this long after listening")
 	readyFile := fs.String("ready-file", "", "append UNIXNANO to FILE the moment the socket listens")
+	notify := fs.Bool("notify", false, "send READY=1 to $NOTIFY_SOCKET once listening (sd_notify)")
 	hits := fs.String("hits", "", `http: append "METHOD PATH" to FILE for every request, before handling it`)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -91,6 +92,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	logf("%s: pid %d listening on %s", *name, os.Getpid(), ln.Addr())
+	if *notify {
+		if err := sdNotify("READY=1\nSTATUS=serving on " + ln.Addr().String()); err != nil {
+			logf("sd_notify: %v", err)
+			return 1
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -109,6 +116,21 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		logf("unknown -proto %q", *proto)
 		return 2
 	}
+}
+
+// sdNotify sends one sd_notify(3) datagram to $NOTIFY_SOCKET.
+func sdNotify(state string) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return errors.New("no NOTIFY_SOCKET")
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
 }
 
 func appendLine(file, line string) error {
