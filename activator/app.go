@@ -30,6 +30,8 @@ type App struct {
 	now   func() time.Time
 	http  *httpUpstream // http mode: the transport to the app
 
+	metrics *metrics
+
 	wg sync.WaitGroup // every goroutine the app starts
 
 	mu           sync.Mutex
@@ -90,6 +92,7 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		now:     time.Now,
 		changed: make(chan struct{}),
 		conns:   make(map[net.Conn]struct{}),
+		metrics: newMetrics(),
 	}
 	switch cfg.Ready.Kind {
 	case "http":
@@ -186,7 +189,7 @@ func (a *App) run(inst *instance) {
 	t0 := a.now()
 	p, err := procman.Start(spec)
 	if err != nil {
-		a.finish(inst, err)
+		a.finish(inst, err, FailSpawn)
 		return
 	}
 	a.mu.Lock()
@@ -197,22 +200,26 @@ func (a *App) run(inst *instance) {
 	if err != nil {
 		if inst.ctx.Err() != nil { // asked to stop while starting
 			a.stopProcess(p)
-			a.finish(inst, nil)
+			a.finish(inst, nil, "")
 			return
 		}
 		p.Kill()
 		<-p.Done()
-		a.finish(inst, fmt.Errorf("start: %w", err))
+		kind := FailNotReady
+		if errors.Is(err, procman.ErrExited) {
+			kind = FailExit
+		}
+		a.finish(inst, fmt.Errorf("start: %w", err), kind)
 		return
 	}
 	a.ready(inst, a.now().Sub(t0))
 
 	select {
 	case <-p.Done():
-		a.finish(inst, exitError(p))
+		a.finish(inst, exitError(p), FailCrash)
 	case <-inst.ctx.Done():
 		a.stopProcess(p)
-		a.finish(inst, nil)
+		a.finish(inst, nil, "")
 	}
 }
 
@@ -243,6 +250,7 @@ func (a *App) ready(inst *instance, took time.Duration) {
 	}
 	inst.readyAt = a.now()
 	a.lastStart = took
+	a.metrics.started(took)
 	a.setState(Ready)
 	a.log.Info("ready", "state", Ready, "pid", inst.proc.Pid(), "took", took.Round(time.Microsecond))
 	if a.active == 0 && a.queued == 0 {
@@ -250,9 +258,9 @@ func (a *App) ready(inst *instance, took time.Duration) {
 	}
 }
 
-// finish records the end of an instance: failure -> back-off, else idle,
-// and starts again at once when connections are waiting.
-func (a *App) finish(inst *instance, err error) {
+// finish records the end of an instance: failure (of kind) -> back-off,
+// else idle, and starts again at once when connections are waiting.
+func (a *App) finish(inst *instance, err error, kind string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.inst != inst {
@@ -268,8 +276,8 @@ func (a *App) finish(inst *instance, err error) {
 		// Keep-alive connections to a process that is gone are dead.
 		a.http.transport.CloseIdleConnections()
 	}
-	if err == nil {
-		err = inst.failure
+	if err == nil && inst.failure != nil {
+		err, kind = inst.failure, FailTooMany
 	}
 	p := inst.proc
 	pid := 0
@@ -289,10 +297,12 @@ func (a *App) finish(inst *instance, err error) {
 		a.consecutive = 0 // it ran long enough to count as healthy
 	}
 	if err != nil {
+		a.metrics.failure(kind)
 		a.failLocked(err, pid)
 		return
 	}
 	if inst.why != "" {
+		a.metrics.stop(inst.why)
 		a.log.Info("stopped", "state", Idle, "pid", pid, "why", inst.why)
 	}
 	a.setState(Idle)
@@ -376,6 +386,7 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 			timer.Stop()
 		}
 	}()
+	arrived := a.now()
 	for {
 		if a.closing {
 			return nil, ErrClosing
@@ -384,6 +395,9 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 		case Ready:
 			if a.cfg.MaxConns <= 0 || a.active < a.cfg.MaxConns {
 				a.active++
+				if waiting {
+					a.metrics.waited(a.now().Sub(arrived))
+				}
 				return a.inst, nil
 			}
 		case Idle:
@@ -461,6 +475,7 @@ func (a *App) failed(inst *instance, err error) {
 	}
 	now := a.now()
 	a.log.Debug("connection failed", "err", err)
+	a.metrics.failure(FailRefused)
 	if a.cfg.MaxFails <= 0 {
 		return
 	}

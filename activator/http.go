@@ -152,6 +152,7 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		a.metrics.outcome(statusClass(resp.StatusCode))
 		return a.upgrade(w, r, inst, resp)
 	}
 
@@ -163,6 +164,7 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 	for k := range resp.Trailer {
 		h.Add("Trailer", k)
 	}
+	a.metrics.outcome(statusClass(resp.StatusCode))
 	w.WriteHeader(resp.StatusCode)
 	// A response of unknown length (SSE, streaming) is flushed as it comes;
 	// one of known length is left to net/http's buffering.
@@ -398,6 +400,11 @@ func (a *App) refuse(w http.ResponseWriter, r *http.Request, err, lastErr error)
 	}
 }
 
+// statusClass is "2xx" for 200..299 and so on.
+func statusClass(code int) string {
+	return strconv.Itoa(code/100) + "xx"
+}
+
 func roundUp(d time.Duration) time.Duration {
 	return time.Duration(math.Ceil(d.Seconds())) * time.Second
 }
@@ -414,6 +421,7 @@ func (a *App) writeError(w http.ResponseWriter, code int, retryAfter time.Durati
 	if retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int(max(1, roundUp(retryAfter)/time.Second))))
 	}
+	a.metrics.outcome("rouse_" + strconv.Itoa(code))
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "%d %s: rouse: app %s: %s\n", code, http.StatusText(code), a.cfg.Name, msg)
 }

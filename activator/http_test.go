@@ -122,6 +122,10 @@ func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
 	if st.Starts != 1 || st.Failures != 0 || st.State != Ready {
 		t.Errorf("status %+v, want 1 start, 0 failures, ready", st)
 	}
+	m := ta.Metrics()
+	if m.Outcomes["5xx"] != 20 || m.Outcomes["2xx"] != 20 || len(m.Failures) != 0 || m.ColdStart.Count != 1 || m.Starts != 1 {
+		t.Errorf("metrics %+v, want 20 5xx, 20 2xx, no failure, one cold start", m)
+	}
 }
 
 func TestHTTPPostThatKillsTheAppIsSentOnceAnd502(t *testing.T) {

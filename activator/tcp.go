@@ -63,12 +63,16 @@ func (a *App) serveConn(c net.Conn) {
 	defer c.Close()
 	inst, up, err := a.connect(context.Background(), c)
 	if err != nil {
+		a.metrics.outcome(OutcomeRefused)
 		a.log.Info("connection refused", "remote", c.RemoteAddr().String(), "why", describeErr(err))
 		return
 	}
+	a.metrics.outcome(OutcomeServed)
 	defer a.release(inst, c, up)
 	defer up.Close()
-	if err := proxy(c, up); err != nil && resetBy(err, up) {
+	in, out, err := proxy(c, up)
+	a.metrics.bytes(in, out)
+	if err != nil && resetBy(err, up) {
 		a.failed(inst, err)
 	}
 }
@@ -118,16 +122,21 @@ func (a *App) dial(ctx context.Context) (net.Conn, error) {
 }
 
 // proxy copies both ways until both directions are done, passing each
-// half-close on. It returns the first error that is not a plain end of
-// stream. Between two TCP connections io.Copy uses splice(2).
-func proxy(client, up net.Conn) error {
-	errc := make(chan error, 1)
+// half-close on, and returns the bytes copied each way and the first error
+// that is not a plain end of stream. Between two TCP connections io.Copy
+// uses splice(2).
+func proxy(client, up net.Conn) (in, out int64, err error) {
+	type result struct {
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
-		_, err := io.Copy(up, client)
+		n, err := io.Copy(up, client)
 		closeWrite(up)
-		errc <- err
+		done <- result{n, err}
 	}()
-	_, err := io.Copy(client, up)
+	out, err = io.Copy(client, up)
 	if err != nil {
 		// The app broke the exchange: cut the client too instead of
 		// waiting for it to stop sending.
@@ -136,10 +145,11 @@ func proxy(client, up net.Conn) error {
 	} else {
 		closeWrite(client)
 	}
-	if err2 := <-errc; err == nil {
-		err = err2
+	r := <-done
+	if err == nil {
+		err = r.err
 	}
-	return err
+	return r.n, out, err
 }
 
 func closeWrite(c net.Conn) {

@@ -169,6 +169,11 @@ func TestCrashLoopBacksOff(t *testing.T) {
 	if !strings.Contains(st.LastError, "exiting with status 3") {
 		t.Errorf("last_error %q should carry the app's last stderr line", st.LastError)
 	}
+	m := ta.Metrics()
+	if m.Failures[FailExit] != 3 || m.Outcomes[OutcomeRefused] != uint64(refused) || m.ColdStart.Count != 0 {
+		t.Errorf("metrics: failures %v outcomes %v cold starts %d; want 3 %s, %d refused, none",
+			m.Failures, m.Outcomes, m.ColdStart.Count, FailExit, refused)
+	}
 	t.Logf("%d connections refused, 3 spawns", refused)
 }
 
