@@ -181,7 +181,7 @@ func cmdStatus(ctx context.Context, args []string, getenv func(string) string, s
 	case len(pos) == 1:
 		writeStatusDetail(stdout, reply.Apps[0], time.Now())
 	default:
-		writeStatusTable(stdout, reply.Apps)
+		writeStatusTable(stdout, reply.Apps, time.Now())
 	}
 	return 0
 }

@@ -11,12 +11,16 @@ import (
 )
 
 // writeStatusTable prints one line per app in units a person reads.
-func writeStatusTable(w io.Writer, apps []activator.Status) {
+func writeStatusTable(w io.Writer, apps []activator.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "APP\tSTATE\tPID\tUPTIME\tRSS\tCPU\tCONNS\tQUEUED\tSTARTS\tFAILS\tLAST ERROR")
 	for _, s := range apps {
+		state := s.State.String()
+		if s.BackoffUntil != nil {
+			state += " " + max(0, s.BackoffUntil.Sub(now)).Round(time.Second).String()
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n",
-			s.Name, s.State, dash(s.PID != 0, fmt.Sprint(s.PID)), dash(s.PID != 0, humanDuration(s.UptimeS)),
+			s.Name, state, dash(s.PID != 0, fmt.Sprint(s.PID)), dash(s.PID != 0, humanDuration(s.UptimeS)),
 			dash(s.RSSBytes != 0, humanBytes(s.RSSBytes)), dash(s.PID != 0, fmt.Sprintf("%.1f%%", s.CPUPercent)),
 			s.Conns, s.Queued, s.Starts, s.Failures, dash(s.LastError != "", truncate(s.LastError, 60)))
 	}
@@ -46,7 +50,7 @@ func writeStatusDetail(w io.Writer, s activator.Status, now time.Time) {
 	row("queued", fmt.Sprint(s.Queued))
 	row("starts", fmt.Sprint(s.Starts))
 	row("failures", fmt.Sprint(s.Failures))
-	if s.Starts > 0 {
+	if s.LastStartMS > 0 {
 		row("last start took", fmt.Sprintf("%.1f ms", s.LastStartMS))
 	}
 	if s.AppStatus != "" {
