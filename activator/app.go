@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rouse-dev/rouse/procman"
@@ -26,11 +27,17 @@ type App struct {
 	log   *slog.Logger
 	guard *procman.Guard
 	lns   []net.Listener
-	probe procman.Probe
+	cfgp  atomic.Pointer[Config] // replaced whole by Reconfigure; read with config()
+	probe procman.Probe          // set by the mode (handoff); else derived from the config at each start
 	now   func() time.Time
-	http  *httpUpstream // http mode: the transport to the app
+	http  atomic.Pointer[httpUpstream] // http mode: the transport to the app
+
+	shim    []string // handoff and inetd modes: Options.ExecShim
+	handoff *handoff // handoff mode: the sockets handed to the app
 
 	metrics *metrics
+	pool    *pool         // shared capacity; nil when no limit is set
+	rssSeen atomic.Uint64 // the largest RSS seen of the last run: what a start will need
 
 	wg sync.WaitGroup // every goroutine the app starts
 
@@ -53,25 +60,32 @@ type App struct {
 	failures     int
 	lastStart    time.Duration
 	lastErr      string
+	lastUsed     time.Time // when the last connection ended, for LRU
 }
 
 // instance is one start of the app's process. Its fields other than gen,
 // ctx and stop are written under App.mu.
 type instance struct {
-	gen     int
-	ctx     context.Context // cancelled to ask run to stop the process
-	stop    context.CancelFunc
-	proc    *procman.Process
-	readyAt time.Time
-	why     string                 // why it was asked to stop, for the log
-	failure error                  // set when it is stopped because of failures
-	conns   map[io.Closer]struct{} // both ends of every connection handed to this process
+	gen      int
+	ctx      context.Context // cancelled to ask run to stop the process
+	stop     context.CancelFunc
+	proc     *procman.Process
+	readyAt  time.Time
+	why      string                 // why it was asked to stop, for the log
+	failure  error                  // set when it is stopped because of failures
+	conns    map[io.Closer]struct{} // both ends of every connection handed to this process
+	pooled   bool                   // holds a run slot of the pool
+	booting  bool                   // holds a start slot of the pool
+	retiring bool                   // a reload changed the command: hand it nothing new, stop it when done
 }
 
 // Options are the app's collaborators, shared by all apps of a daemon.
 type Options struct {
 	Logger *slog.Logger   // nil: slog.Default()
 	Guard  *procman.Guard // nil: no guard process (tests)
+	// ExecShim is the argv that runs ExecMain, e.g. rouse's hidden verb
+	// ["/proc/self/exe", "__exec"]; handoff and inetd apps need it.
+	ExecShim []string
 }
 
 // New returns an app that serves on lns once Serve is called. It takes
@@ -85,7 +99,6 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		log = slog.Default()
 	}
 	a := &App{
-		cfg:     cfg,
 		log:     log.With("app", cfg.Name),
 		guard:   opts.Guard,
 		lns:     lns,
@@ -94,23 +107,20 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		conns:   make(map[net.Conn]struct{}),
 		metrics: newMetrics(),
 	}
-	switch cfg.Ready.Kind {
-	case "http":
-		a.probe = procman.HTTPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress, cfg.Ready.Path)
-	case "notify":
-		a.cfg.Process.Notify = true // readiness is the app's READY=1; no probe
-	default:
-		a.probe = procman.TCPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress)
-	}
+	cfg.Process.Notify = cfg.Ready.Kind == "notify" // readiness is the app's READY=1
+	a.cfgp.Store(&cfg)
 	if cfg.Mode == ModeHTTP {
-		a.http = newHTTPUpstream(cfg)
+		a.http.Store(newHTTPUpstream(cfg))
+	}
+	if err := a.setupShimmed(opts.ExecShim); err != nil {
+		return nil, fmt.Errorf("app %s: %w", cfg.Name, err)
 	}
 	return a, nil
 }
 
 func (c *Config) check() error {
 	switch c.Mode {
-	case ModeTCP, ModeHTTP:
+	case ModeTCP, ModeHTTP, ModeHandoff, ModeInetd:
 	default:
 		return fmt.Errorf("mode %q is not supported by this version of rouse", c.Mode)
 	}
@@ -126,17 +136,46 @@ func (c *Config) check() error {
 }
 
 // Name is the app's name.
-func (a *App) Name() string { return a.cfg.Name }
+func (a *App) Name() string { return a.config().Name }
 
-// Serve starts accepting on the app's listeners and returns at once. An
-// http app has none: an HTTPFront accepts for it and calls ServeHTTP.
+// config returns the app's settings; a reload may replace them between two
+// calls, so a function that needs several fields to agree reads it once.
+func (a *App) config() *Config { return a.cfgp.Load() }
+
+// readiness is how a start of the app with cfg learns it is ready.
+func (a *App) readiness(cfg *Config) procman.Probe {
+	switch {
+	case a.probe != nil:
+		return a.probe
+	case cfg.Ready.Kind == "http":
+		return procman.HTTPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress, cfg.Ready.Path)
+	case cfg.Ready.Kind == "notify":
+		return nil
+	}
+	return procman.TCPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress)
+}
+
+// Serve starts accepting on the app's listeners and returns at once; a
+// keep_warm app is started now. An http app has no listeners of its own:
+// an HTTPFront accepts for it and calls ServeHTTP.
 func (a *App) Serve() {
-	switch a.cfg.Mode {
+	if a.config().KeepWarm {
+		a.mu.Lock()
+		if a.state == Idle && !a.closing {
+			a.startLocked("keep_warm")
+		}
+		a.mu.Unlock()
+	}
+	switch a.config().Mode {
 	case ModeTCP:
 		for _, ln := range a.lns {
 			a.wg.Add(1)
 			go a.acceptLoop(ln)
 		}
+	case ModeHandoff:
+		a.serveHandoff()
+	case ModeInetd:
+		a.serveInetd()
 	}
 }
 
@@ -153,11 +192,36 @@ func (a *App) setState(s State) {
 	}
 }
 
-// startLocked spawns a new instance; call with mu held, in Idle.
+// startLocked starts the app, or, when the pool has no room now, queues it
+// there and leaves it Idle with its connections held; call with mu held,
+// in Idle.
 func (a *App) startLocked(why string) {
+	if a.pool != nil && !a.pool.admit(a) {
+		a.log.Debug("waiting for capacity", "why", why)
+		return
+	}
+	a.spawnLocked(why)
+}
+
+// grant is the pool's answer to admit: a run and a start slot are taken for
+// the app. It reports whether the app used them.
+func (a *App) grant() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Idle || a.closing || (a.queued == 0 && !a.config().KeepWarm) {
+		return false
+	}
+	a.spawnLocked("capacity freed")
+	return true
+}
+
+// spawnLocked starts a new instance; call with mu held, in Idle, with pool
+// slots taken if there is a pool.
+func (a *App) spawnLocked(why string) {
 	ctx, stop := context.WithCancel(context.Background())
 	a.starts++
-	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{})}
+	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{}),
+		pooled: a.pool != nil, booting: a.pool != nil}
 	a.inst = inst
 	a.fails = a.fails[:0]
 	a.setState(Starting)
@@ -180,14 +244,15 @@ func (a *App) stopLocked(why string, failure error) {
 func (a *App) run(inst *instance) {
 	defer a.wg.Done()
 	defer inst.stop()
-	spec := a.cfg.Process
-	spec.Name = a.cfg.Name
+	cfg := a.config() // this start runs with the settings in force now
+	spec := cfg.Process
+	spec.Name = cfg.Name
 	spec.Guard = a.guard
 	if spec.Output == nil {
 		spec.Output = func(stream, line string) { a.log.Info(line, "stream", stream) }
 	}
 	t0 := a.now()
-	p, err := procman.Start(spec)
+	p, err := a.spawn(spec)
 	if err != nil {
 		a.finish(inst, err, FailSpawn)
 		return
@@ -196,7 +261,7 @@ func (a *App) run(inst *instance) {
 	inst.proc = p
 	a.mu.Unlock()
 
-	err = procman.WaitReady(inst.ctx, p, a.probe, a.cfg.StartTimeout)
+	err = procman.WaitReady(inst.ctx, p, a.readiness(cfg), cfg.StartTimeout)
 	if err != nil {
 		if inst.ctx.Err() != nil { // asked to stop while starting
 			a.stopProcess(p)
@@ -213,11 +278,14 @@ func (a *App) run(inst *instance) {
 		return
 	}
 	a.ready(inst, a.now().Sub(t0))
+	unwatch := a.watchConns(inst) // handoff: the app's connections, sampled
 
 	select {
 	case <-p.Done():
+		unwatch()
 		a.finish(inst, exitError(p), FailCrash)
 	case <-inst.ctx.Done():
+		unwatch()
 		a.stopProcess(p)
 		a.finish(inst, nil, "")
 	}
@@ -250,6 +318,14 @@ func (a *App) ready(inst *instance, took time.Duration) {
 	}
 	inst.readyAt = a.now()
 	a.lastStart = took
+	if inst.booting {
+		inst.booting = false
+		a.pool.started()
+	}
+	if inst.retiring && a.active == 0 {
+		a.stopLocked("reload", nil)
+		return
+	}
 	a.metrics.started(took)
 	a.setState(Ready)
 	a.log.Info("ready", "state", Ready, "pid", inst.proc.Pid(), "took", took.Round(time.Microsecond))
@@ -267,14 +343,20 @@ func (a *App) finish(inst *instance, err error, kind string) {
 		return
 	}
 	a.inst = nil
+	if inst.booting {
+		a.pool.started()
+	}
+	if inst.pooled {
+		defer a.pool.stopped(a) // after the state below is set
+	}
 	// A process that is gone has no live connections: cut both ends of
 	// those it had, or a client that never closes would hold them forever.
 	for c := range inst.conns {
 		c.Close()
 	}
-	if a.http != nil {
+	if up := a.http.Load(); up != nil {
 		// Keep-alive connections to a process that is gone are dead.
-		a.http.transport.CloseIdleConnections()
+		up.transport.CloseIdleConnections()
 	}
 	if err == nil && inst.failure != nil {
 		err, kind = inst.failure, FailTooMany
@@ -306,7 +388,7 @@ func (a *App) finish(inst *instance, err error, kind string) {
 		a.log.Info("stopped", "state", Idle, "pid", pid, "why", inst.why)
 	}
 	a.setState(Idle)
-	if a.queued > 0 && !a.closing {
+	if (a.queued > 0 || a.config().KeepWarm) && !a.closing {
 		a.startLocked("connections waiting")
 	}
 }
@@ -315,7 +397,7 @@ func (a *App) failLocked(err error, pid int) {
 	now := a.now()
 	a.failures++
 	a.consecutive++
-	delay := backoffDelay(a.consecutive, a.cfg.BackoffMax)
+	delay := backoffDelay(a.consecutive, a.config().BackoffMax)
 	a.backoffUntil = now.Add(delay)
 	a.lastErr = err.Error()
 	a.setState(Backoff)
@@ -333,8 +415,8 @@ func (a *App) backoffOver() {
 		return
 	}
 	a.setState(Idle)
-	if a.queued > 0 && !a.closing {
-		a.startLocked("connections waiting after back-off")
+	if (a.queued > 0 || a.config().KeepWarm) && !a.closing {
+		a.startLocked("back-off over")
 	}
 }
 
@@ -342,23 +424,24 @@ func (a *App) backoffOver() {
 // last connection went away.
 func (a *App) armIdleLocked() {
 	a.idleSince = a.now()
-	if a.cfg.IdleTimeout <= 0 {
+	if a.config().IdleTimeout <= 0 {
 		return
 	}
 	if a.idleTimer == nil {
-		a.idleTimer = time.AfterFunc(a.cfg.IdleTimeout, a.idleCheck)
+		a.idleTimer = time.AfterFunc(a.config().IdleTimeout, a.idleCheck)
 		return
 	}
-	a.idleTimer.Reset(a.cfg.IdleTimeout)
+	a.idleTimer.Reset(a.config().IdleTimeout)
 }
 
 func (a *App) idleCheck() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Ready || a.active > 0 || a.queued > 0 || a.closing {
+	cfg := a.config() // a reload may have changed idle_timeout since the timer was armed
+	if a.state != Ready || a.active > 0 || a.queued > 0 || a.closing || cfg.KeepWarm || cfg.IdleTimeout <= 0 {
 		return
 	}
-	if left := a.cfg.IdleTimeout - a.now().Sub(a.idleSince); left > 0 {
+	if left := cfg.IdleTimeout - a.now().Sub(a.idleSince); left > 0 {
 		a.idleTimer.Reset(left)
 		return
 	}
@@ -393,7 +476,7 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 		}
 		switch a.state {
 		case Ready:
-			if a.cfg.MaxConns <= 0 || a.active < a.cfg.MaxConns {
+			if !a.inst.retiring && (a.config().MaxConns <= 0 || a.active < a.config().MaxConns) {
 				a.active++
 				if waiting {
 					a.metrics.waited(a.now().Sub(arrived))
@@ -407,7 +490,7 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 			a.startLocked("connection")
 		case Backoff:
 			if !retrying || !a.backoffUntil.Before(deadline) {
-				return nil, &BackoffError{App: a.cfg.Name, Until: a.backoffUntil, Last: a.lastErr}
+				return nil, &BackoffError{App: a.config().Name, Until: a.backoffUntil, Last: a.lastErr}
 			}
 		}
 		if !waiting {
@@ -436,7 +519,7 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 }
 
 func (a *App) queueFullLocked() bool {
-	return a.cfg.MaxQueued > 0 && a.queued >= a.cfg.MaxQueued
+	return a.config().MaxQueued > 0 && a.queued >= a.config().MaxQueued
 }
 
 // forget unregisters connections registered with adopt.
@@ -457,6 +540,11 @@ func (a *App) release(inst *instance, conns ...io.Closer) {
 		delete(inst.conns, c)
 	}
 	a.active--
+	a.lastUsed = a.now()
+	a.retireIfDoneLocked()
+	if a.active == 0 && a.pool != nil {
+		a.pool.idle()
+	}
 	if a.queued > 0 || (a.draining && a.active == 0) {
 		a.broadcast() // a slot is free for a held connection, or Close may go on
 	}
@@ -476,18 +564,18 @@ func (a *App) failed(inst *instance, err error) {
 	now := a.now()
 	a.log.Debug("connection failed", "err", err)
 	a.metrics.failure(FailRefused)
-	if a.cfg.MaxFails <= 0 {
+	if a.config().MaxFails <= 0 {
 		return
 	}
 	keep := a.fails[:0]
 	for _, t := range a.fails {
-		if now.Sub(t) < a.cfg.FailTimeout {
+		if now.Sub(t) < a.config().FailTimeout {
 			keep = append(keep, t)
 		}
 	}
 	a.fails = append(keep, now)
-	if len(a.fails) >= a.cfg.MaxFails {
-		a.stopLocked("failures", fmt.Errorf("%d failures within %s, last: %w", len(a.fails), a.cfg.FailTimeout, err))
+	if len(a.fails) >= a.config().MaxFails {
+		a.stopLocked("failures", fmt.Errorf("%d failures within %s, last: %w", len(a.fails), a.config().FailTimeout, err))
 	}
 }
 
@@ -525,6 +613,9 @@ func (a *App) untrack(c net.Conn) {
 // Start starts the app if it is not running (a back-off is cut short) and
 // waits until it is ready or failed.
 func (a *App) Start(ctx context.Context) error {
+	if a.config().Mode == ModeInetd {
+		return a.inetdStart()
+	}
 	a.mu.Lock()
 	if a.state == Backoff {
 		if a.backoffTimer != nil {
@@ -533,7 +624,7 @@ func (a *App) Start(ctx context.Context) error {
 		a.setState(Idle)
 	}
 	a.mu.Unlock()
-	deadline := a.now().Add(a.cfg.StartTimeout + a.cfg.Process.StopTimeout + 10*time.Second)
+	deadline := a.now().Add(a.config().StartTimeout + a.config().Process.StopTimeout + 10*time.Second)
 	for {
 		a.mu.Lock()
 		switch a.state {
@@ -549,12 +640,12 @@ func (a *App) Start(ctx context.Context) error {
 		case Backoff:
 			err := errors.New(a.lastErr)
 			a.mu.Unlock()
-			return fmt.Errorf("start %s: %w", a.cfg.Name, err)
+			return fmt.Errorf("start %s: %w", a.config().Name, err)
 		}
 		ch := a.changed
 		a.mu.Unlock()
 		if err := waitChange(ctx, ch, deadline); err != nil {
-			return fmt.Errorf("start %s: %w", a.cfg.Name, err)
+			return fmt.Errorf("start %s: %w", a.config().Name, err)
 		}
 	}
 }
@@ -562,7 +653,10 @@ func (a *App) Start(ctx context.Context) error {
 // Stop stops the app's process (connections still open are cut by its
 // exit) and waits until it is idle. A later connection starts it again.
 func (a *App) Stop(ctx context.Context) error {
-	deadline := a.now().Add(a.cfg.Process.StopTimeout + a.cfg.StartTimeout + 10*time.Second)
+	if a.config().Mode == ModeInetd {
+		return a.inetdStop(ctx)
+	}
+	deadline := a.now().Add(a.config().Process.StopTimeout + a.config().StartTimeout + 10*time.Second)
 	for {
 		a.mu.Lock()
 		switch a.state {
@@ -582,7 +676,7 @@ func (a *App) Stop(ctx context.Context) error {
 		ch := a.changed
 		a.mu.Unlock()
 		if err := waitChange(ctx, ch, deadline); err != nil {
-			return fmt.Errorf("stop %s: %w", a.cfg.Name, err)
+			return fmt.Errorf("stop %s: %w", a.config().Name, err)
 		}
 	}
 }
@@ -614,12 +708,7 @@ func waitChange(ctx context.Context, ch <-chan struct{}, deadline time.Time) err
 // ctx ends, cuts the rest, stops the process and returns when every
 // goroutine of the app has exited.
 func (a *App) Close(ctx context.Context) {
-	a.mu.Lock()
-	a.draining = true
-	a.mu.Unlock()
-	for _, ln := range a.lns {
-		ln.Close()
-	}
+	a.stopAccepting()
 	for {
 		a.mu.Lock()
 		n, ch := a.active+a.queued, a.changed
@@ -663,3 +752,55 @@ func describeErr(err error) string {
 	}
 	return strings.TrimSpace(err.Error())
 }
+
+// evictable reports whether the pool may stop the app to make room, and
+// when it was last used.
+func (a *App) evictable() (time.Time, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Ready || a.active > 0 || a.queued > 0 || a.config().KeepWarm || a.draining {
+		return time.Time{}, false
+	}
+	last := a.lastUsed
+	if a.inst != nil && last.Before(a.inst.readyAt) {
+		last = a.inst.readyAt
+	}
+	return last, true
+}
+
+// stopFor stops the app for the pool if it is still evictable.
+func (a *App) stopFor(why string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Ready || a.active > 0 || a.queued > 0 || a.config().KeepWarm || a.draining {
+		return false
+	}
+	a.log.Info("stopping to make room", "why", why)
+	a.stopLocked(why, nil)
+	return true
+}
+
+// rss samples the RSS of the app's processes; 0 when it does not run.
+func (a *App) rss() uint64 {
+	a.mu.Lock()
+	var p *procman.Process
+	if a.inst != nil {
+		p = a.inst.proc
+	}
+	a.mu.Unlock()
+	if p == nil {
+		return 0
+	}
+	st, err := p.Stats()
+	if err != nil {
+		return 0
+	}
+	if st.RSS > a.rssSeen.Load() {
+		a.rssSeen.Store(st.RSS)
+	}
+	return st.RSS
+}
+
+// lastRSS is the largest RSS seen of the app: the pool's estimate of what
+// starting it will take.
+func (a *App) lastRSS() uint64 { return a.rssSeen.Load() }

@@ -19,7 +19,7 @@ import (
 // between runs.
 func BenchmarkTCPThroughput(b *testing.B) {
 	ta := newTestApp(b, []string{"-proto", "echo"}, nil)
-	direct := ta.cfg.UpstreamAddress
+	direct := ta.config().UpstreamAddress
 	const chunk = 4 << 20
 	buf := make([]byte, chunk)
 	var viaRouse, viaDirect time.Duration

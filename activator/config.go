@@ -48,6 +48,7 @@ type Config struct {
 	MaxFails     int           // failures while ready within FailTimeout that restart the app; 0 = never
 	FailTimeout  time.Duration
 	BackoffMax   time.Duration // cap of the crash-loop back-off (1s, 2s, 4s, ...)
+	KeepWarm     bool          // started with rouse, never stopped for idleness or to make room
 
 	// http mode
 	Hosts              []string       // Host names routed to this app on a shared listen address ("*.example.com" too)

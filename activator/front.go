@@ -17,21 +17,52 @@ import (
 // one of the http apps sharing that address, by Host. Close it before the
 // apps it routes to.
 type HTTPFront struct {
-	ln       net.Listener
-	srv      *http.Server
-	exact    map[string]*App
-	wildcard []hostRoute // "*.example.com" as suffix ".example.com", longest first
-	fallback *App        // the app without hosts, if any
-	log      *slog.Logger
+	ln     net.Listener
+	srv    *http.Server
+	routes atomic.Pointer[routes] // replaced whole on reload
+	log    *slog.Logger
 
 	handlers sync.WaitGroup // requests being served, also hijacked ones
 	started  atomic.Bool
 	served   chan struct{} // closed when Serve returned
 }
 
+// routes is a front's Host table.
+type routes struct {
+	apps     []*App
+	exact    map[string]*App
+	wildcard []hostRoute // "*.example.com" as suffix ".example.com", longest first
+	fallback *App        // the app without hosts, if any
+}
+
 type hostRoute struct {
 	suffix string
 	app    *App
+}
+
+func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
+	r := &routes{apps: apps, exact: make(map[string]*App)}
+	for _, a := range apps {
+		if a.config().Mode != ModeHTTP {
+			return nil, fmt.Errorf("app %s: mode %s cannot be served by an HTTP front", a.config().Name, a.config().Mode)
+		}
+		if len(a.config().Hosts) == 0 {
+			if r.fallback != nil {
+				return nil, fmt.Errorf("apps %s and %s share %s without hosts", r.fallback.cfg.Name, a.config().Name, addr)
+			}
+			r.fallback = a
+		}
+		for _, h := range a.config().Hosts {
+			h = strings.ToLower(h)
+			if suffix, ok := strings.CutPrefix(h, "*"); ok {
+				r.wildcard = append(r.wildcard, hostRoute{suffix, a})
+				continue
+			}
+			r.exact[h] = a
+		}
+	}
+	sortRoutes(r.wildcard)
+	return r, nil
 }
 
 // NewHTTPFront returns a front for apps on ln; at most one of them may have
@@ -40,27 +71,10 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 	if log == nil {
 		log = slog.Default()
 	}
-	f := &HTTPFront{ln: ln, exact: make(map[string]*App), log: log, served: make(chan struct{})}
-	for _, a := range apps {
-		if a.cfg.Mode != ModeHTTP {
-			return nil, fmt.Errorf("app %s: mode %s cannot be served by an HTTP front", a.cfg.Name, a.cfg.Mode)
-		}
-		if len(a.cfg.Hosts) == 0 {
-			if f.fallback != nil {
-				return nil, fmt.Errorf("apps %s and %s share %s without hosts", f.fallback.cfg.Name, a.cfg.Name, ln.Addr())
-			}
-			f.fallback = a
-		}
-		for _, h := range a.cfg.Hosts {
-			h = strings.ToLower(h)
-			if suffix, ok := strings.CutPrefix(h, "*"); ok {
-				f.wildcard = append(f.wildcard, hostRoute{suffix, a})
-				continue
-			}
-			f.exact[h] = a
-		}
+	f := &HTTPFront{ln: ln, log: log, served: make(chan struct{})}
+	if err := f.SetApps(apps); err != nil {
+		return nil, err
 	}
-	sortRoutes(f.wildcard)
 	f.srv = &http.Server{
 		Handler:           f,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -90,21 +104,40 @@ func (f *HTTPFront) Serve() {
 	}()
 }
 
+// SetApps replaces the apps the front routes to, at once: a request is
+// routed by the old table or the new one, never by neither. Safe to call
+// while serving.
+func (f *HTTPFront) SetApps(apps []*App) error {
+	r, err := newRoutes(apps, f.ln.Addr())
+	if err != nil {
+		return err
+	}
+	f.routes.Store(r)
+	return nil
+}
+
+// Apps returns the apps the front routes to.
+func (f *HTTPFront) Apps() []*App { return f.routes.Load().apps }
+
+// Addr is the address the front listens on.
+func (f *HTTPFront) Addr() net.Addr { return f.ln.Addr() }
+
 // route picks the app for a Host header value.
 func (f *HTTPFront) route(host string) *App {
+	r := f.routes.Load()
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if a, ok := f.exact[host]; ok {
+	if a, ok := r.exact[host]; ok {
 		return a
 	}
-	for _, w := range f.wildcard {
+	for _, w := range r.wildcard {
 		if strings.HasSuffix(host, w.suffix) && len(host) > len(w.suffix) {
 			return w.app
 		}
 	}
-	return f.fallback
+	return r.fallback
 }
 
 // ServeHTTP routes one request.

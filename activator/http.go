@@ -53,14 +53,14 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	expect := strings.EqualFold(r.Header.Get("Expect"), "100-continue")
 	if !expect {
 		var err error
-		if body, err = readBody(r, a.cfg.RequestBuffer); err != nil {
+		if body, err = readBody(r, a.config().RequestBuffer); err != nil {
 			a.log.Debug("reading request body", "remote", r.RemoteAddr, "err", err)
 			a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
 			return
 		}
 	}
-	deadline := start.Add(a.cfg.QueueTimeout)
-	retryDeadline := start.Add(a.cfg.RetryTimeout)
+	deadline := start.Add(a.config().QueueTimeout)
+	retryDeadline := start.Add(a.config().RetryTimeout)
 	var lastErr error
 	for try := 1; ; try++ {
 		inst, err := a.acquire(ctx, deadline, try > 1)
@@ -69,7 +69,7 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if body == nil {
-			if body, err = readBody(r, a.cfg.RequestBuffer); err != nil {
+			if body, err = readBody(r, a.config().RequestBuffer); err != nil {
 				a.release(inst)
 				a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
 				return
@@ -86,7 +86,7 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return // the client went away; nobody to answer
 		case res.timeout:
 			a.writeError(w, http.StatusGatewayTimeout, 0, "http_response_timeout",
-				fmt.Sprintf("the app did not answer within %s", a.cfg.ResponseTimeout))
+				fmt.Sprintf("the app did not answer within %s", a.config().ResponseTimeout))
 			return
 		}
 		a.failed(inst, res.err)
@@ -96,7 +96,7 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				"the app broke the connection before answering; the request was not repeated because it may have had an effect")
 			return
 		}
-		if try >= a.cfg.RetryTries || !a.now().Before(retryDeadline) {
+		if try >= a.config().RetryTries || !a.now().Before(retryDeadline) {
 			if res.sent {
 				a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
 					fmt.Sprintf("the app broke the connection %d times", try))
@@ -121,7 +121,7 @@ func (a *App) replayable(r *http.Request, body *requestBody) bool {
 	if !body.replayable() {
 		return false
 	}
-	if a.cfg.RetryNonIdempotent {
+	if a.config().RetryNonIdempotent {
 		return true
 	}
 	switch r.Method {
@@ -144,7 +144,7 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 	var sent atomic.Bool
 	trace := &httptrace.ClientTrace{WroteHeaders: func() { sent.Store(true) }}
 	out := a.outgoing(r, body, httptrace.WithClientTrace(r.Context(), trace))
-	resp, err := a.http.transport.RoundTrip(out)
+	resp, err := a.http.Load().transport.RoundTrip(out)
 	if err != nil {
 		var ne net.Error
 		timeout := errors.As(err, &ne) && ne.Timeout() && r.Context().Err() == nil
@@ -277,7 +277,7 @@ func (a *App) setForwarded(r *http.Request, out *http.Request) {
 }
 
 func (a *App) trusted(ip string) bool {
-	if len(a.cfg.TrustedProxies) == 0 {
+	if len(a.config().TrustedProxies) == 0 {
 		return false
 	}
 	addr, err := netip.ParseAddr(ip)
@@ -285,7 +285,7 @@ func (a *App) trusted(ip string) bool {
 		return false
 	}
 	addr = addr.Unmap()
-	for _, p := range a.cfg.TrustedProxies {
+	for _, p := range a.config().TrustedProxies {
 		if p.Contains(addr) {
 			return true
 		}
@@ -389,7 +389,7 @@ func (a *App) refuse(w http.ResponseWriter, r *http.Request, err, lastErr error)
 			return
 		}
 		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
-			fmt.Sprintf("the app was not ready within %s", a.cfg.QueueTimeout))
+			fmt.Sprintf("the app was not ready within %s", a.config().QueueTimeout))
 	case errors.Is(err, ErrClosing):
 		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			"rouse is shutting down")
@@ -423,7 +423,7 @@ func (a *App) writeError(w http.ResponseWriter, code int, retryAfter time.Durati
 	}
 	a.metrics.outcome("rouse_" + strconv.Itoa(code))
 	w.WriteHeader(code)
-	fmt.Fprintf(w, "%d %s: rouse: app %s: %s\n", code, http.StatusText(code), a.cfg.Name, msg)
+	fmt.Fprintf(w, "%d %s: rouse: app %s: %s\n", code, http.StatusText(code), a.config().Name, msg)
 }
 
 // requestBody is a request's body as rouse holds it: complete in memory

@@ -23,6 +23,9 @@ import (
 // TestMain lets the test binary be the app: a child started with
 // ROUSE_TEST_BACKEND=1 runs the example backend instead of the tests.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == shimVerb { // before the backend: the shim runs it
+		os.Exit(ExecMain(os.Args[2:], os.Stderr))
+	}
 	if os.Getenv("ROUSE_TEST_BACKEND") == "1" {
 		os.Exit(backend.Main(os.Args[1:], os.Stdout, os.Stderr))
 	}
@@ -72,17 +75,20 @@ type testApp struct {
 // running the backend with args. edit may change the config.
 func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	starts := filepath.Join(t.TempDir(), "starts")
-	cfg := testConfig(ln.Addr().String(), "127.0.0.1:"+strconv.Itoa(port), starts)
-	cfg.Process.Argv = append(cfg.Process.Argv, args...)
-	if edit != nil {
-		edit(&cfg)
-	}
+	return newTestApps(t, Capacity{}, appSpec{args, edit})[0]
+}
+
+// appSpec is one app of newTestApps: backend arguments and a config edit.
+type appSpec struct {
+	args []string
+	edit func(*Config)
+}
+
+// newTestApps starts apps under one Supervisor sharing limits, each on its
+// own listener, named t0, t1, ... Cleanup closes them all and checks that
+// no process, goroutine or fd is left.
+func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
+	t.Helper()
 	level := slog.LevelDebug
 	if _, bench := t.(*testing.B); bench {
 		level = slog.LevelWarn
@@ -90,42 +96,76 @@ func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
 	goroutines := runtime.NumGoroutine()
 	fds := countFDs(t)
-	lns := []net.Listener{ln}
-	if cfg.Mode == ModeHTTP {
-		lns = nil // the front accepts for an http app
-	}
-	a, err := New(cfg, lns, Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fronts []*HTTPFront
-	if cfg.Mode == ModeHTTP {
-		f, err := NewHTTPFront(ln, []*App{a}, log)
+	var (
+		tas    []*testApp
+		apps   []*App
+		fronts []*HTTPFront
+	)
+	// Upstream ports: all held open until all are picked, so no two apps
+	// get the same one.
+	ports := make([]int, len(specs))
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		fronts = append(fronts, f)
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
-	sup, err := NewSupervisor([]*App{a}, fronts)
+	for i, spec := range specs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ports[i]
+		starts := filepath.Join(t.TempDir(), "starts")
+		cfg := testConfig(ln.Addr().String(), "127.0.0.1:"+strconv.Itoa(port), starts)
+		if len(specs) > 1 {
+			cfg.Name = "t" + strconv.Itoa(i)
+		}
+		cfg.Process.Argv = append(cfg.Process.Argv, spec.args...)
+		if spec.edit != nil {
+			spec.edit(&cfg)
+		}
+		lns := []net.Listener{ln}
+		if cfg.Mode == ModeHTTP {
+			lns = nil // the front accepts for an http app
+		}
+		a, err := New(cfg, lns, Options{Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Mode == ModeHTTP {
+			f, err := NewHTTPFront(ln, []*App{a}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fronts = append(fronts, f)
+		}
+		apps = append(apps, a)
+		tas = append(tas, &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts)})
+	}
+	sup, err := NewSupervisor(apps, fronts, limits)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sup.Serve()
-	ta := &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts)}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		sup.Close(ctx)
-		for _, pid := range ta.pids() {
-			// A process of the group that is not our child (the app's
-			// own child) is reaped by init, which takes its time.
-			deadline := time.Now().Add(2 * time.Second)
-			for alive(pid) && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond) // polling with a deadline
-			}
-			if alive(pid) {
-				t.Errorf("app process %d still alive after Close", pid)
-				syscall.Kill(-pid, syscall.SIGKILL)
+		for _, ta := range tas {
+			for _, pid := range ta.pids() {
+				// A process of the group that is not our child (the
+				// app's own child) is reaped by init, which takes its time.
+				deadline := time.Now().Add(2 * time.Second)
+				for alive(pid) && time.Now().Before(deadline) {
+					time.Sleep(5 * time.Millisecond) // polling with a deadline
+				}
+				if alive(pid) {
+					t.Errorf("app process %d still alive after Close", pid)
+					syscall.Kill(-pid, syscall.SIGKILL)
+				}
 			}
 		}
 		waitFor(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
@@ -136,7 +176,7 @@ func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
 			return countFDs(t) <= fds
 		})
 	})
-	return ta
+	return tas
 }
 
 // pids returns the pids of every process the app started, in order.

@@ -33,21 +33,21 @@ type Status struct {
 func (a *App) Status() Status {
 	a.mu.Lock()
 	st := Status{
-		Name:        a.cfg.Name,
+		Name:        a.config().Name,
 		State:       a.state,
-		Mode:        a.cfg.Mode,
-		Listen:      a.cfg.Listen,
+		Mode:        a.config().Mode,
+		Listen:      a.config().Listen,
 		Conns:       a.active,
 		Queued:      a.queued,
 		Starts:      a.starts,
 		Failures:    a.failures,
 		LastStartMS: float64(a.lastStart.Microseconds()) / 1000,
 		LastError:   a.lastErr,
-		Upstream:    a.cfg.UpstreamNetwork + ":" + a.cfg.UpstreamAddress,
-		Command:     a.cfg.Process.Argv,
+		Upstream:    a.config().UpstreamNetwork + ":" + a.config().UpstreamAddress,
+		Command:     a.config().Process.Argv,
 	}
-	if a.cfg.Process.Shell != "" {
-		st.Command = []string{"/bin/sh", "-c", a.cfg.Process.Shell}
+	if a.config().Process.Shell != "" {
+		st.Command = []string{"/bin/sh", "-c", a.config().Process.Shell}
 	}
 	if a.state == Backoff {
 		until := a.backoffUntil

@@ -13,12 +13,23 @@ type Supervisor struct {
 	mu     sync.Mutex
 	apps   map[string]*App
 	fronts []*HTTPFront
+	pool   *pool // nil without limits
+
+	stopPool context.CancelFunc
+	poolDone chan struct{}
+	retired  sync.WaitGroup // apps and fronts removed by a reload, draining
 }
 
-// NewSupervisor groups apps and the HTTP fronts that route to them; app
-// names must be unique.
-func NewSupervisor(apps []*App, fronts []*HTTPFront) (*Supervisor, error) {
+// NewSupervisor groups apps and the HTTP fronts that route to them, and
+// shares limits between the apps; app names must be unique.
+func NewSupervisor(apps []*App, fronts []*HTTPFront, limits Capacity) (*Supervisor, error) {
 	s := &Supervisor{apps: make(map[string]*App, len(apps)), fronts: fronts}
+	if limits.limited() {
+		s.pool = newPool(limits, s.Apps)
+		for _, a := range apps {
+			a.pool = s.pool
+		}
+	}
 	for _, a := range apps {
 		if _, dup := s.apps[a.Name()]; dup {
 			return nil, fmt.Errorf("app %s defined twice", a.Name())
@@ -48,14 +59,88 @@ func (s *Supervisor) App(name string) (*App, bool) {
 	return a, ok
 }
 
-// Serve starts accepting on every app's listeners and every front.
+// Serve starts the capacity manager and accepting on every app's listeners
+// and every front.
 func (s *Supervisor) Serve() {
+	if s.pool != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopPool, s.poolDone = cancel, make(chan struct{})
+		go func() {
+			defer close(s.poolDone)
+			s.pool.run(ctx)
+		}()
+	}
 	for _, a := range s.Apps() {
 		a.Serve()
 	}
-	for _, f := range s.fronts {
+	for _, f := range s.Fronts() {
 		f.Serve()
 	}
+}
+
+// Fronts returns the HTTP fronts.
+func (s *Supervisor) Fronts() []*HTTPFront {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*HTTPFront(nil), s.fronts...)
+}
+
+// Add adds an app (a reload found it new) and starts serving it.
+func (s *Supervisor) Add(a *App) error {
+	s.mu.Lock()
+	if _, dup := s.apps[a.Name()]; dup {
+		s.mu.Unlock()
+		return fmt.Errorf("app %s defined twice", a.Name())
+	}
+	a.pool = s.pool
+	s.apps[a.Name()] = a
+	s.mu.Unlock()
+	a.Serve()
+	return nil
+}
+
+// AddFront adds and starts a front (a reload found a new http address).
+func (s *Supervisor) AddFront(f *HTTPFront) {
+	s.mu.Lock()
+	s.fronts = append(s.fronts, f)
+	s.mu.Unlock()
+	f.Serve()
+}
+
+// Retire removes an app: it stops accepting at once, and in the background
+// serves what it has accepted until ctx ends, then stops. Close waits for
+// it. An http app must already be out of every front's routes.
+func (s *Supervisor) Retire(ctx context.Context, a *App) {
+	s.mu.Lock()
+	if s.apps[a.Name()] == a {
+		delete(s.apps, a.Name())
+	}
+	s.mu.Unlock()
+	a.stopAccepting()
+	s.retired.Add(1)
+	go func() {
+		defer s.retired.Done()
+		a.Close(ctx)
+	}()
+}
+
+// RetireFront removes a front: it stops accepting at once and closes when
+// its requests are done or ctx ends. Close waits for it.
+func (s *Supervisor) RetireFront(ctx context.Context, f *HTTPFront) {
+	s.mu.Lock()
+	for i, g := range s.fronts {
+		if g == f {
+			s.fronts = append(s.fronts[:i], s.fronts[i+1:]...)
+			break
+		}
+	}
+	s.mu.Unlock()
+	s.retired.Add(1)
+	go func() {
+		defer s.retired.Done()
+		f.Shutdown(ctx)
+		f.Close()
+	}()
 }
 
 // Status returns every app's status, sorted by name.
@@ -73,7 +158,8 @@ func (s *Supervisor) Status() []Status {
 // done.
 func (s *Supervisor) Close(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, f := range s.fronts {
+	fronts := s.Fronts()
+	for _, f := range fronts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -88,9 +174,23 @@ func (s *Supervisor) Close(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
-	for _, f := range s.fronts {
+	for _, f := range fronts {
 		f.Close()
 	}
+	s.retired.Wait()
+	if s.stopPool != nil {
+		s.stopPool()
+		<-s.poolDone
+	}
+}
+
+// MemoryUsed is the RSS of all running apps, bytes.
+func (s *Supervisor) MemoryUsed() uint64 {
+	var used uint64
+	for _, a := range s.Apps() {
+		used += a.rss()
+	}
+	return used
 }
 
 // Summary counts the apps by state, cheaply (no /proc reads): what rouse

@@ -82,8 +82,8 @@ func (a *App) serveConn(c net.Conn) {
 // and must release it.
 func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn, error) {
 	start := a.now()
-	deadline := start.Add(a.cfg.QueueTimeout)
-	retryDeadline := start.Add(a.cfg.RetryTimeout)
+	deadline := start.Add(a.config().QueueTimeout)
+	retryDeadline := start.Add(a.config().RetryTimeout)
 	var lastErr error
 	for try := 1; ; try++ {
 		inst, err := a.acquire(ctx, deadline, try > 1)
@@ -104,7 +104,7 @@ func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn
 		a.release(inst)
 		a.failed(inst, err)
 		lastErr = err
-		if try >= a.cfg.RetryTries || !a.now().Before(retryDeadline) {
+		if try >= a.config().RetryTries || !a.now().Before(retryDeadline) {
 			return nil, nil, err
 		}
 		// The app refused: give it a moment (it may be restarting) and
@@ -118,7 +118,7 @@ func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn
 
 func (a *App) dial(ctx context.Context) (net.Conn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
-	return d.DialContext(ctx, a.cfg.UpstreamNetwork, a.cfg.UpstreamAddress)
+	return d.DialContext(ctx, a.config().UpstreamNetwork, a.config().UpstreamAddress)
 }
 
 // proxy copies both ways until both directions are done, passing each

@@ -23,7 +23,7 @@ func TestStatusGolden(t *testing.T) {
 		{Name: "redis", State: activator.Idle, Mode: activator.ModeTCP, Listen: []string{"127.0.0.1:6379", "unix:/run/rouse/redis.sock"},
 			Starts: 1, Upstream: "tcp:127.0.0.1:41001", Command: []string{"redis-server"}},
 		{Name: "wiki", State: activator.Backoff, Mode: activator.ModeHTTP, Listen: []string{"127.0.0.1:8080"}, Starts: 3, Failures: 3,
-			LastError: "start: ready wiki pid 977: process exited: exit status 1 (stderr: \"config.yml: no such file or directory\")",
+			LastError:    "start: ready wiki pid 977: process exited: exit status 1 (stderr: \"config.yml: no such file or directory\")",
 			BackoffUntil: &until, Upstream: "tcp:127.0.0.1:41002", Command: []string{"/bin/sh", "-c", "exec wiki"},
 			StderrTail: []string{"loading config", "config.yml: no such file or directory"}},
 	}

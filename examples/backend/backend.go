@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Main runs the backend with args (without the program name) and returns
@@ -41,12 +43,25 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	startsFile := fs.String("starts", "", `append "PID UNIXNANO" to FILE at start`)
 	crashAfter := fs.Duration("crash-after", 0, "exit with status 1 this long after listening")
 	readyFile := fs.String("ready-file", "", "append UNIXNANO to FILE the moment the socket listens")
+	allocMB := fs.Int("alloc", 0, "allocate and touch this many MiB at start, held for the life of the process")
 	notify := fs.Bool("notify", false, "send READY=1 to $NOTIFY_SOCKET once listening (sd_notify)")
 	hits := fs.String("hits", "", `http: append "METHOD PATH" to FILE for every request, before handling it`)
+	plain := fs.Bool("plain", false, "http: answer every path with the hello line: no route that crashes, stalls or allocates (fuzzing)")
+	listenFDs := fs.Bool("listen-fds", false, "serve on the sockets passed as LISTEN_FDS (fd 3, ...) instead of -listen; exit 3 unless LISTEN_PID is this process and they are in blocking mode, as systemd passes them. echo -banner names each NAME/FDNAME")
+	inetd := fs.Bool("inetd", false, `serve the one connection on stdin and stdout (inetd): write "NAME REMOTE_ADDR REMOTE_PORT PID\n", then echo; exit 3 unless LISTEN_FDS=1 and LISTEN_PID is this process`)
+	stopDelay := fs.Duration("stop-delay", 0, "on SIGTERM stop accepting at once, but exit only this long after (a slow shutdown)")
+	endsFile := fs.String("ends", "", `append "PID UNIXNANO" to FILE when exiting by itself`)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
+	if *endsFile != "" {
+		defer func() {
+			if err := appendLine(*endsFile, fmt.Sprintf("%d %d", os.Getpid(), time.Now().UnixNano())); err != nil {
+				logf("ends file: %v", err)
+			}
+		}()
+	}
 
 	if *startsFile != "" {
 		if err := appendLine(*startsFile, fmt.Sprintf("%d %d", os.Getpid(), time.Now().UnixNano())); err != nil {
@@ -65,6 +80,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "grandchild %d\n", cmd.Process.Pid)
 	}
+	if *allocMB > 0 {
+		hold = append(hold, touch(*allocMB<<20))
+	}
 	if *exitCode >= 0 {
 		logf("%s: exiting with status %d as asked", *name, *exitCode)
 		return *exitCode
@@ -75,16 +93,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		select {}
 	}
 
-	network, address, err := resolve(*listen)
-	if err != nil {
-		logf("%v", err)
-		return 2
+	if *inetd {
+		return serveInetd(*name, os.Stdin, stdout, logf)
 	}
-	ln, err := net.Listen(network, address)
-	if err != nil {
-		logf("listen: %v", err)
-		return 1
+	lns, fdNames, code := listenOn(*listen, *listenFDs, logf)
+	if lns == nil {
+		return code
 	}
+	ln := lns[0]
 	if *readyFile != "" {
 		if err := appendLine(*readyFile, fmt.Sprint(time.Now().UnixNano())); err != nil {
 			logf("ready file: %v", err)
@@ -101,6 +117,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if *stopDelay > 0 {
+		defer func() {
+			if ctx.Err() != nil {
+				logf("%s: exiting in %s", *name, *stopDelay)
+				time.Sleep(*stopDelay) // the slow shutdown being simulated
+			}
+		}()
+	}
 	if *crashAfter > 0 {
 		time.AfterFunc(*crashAfter, func() {
 			logf("%s: crashing as asked", *name)
@@ -109,9 +133,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	switch *proto {
 	case "echo":
-		return serveEcho(ctx, ln, *name, *banner, logf)
+		return serveEchoAll(ctx, lns, fdNames, *name, *banner, logf)
 	case "http":
-		return serveHTTP(ctx, ln, *name, *hits, logf)
+		if len(lns) > 1 {
+			logf("-proto http serves one socket, got %d", len(lns))
+			return 2
+		}
+		return serveHTTP(ctx, ln, *name, *hits, *plain, logf)
 	default:
 		logf("unknown -proto %q", *proto)
 		return 2
@@ -187,7 +215,7 @@ func serveEcho(ctx context.Context, ln net.Listener, name string, banner bool, l
 	}
 }
 
-func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, logf func(string, ...any)) int {
+func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bool, logf func(string, ...any)) int {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s (pid %d)\n", name, os.Getpid())
@@ -203,6 +231,12 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, logf fun
 	})
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		logf("%s: crashing in a request as asked", name)
+		os.Exit(1)
+	})
+	// /crash/ID is /crash under a path that names the request in the hits
+	// file, so a test can tell which of many crashing requests got through.
+	mux.HandleFunc("/crash/", func(w http.ResponseWriter, r *http.Request) {
+		logf("%s: crashing in request %s as asked", name, r.URL.Path)
 		os.Exit(1)
 	})
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
@@ -222,6 +256,24 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, logf fun
 		case <-r.Context().Done():
 		}
 		fmt.Fprintf(w, "slept %s\n", d)
+	})
+	// /bytes?n=N answers N bytes (benchmarks: large responses).
+	chunk := make([]byte, 64<<10)
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if err != nil || n < 0 || n > 1<<30 {
+			http.Error(w, "need ?n=BYTES, at most 1 GiB", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		for n > 0 {
+			k := min(n, int64(len(chunk)))
+			if _, err := w.Write(chunk[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
 	})
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
 		r.Header.Write(w)
@@ -261,13 +313,19 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, logf fun
 			fmt.Fprintf(c, "%s\n", sc.Text())
 		}
 	})
-	var handler http.Handler = mux
+	var routes http.Handler = mux
+	if plain {
+		routes = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello from %s (pid %d)\n", name, os.Getpid())
+		})
+	}
+	handler := routes
 	if hits != "" {
 		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if err := appendLine(hits, r.Method+" "+r.URL.Path); err != nil {
 				logf("hits file: %v", err)
 			}
-			mux.ServeHTTP(w, r)
+			routes.ServeHTTP(w, r)
 		})
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
@@ -296,4 +354,98 @@ func touch(n int) []byte {
 		b[i] = 1
 	}
 	return b
+}
+
+// listenOn binds -listen, or with fds takes the sockets passed as
+// LISTEN_FDS (fd 3, ...) and their LISTEN_FDNAMES. On failure it returns
+// nil and the exit code.
+func listenOn(listen string, fds bool, logf func(string, ...any)) ([]net.Listener, []string, int) {
+	if fds {
+		lns, names, err := inheritedListeners()
+		if err != nil {
+			logf("%v", err)
+			return nil, nil, 3
+		}
+		return lns, names, 0
+	}
+	network, address, err := resolve(listen)
+	if err != nil {
+		logf("%v", err)
+		return nil, nil, 2
+	}
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		logf("listen: %v", err)
+		return nil, nil, 1
+	}
+	return []net.Listener{ln}, nil, 0
+}
+
+// inheritedListeners checks the socket-activation environment as a strict
+// systemd service would and takes the sockets.
+func inheritedListeners() ([]net.Listener, []string, error) {
+	if pid := os.Getenv("LISTEN_PID"); pid != strconv.Itoa(os.Getpid()) {
+		return nil, nil, fmt.Errorf("LISTEN_PID is %q, not this process's pid %d", pid, os.Getpid())
+	}
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n < 1 {
+		return nil, nil, fmt.Errorf("LISTEN_FDS is %q: no sockets passed", os.Getenv("LISTEN_FDS"))
+	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	if len(names) != n {
+		return nil, nil, fmt.Errorf("LISTEN_FDNAMES %q does not name the %d sockets", os.Getenv("LISTEN_FDNAMES"), n)
+	}
+	var lns []net.Listener
+	for fd := 3; fd < 3+n; fd++ {
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil || fl&unix.O_NONBLOCK != 0 {
+			return nil, nil, fmt.Errorf("fd %d: non-blocking (%v): systemd passes sockets in blocking mode", fd, err)
+		}
+		f := os.NewFile(uintptr(fd), names[fd-3])
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("fd %d: %w", fd, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, names, nil
+}
+
+// serveEchoAll serves echo on every listener, the banner of those with a
+// name saying NAME/FDNAME, until ctx ends.
+func serveEchoAll(ctx context.Context, lns []net.Listener, fdNames []string, name string, banner bool, logf func(string, ...any)) int {
+	codes := make(chan int, len(lns))
+	for i, ln := range lns {
+		n := name
+		if i < len(fdNames) {
+			n += "/" + fdNames[i]
+		}
+		go func() { codes <- serveEcho(ctx, ln, n, banner, logf) }()
+	}
+	code := 0
+	for range lns {
+		code = max(code, <-codes)
+	}
+	return code
+}
+
+// serveInetd serves one connection on in and out as an inetd service.
+func serveInetd(name string, in io.Reader, out io.Writer, logf func(string, ...any)) int {
+	if os.Getenv("LISTEN_FDS") != "1" || os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+		logf("%s: LISTEN_FDS=%q LISTEN_PID=%q, want 1 and %d", name, os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_PID"), os.Getpid())
+		return 3
+	}
+	orDash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	fmt.Fprintf(out, "%s %s %s %d\n", name, orDash(os.Getenv("REMOTE_ADDR")), orDash(os.Getenv("REMOTE_PORT")), os.Getpid())
+	if _, err := io.Copy(out, in); err != nil {
+		logf("%s: %v", name, err)
+		return 1
+	}
+	return 0
 }

@@ -1,0 +1,93 @@
+package activator
+
+import (
+	"net"
+	"slices"
+)
+
+// stopAccepting closes the app's listeners and marks it draining: what it
+// accepted is still served. Close does this first; a reload that removes
+// the app calls it at once, so the address is free before Close returns.
+func (a *App) stopAccepting() {
+	a.mu.Lock()
+	a.draining = true
+	lns := a.lns
+	a.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+// Reconfigure gives the app new settings (same name, same mode). They
+// apply from its next start, except that a new command (argv, shell, dir,
+// env, user) or upstream restarts a running app gracefully: what was
+// handed to it finishes, new connections are held meanwhile, then it stops
+// and starts again with the new settings. Nothing is refused. It returns
+// what it did, for the log.
+func (a *App) Reconfigure(cfg Config) string {
+	cfg.Process.Notify = cfg.Ready.Kind == "notify"
+	old := a.config()
+	a.cfgp.Store(&cfg)
+	upstream := old.UpstreamNetwork != cfg.UpstreamNetwork || old.UpstreamAddress != cfg.UpstreamAddress
+	if cfg.Mode == ModeHTTP && (upstream || old.ResponseTimeout != cfg.ResponseTimeout) {
+		if prev := a.http.Swap(newHTTPUpstream(cfg)); prev != nil {
+			prev.transport.CloseIdleConnections()
+		}
+	}
+	o, n := old.Process, cfg.Process
+	restart := upstream || o.Shell != n.Shell || o.Dir != n.Dir || o.User != n.User ||
+		!slices.Equal(o.Argv, n.Argv) || !slices.Equal(o.Env, n.Env)
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state == Ready && a.active == 0 && a.queued == 0 {
+		a.armIdleLocked() // with the new idle_timeout
+	}
+	if !restart || a.inst == nil || (a.state != Ready && a.state != Starting) {
+		return "new settings from the next start"
+	}
+	a.inst.retiring = true
+	if a.state == Ready && a.active == 0 {
+		a.stopLocked("reload", nil)
+	}
+	return "restarting with the new command once its connections are done"
+}
+
+// retireIfDoneLocked stops a retiring instance once nothing is handed to
+// it; call with mu held when active may have dropped to 0.
+func (a *App) retireIfDoneLocked() {
+	if a.inst != nil && a.inst.retiring && a.state == Ready && a.active == 0 {
+		a.stopLocked("reload", nil)
+	}
+}
+
+// SetListeners replaces the listeners of a tcp or inetd app: those not in
+// lns are closed, new ones are accepted on. A reload uses it when the
+// listen addresses changed.
+func (a *App) SetListeners(lns []net.Listener) {
+	a.mu.Lock()
+	old := a.lns
+	a.lns = lns
+	draining := a.draining
+	a.mu.Unlock()
+	for _, ln := range old {
+		if !slices.Contains(lns, ln) {
+			ln.Close()
+		}
+	}
+	if draining {
+		return
+	}
+	for _, ln := range lns {
+		if slices.Contains(old, ln) {
+			continue
+		}
+		a.wg.Add(1)
+		switch a.config().Mode {
+		case ModeInetd:
+			go a.inetdAcceptLoop(ln)
+		default:
+			go a.acceptLoop(ln)
+		}
+	}
+}
