@@ -29,6 +29,7 @@ type Config struct {
 	Control      string        // [rouse].control, default "/run/rouse/control.sock"; relative paths are relative to the config file's dir
 	MaxRunning   int           // [rouse].max_running, 0 = no limit
 	MemoryBudget int64         // [rouse].memory_budget in bytes, 0 = none
+	MaxStarting  int           // [rouse].max_starting, concurrent spawns, 0 = no limit
 	Metrics      string        // [rouse].metrics, "" = none
 	DrainTimeout time.Duration // [rouse].drain_timeout, default 10s: how long shutdown waits for open connections
 	LogLevel     slog.Level    // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
@@ -50,6 +51,9 @@ type LoadOptions struct {
 	// PickPort returns a free port for an app with port = 0 that needs one.
 	// nil: bind 127.0.0.1:0, read the port, close.
 	PickPort func() (int, error)
+	// Ports are the ports picked for apps before (by name), kept when the
+	// app still needs a picked one: a reload must not move a running app.
+	Ports map[string]int
 }
 
 // Problem is one thing wrong in a configuration.
@@ -297,6 +301,8 @@ func (l *loader) rouseTable(cfg *Config, f *srcFile, v any) []string {
 			cfg.MaxRunning = val.(int)
 		case "memory_budget":
 			cfg.MemoryBudget = val.(int64)
+		case "max_starting":
+			cfg.MaxStarting = val.(int)
 		case "metrics":
 			cfg.Metrics = val.(string)
 		case "drain_timeout":
@@ -601,6 +607,7 @@ func (b *builder) build(ports map[int]string) *built {
 		RequestBuffer:      val[int64](m, "request_buffer", defaultRequestBuffer),
 		RetryNonIdempotent: val(m, "retry_non_idempotent", false),
 		ResponseTimeout:    val(m, "response_timeout", defaultResponseTime),
+		KeepWarm:           val(m, "keep_warm", false),
 		TrustedProxies:     val[[]netip.Prefix](m, "trusted_proxies", nil),
 	}
 	rd := val(m, "ready", readiness{kind: "tcp"})
@@ -708,8 +715,14 @@ func (b *builder) build(ports map[int]string) *built {
 	return &built{App: App{Config: cfg, Addrs: addrs, Port: port, Source: b.a.source()}, b: b}
 }
 
-// pick asks PickPort for a port no other app has.
+// pick asks PickPort for a port no other app has, unless the app had one
+// picked before (LoadOptions.Ports) that is still free of other apps.
 func (b *builder) pick(ports map[int]string) (int, error) {
+	if p, ok := b.l.opts.Ports[b.a.name]; ok && p > 0 {
+		if _, taken := ports[p]; !taken {
+			return p, nil
+		}
+	}
 	var last int
 	for range 10 {
 		p, err := b.l.opts.PickPort()
@@ -786,14 +799,6 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-func mapValues(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for _, v := range m {
-		out = append(out, v)
-	}
-	return out
 }
 
 func checkHostPort(s string) error {

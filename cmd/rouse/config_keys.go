@@ -50,6 +50,7 @@ var rouseKeys = map[string]parseFunc{
 	"control":       parseControl,
 	"include":       parseInclude,
 	"max_running":   intKey(0, math.MaxInt32),
+	"max_starting":  intKey(0, math.MaxInt32),
 	"memory_budget": sizeKey,
 	"metrics":       parseMetrics,
 	"drain_timeout": durationKey(0),
@@ -86,6 +87,7 @@ var appKeys = map[string]parseFunc{
 	"backoff_max":          durationKey(time.Second),
 	"response_timeout":     durationKey(0),
 	"trusted_proxies":      parseTrustedProxies,
+	"keep_warm":            func(v any, _ string) (any, error) { return asBool(v) },
 }
 
 // stopSignals are the signals stop_signal may name.

@@ -31,8 +31,15 @@ type errorReply struct {
 	Error string `json:"error"`
 }
 
-func controlHandler(sup *activator.Supervisor) http.Handler {
+func controlHandler(sup *activator.Supervisor, reload func() error) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		if err := reload(); err != nil {
+			writeJSON(w, http.StatusUnprocessableEntity, errorReply{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, statusReply{Apps: sup.Status()})
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("app")
 		if name == "" {
@@ -183,6 +190,26 @@ func cmdStatus(ctx context.Context, args []string, getenv func(string) string, s
 	default:
 		writeStatusTable(stdout, reply.Apps, time.Now())
 	}
+	return 0
+}
+
+func cmdReload(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rouse reload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := clientFlags(fs, getenv, stderr)
+	if pos, err := parseFlags(fs, args); err != nil || len(pos) > 0 {
+		return exitConfig
+	}
+	path, code := socket()
+	if path == "" {
+		return code
+	}
+	var reply statusReply
+	if err := newControlClient(path).do(ctx, http.MethodPost, "/v1/reload", &reply); err != nil {
+		fmt.Fprintf(stderr, "rouse reload: rejected, the running config stays:\n%s\n", strings.TrimSpace(err.Error()))
+		return 1
+	}
+	fmt.Fprintf(stdout, "reloaded: %d apps\n", len(reply.Apps))
 	return 0
 }
 

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
@@ -55,7 +57,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	defer guard.Close()
 
 	sockets := listeners.NewSet(log)
-	sup, err := buildApps(cfg, sockets, log, guard)
+	d := &daemon{file: cfg.File, log: log, guard: guard, sockets: sockets, notify: notify}
+	sup, err := d.build(cfg)
 	if err != nil {
 		return err
 	}
@@ -66,7 +69,15 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 		sup.Close(context.Background())
 		return err
 	}
-	srv := &http.Server{Handler: controlHandler(sup), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	metrics := newMetricsHandler(sup, cfg.MemoryBudget, log)
+	stopMetrics, err := startMetrics(cfg.Metrics, metrics, log)
+	if err != nil {
+		ctl.Close()
+		sup.Close(context.Background())
+		return err
+	}
+	defer stopMetrics()
+	srv := &http.Server{Handler: withMetrics(controlHandler(sup, d.reload), metrics), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ctl) }()
 
@@ -83,7 +94,17 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 		notify.run(notifyCtx, sup)
 	}()
 
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading", "file", cfg.File)
+			d.reload() // logs what it did or why it refused
+		case <-ctx.Done():
+		}
+	}
 	stopNotify()
 	<-notifyDone
 	notify.send("STOPPING=1\nSTATUS=stopping: draining connections and stopping apps")
@@ -99,87 +120,6 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	}
 	log.Info("rouse stopped")
 	return nil
-}
-
-// buildApps binds (or takes from systemd) every listen address and builds
-// the apps: a tcp app owns its listeners; http apps sharing an address are
-// served by one HTTPFront that routes by Host. On error, everything built
-// so far is closed.
-func buildApps(cfg *Config, sockets *listeners.Set, log *slog.Logger, guard *procman.Guard) (*activator.Supervisor, error) {
-	var (
-		apps    []*activator.App
-		fronts  []*activator.HTTPFront
-		open    []net.Listener // not yet owned by an app or a front
-		byAddr  = make(map[string][]*activator.App)
-		addrs   []listeners.Addr
-		failure error
-	)
-	defer func() {
-		if failure == nil {
-			return
-		}
-		for _, ln := range open {
-			ln.Close()
-		}
-		for _, f := range fronts {
-			f.Close()
-		}
-		for _, a := range apps {
-			a.Close(context.Background())
-		}
-	}()
-	for _, ac := range cfg.Apps {
-		var own []net.Listener
-		if ac.Mode != activator.ModeHTTP {
-			for _, addr := range ac.Addrs {
-				lns, err := sockets.Listen(addr, listeners.Options{})
-				if err != nil {
-					failure = fmt.Errorf("app %s: %w", ac.Name, err)
-					open = append(open, own...)
-					return nil, failure
-				}
-				own = append(own, lns...)
-			}
-		}
-		a, err := activator.New(ac.Config, own, activator.Options{Logger: log, Guard: guard})
-		if err != nil {
-			failure = err
-			open = append(open, own...)
-			return nil, failure
-		}
-		apps = append(apps, a)
-		if ac.Mode == activator.ModeHTTP {
-			for _, addr := range ac.Addrs {
-				key := addr.String()
-				if _, seen := byAddr[key]; !seen {
-					addrs = append(addrs, addr)
-				}
-				byAddr[key] = append(byAddr[key], a)
-			}
-		}
-	}
-	for _, addr := range addrs {
-		lns, err := sockets.Listen(addr, listeners.Options{})
-		if err != nil {
-			failure = err
-			return nil, failure
-		}
-		for i, ln := range lns {
-			f, err := activator.NewHTTPFront(ln, byAddr[addr.String()], log)
-			if err != nil {
-				failure = err
-				open = append(open, lns[i:]...)
-				return nil, failure
-			}
-			fronts = append(fronts, f)
-		}
-	}
-	sup, err := activator.NewSupervisor(apps, fronts)
-	if err != nil {
-		failure = err
-		return nil, failure
-	}
-	return sup, nil
 }
 
 // listenControl binds the control socket, readable and writable by rouse's

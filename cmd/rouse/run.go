@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime/debug"
 
+	"github.com/rouse-dev/rouse/activator"
 	"github.com/rouse-dev/rouse/examples/backend"
 	"github.com/rouse-dev/rouse/procman"
 )
@@ -24,6 +25,7 @@ Usage:
   rouse check [-c FILE]               validate the config and list the apps
   rouse status [APP] [--json]         show the apps of the running daemon
   rouse start|stop|restart APP        act on one app of the running daemon
+  rouse reload                        re-read the config (as SIGHUP does)
   rouse demo                          run a self-contained example
   rouse version                       print the version
 
@@ -51,6 +53,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return cmdStatus(ctx, rest, getenv, stdout, stderr)
 	case "start", "stop", "restart":
 		return cmdAppAction(ctx, verb, rest, getenv, stdout, stderr)
+	case "reload":
+		return cmdReload(ctx, rest, getenv, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, getenv, stdout, stderr)
 	case "version", "--version":
@@ -63,16 +67,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return procman.GuardMain(stdin)
 	case backendVerb:
 		return backend.Main(rest, stdout, stderr)
+	case execVerb:
+		return activator.ExecMain(rest, stderr)
 	}
 	fmt.Fprintf(stderr, "rouse: unknown command %q\n\n%s", verb, usage)
 	return exitConfig
 }
 
 // Hidden verbs: rouse re-executes itself as the guard that kills app
-// process groups if rouse dies, and as the demo's backend.
+// process groups if rouse dies, as the demo's backend, and as the exec
+// shim that sets LISTEN_PID for handoff and inetd apps.
 const (
 	guardVerb   = "__guard"
 	backendVerb = "__backend"
+	execVerb    = "__exec" // the exec shim of handoff and inetd apps
 )
 
 func buildVersion() string {

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestReloadUnderTraffic(t *testing.T) {
+	keepPort, webPort, gonePort, newPort, hupPort := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	apps := func(webName string, withGone, withNew, withHup bool) string {
+		s := fmt.Sprintf(`
+[apps.keep]
+listen = ["127.0.0.1:%d"]
+command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"]
+
+[apps.web]
+mode = "http"
+listen = ["127.0.0.1:%d"]
+command = ["@BIN@", "__backend", "-name", %q, "-listen", "127.0.0.1:{port}"]
+`, keepPort, webPort, webName)
+		if withGone {
+			s += fmt.Sprintf("\n[apps.gone]\nlisten = [\"127.0.0.1:%d\"]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", gonePort)
+		}
+		if withNew {
+			s += fmt.Sprintf("\n[apps.fresh]\nlisten = [\"127.0.0.1:%d\"]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", newPort)
+		}
+		if withHup {
+			s += fmt.Sprintf("\n[apps.hup]\nlisten = [\"127.0.0.1:%d\"]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", hupPort)
+		}
+		return s
+	}
+	file, control := writeConfig(t, apps("web-v1", true, false, false))
+	rewrite := func(body string) {
+		t.Helper()
+		f2, _ := writeConfig(t, body)
+		b, err := os.ReadFile(f2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Same control socket as the running daemon's.
+		b = bytes.Replace(b, []byte(f2[:len(f2)-len("rouse.toml")]+"control.sock"), []byte(control), 1)
+		if err := os.WriteFile(file, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := startRouse(t, file, control)
+	if got := echoOnce(t, keepPort, "x"); got != "x" {
+		t.Fatalf("keep: %q", got)
+	}
+	if got := echoOnce(t, gonePort, "x"); got != "x" {
+		t.Fatalf("gone: %q", got)
+	}
+	keepPid := r.app(t, "keep").pid
+
+	// Traffic on the apps that stay, all along.
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var ok, failed atomic.Int64
+	var lastWeb atomic.Value
+	var errs sync.Map
+	client := &http.Client{Timeout: 30 * time.Second}
+	for range 2 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if got := echoOnce(t, keepPort, "ping"); got == "ping" {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+					errs.Store("keep: "+got, true)
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", webPort))
+				if err != nil {
+					failed.Add(1)
+					errs.Store("web: "+err.Error(), true)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+					errs.Store(fmt.Sprintf("web: %d %s", resp.StatusCode, body), true)
+					continue
+				}
+				lastWeb.Store(string(body))
+				ok.Add(1)
+			}
+		}()
+	}
+	waitFor(t, "traffic", func() bool { return ok.Load() > 50 })
+
+	rouse := func(args ...string) (string, int) {
+		var out, errb bytes.Buffer
+		code := run(t.Context(), args, func(string) string { return "" }, nil, &out, &errb)
+		return out.String() + errb.String(), code
+	}
+	// 1: web's command changes, gone goes, fresh comes.
+	rewrite(apps("web-v2", false, true, false))
+	if out, code := rouse("reload", "--control", control); code != 0 {
+		t.Fatalf("rouse reload: %d %s", code, out)
+	}
+	waitFor(t, "web to answer from its new command", func() bool {
+		s, _ := lastWeb.Load().(string)
+		return strings.HasPrefix(s, "hello from web-v2")
+	})
+	if got := echoOnce(t, newPort, "new"); got != "new" {
+		t.Errorf("added app: %q", got)
+	}
+	waitFor(t, "the removed app's socket to close", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", gonePort))
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	// 2: a broken config is rejected whole; everything keeps serving.
+	os.WriteFile(file, []byte("[defaults]\nidle_timeout = 300\n"), 0o644)
+	out, code := rouse("reload", "--control", control)
+	if code == 0 || !strings.Contains(out, file+":2: defaults.idle_timeout") {
+		t.Errorf("reload of a broken config: %d %q, want a refusal naming file:line: key", code, out)
+	}
+	if got := echoOnce(t, newPort, "still"); got != "still" {
+		t.Errorf("after a rejected reload, the added app: %q", got)
+	}
+	// 3: SIGHUP reloads too.
+	rewrite(apps("web-v2", false, true, true))
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the app added by SIGHUP to answer", func() bool {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", hupPort), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	before := ok.Load()
+	waitFor(t, "traffic after the reloads", func() bool { return ok.Load() > before+50 })
+	stop()
+	wg.Wait()
+
+	if n := failed.Load(); n != 0 {
+		errs.Range(func(k, _ any) bool { t.Errorf("failure: %v", k); return true })
+		t.Errorf("%d of %d requests failed across reloads", n, n+ok.Load())
+	}
+	if pid := r.app(t, "keep").pid; pid != keepPid {
+		t.Errorf("unchanged app's pid went from %d to %d", keepPid, pid)
+	}
+	t.Logf("%d requests, %d failed, across 3 reloads", ok.Load(), failed.Load())
+}
