@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build test check deps bench clean
+.PHONY: build test faults fuzz check deps bench bench-compare clean deb test-deb
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/rouse ./cmd/rouse
@@ -16,6 +16,16 @@ deps:
 test: deps
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# faults runs the fault suite (files tagged `faults`): SIGKILLs, idle-stop
+# races, slowloris, garbage and fd exhaustion, each ending in a count of
+# what clients got. It includes the normal tests.
+faults: deps
+	$(GO) test -race -count=1 -tags faults -timeout 20m ./...
+
+# fuzz runs each fuzz target for FUZZTIME (10s) after its seed corpus.
+fuzz:
+	@FUZZTIME=$(FUZZTIME) bash .ci/fuzz
+
 check:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
@@ -23,6 +33,22 @@ check:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./activator
+
+# bench-compare runs rouse against systemd-socket-proxyd, nginx and Go
+# proxies on loopback (examples/bench) and writes BENCHMARKS.md; ~15 min.
+# It installs nothing: `make deps` brings wrk, nginx and systemd.
+# BENCH_FLAGS=-quick for a short run.
+bench-compare:
+	$(GO) run ./examples/bench $(BENCH_FLAGS) -out BENCHMARKS.md
+
+# deb builds dist/rouse_VERSION_ARCH.deb (dpkg-deb; see packaging/build-deb.sh).
+deb:
+	@GO=$(GO) bash packaging/build-deb.sh
+
+# test-deb lints the package and boots it under a real systemd in a
+# debootstrapped bookworm (root; the root is cached in /var/cache/rouse-test).
+test-deb: deb
+	@GO=$(GO) bash packaging/test-deb.sh
 
 clean:
 	rm -rf bin dist
