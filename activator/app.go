@@ -401,7 +401,7 @@ func (a *App) failLocked(err error, pid int) {
 	a.backoffUntil = now.Add(delay)
 	a.lastErr = err.Error()
 	a.setState(Backoff)
-	a.log.Warn("failed", "state", Backoff, "pid", pid, "err", err, "retry_in", delay, "failures_in_a_row", a.consecutive)
+	a.log.Warn("failed", "state", Backoff, "pid", pid, "err", err, "retry_in", delay, "until", a.backoffUntil.Format(time.TimeOnly), "failures_in_a_row", a.consecutive)
 	if a.closing {
 		return
 	}

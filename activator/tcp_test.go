@@ -137,24 +137,33 @@ func TestConnectionDuringStoppingIsServed(t *testing.T) {
 
 func TestCrashLoopBacksOff(t *testing.T) {
 	ta := newTestApp(t, []string{"-exit", "3"}, nil)
-	// Hammer the app for a while: whatever the load, one start per period.
-	deadline := time.Now().Add(3500 * time.Millisecond)
+	// Hammer the app: whatever the load, one start per back-off period.
+	// Go on until the third spawn, then for one more second (well inside
+	// the 4 s back-off that follows it).
 	refused := 0
-	for time.Now().Before(deadline) {
-		start := time.Now()
-		got, _ := echo(t, ta.addr, "x")
-		if got != "" {
-			t.Fatalf("got %q from an app that never listens", got)
+	hammer := func(until func() bool) {
+		deadline := time.Now().Add(15 * time.Second)
+		for !until() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d spawns after 15 s of crash loop", len(ta.startLines()))
+			}
+			start := time.Now()
+			if got, _ := echo(t, ta.addr, "x"); got != "" {
+				t.Fatalf("got %q from an app that never listens", got)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("a refused connection took %s, want it closed at once", took)
+			}
+			refused++
+			time.Sleep(20 * time.Millisecond) // pacing the load, not waiting for a condition
 		}
-		if took := time.Since(start); took > time.Second {
-			t.Errorf("a refused connection took %s, want it closed at once", took)
-		}
-		refused++
-		time.Sleep(20 * time.Millisecond) // pacing the load, not waiting for a condition
 	}
+	hammer(func() bool { return len(ta.startLines()) >= 3 })
+	third := time.Now()
+	hammer(func() bool { return time.Since(third) > time.Second })
 	starts := ta.startLines()
 	if len(starts) != 3 {
-		t.Fatalf("%d spawns in 3.5s of crash loop, want 3 (t=0, +1s, +2s more)", len(starts))
+		t.Fatalf("%d spawns, want 3 (t=0, +1s, +2s more)", len(starts))
 	}
 	if gap := starts[1].at.Sub(starts[0].at); gap < 950*time.Millisecond {
 		t.Errorf("second spawn %s after the first, want >= 1s", gap)
