@@ -13,4 +13,18 @@
 //   - A connection that arrives while the app stops is held and starts it
 //     again: an idle stop never loses a connection.
 //   - Close returns only when every goroutine and process of the app is gone.
+//
+// Modes handoff and inetd spawn through the exec shim (Options.ExecShim,
+// ExecMain), which sets LISTEN_PID to the app's own pid and execs it.
+//   - handoff: rouse never accepts on the sockets it hands over, and never
+//     reads or writes them; it only waits for readability (netpoller) and
+//     polls, so their shared file description may be blocking (as the app
+//     gets it) without ever blocking rouse. conns are the connections the
+//     app holds (sock_diag, sampled while it runs), queued those in the
+//     backlogs.
+//   - inetd: one process per connection, at most max_conns at once; the
+//     state is ready while one runs, idle when none does, never starting
+//     or stopping; starts counts spawns; failures count spawn errors (which
+//     put the app in back-off) and processes killed by a signal rouse did
+//     not send (SIGPIPE aside). There is no idle timer.
 package activator

@@ -31,8 +31,8 @@ import (
 // inetdConn is an accepted connection of an inetd app.
 type inetdConn struct {
 	net.Conn
-	running bool          // it holds one of the max_conns slots; guarded by App.mu
-	cutOnce sync.Once     //
+	running bool // it holds one of the max_conns slots; guarded by App.mu
+	cutOnce sync.Once
 	cut     chan struct{} // closed to stop the connection's process
 }
 
@@ -283,9 +283,9 @@ func (a *App) inetdBackoffOver() {
 	if a.state != Backoff || a.now().Before(a.backoffUntil) {
 		return
 	}
-	a.state = Idle // not a transition anyone waits for: settle broadcasts
+	a.state = Idle // settled below from the processes running
 	a.inetdSettleLocked()
-	a.broadcast()
+	a.broadcast() // out of back-off
 }
 
 // inetdStart is Start for an inetd app: there is no process to start until
@@ -300,9 +300,9 @@ func (a *App) inetdStart() error {
 		if a.backoffTimer != nil {
 			a.backoffTimer.Stop()
 		}
-		a.state = Idle
+		a.state = Idle // settled below from the processes running
 		a.inetdSettleLocked()
-		a.broadcast()
+		a.broadcast() // out of back-off
 	}
 	return nil
 }

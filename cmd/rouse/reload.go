@@ -103,7 +103,7 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 			own = append(own, lns...)
 		}
 	}
-	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard})
+	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard, ExecShim: []string{"/proc/self/exe", execVerb}})
 	if err != nil {
 		closeAll(own)
 		return nil, err

@@ -115,7 +115,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	stopOn := []os.Signal{syscall.SIGINT, syscall.SIGTERM}
+	if *ignoreTerm {
+		stopOn = stopOn[:1] // Notify would undo signal.Ignore
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), stopOn...)
 	defer stop()
 	if *stopDelay > 0 {
 		defer func() {
