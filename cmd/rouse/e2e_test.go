@@ -127,7 +127,7 @@ func writeConfig(t *testing.T, body string) (file, control string) {
 	if os.Geteuid() == 0 {
 		user = `user = "root"`
 	}
-	text := fmt.Sprintf("[rouse]\ncontrol = %q\ndrain_timeout = \"2s\"\n\n[defaults]\nmode = \"tcp\"\n%s\nenv = { ROUSE_TEST_MAIN = \"1\" }\n\n", control, user)
+	text := fmt.Sprintf("[rouse]\ncontrol = %q\ndrain_timeout = \"2s\"\n\n[defaults]\nmode = \"tcp\"\n%s\nenv = { ROUSE_TEST_MAIN = \"1\", GORACE = \"atexit_sleep_ms=0\" }\n\n", control, user)
 	text += strings.NewReplacer("@BIN@", os.Args[0], "@DIR@", dir).Replace(body)
 	file = filepath.Join(dir, "rouse.toml")
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
