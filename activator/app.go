@@ -454,22 +454,8 @@ func (a *App) idleCheck() {
 func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*instance, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	waiting := false
-	defer func() {
-		if waiting {
-			a.queued--
-			if a.draining {
-				a.broadcast() // Close may be waiting for the queue to empty
-			}
-		}
-	}()
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	arrived := a.now()
+	w := heldWait{a: a, arrived: a.now()}
+	defer w.done()
 	for {
 		if a.closing {
 			return nil, ErrClosing
@@ -478,13 +464,13 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 		case Ready:
 			if !a.inst.retiring && (a.config().MaxConns <= 0 || a.active < a.config().MaxConns) {
 				a.active++
-				if waiting {
-					a.metrics.waited(a.now().Sub(arrived))
+				if w.waiting {
+					a.metrics.waited(a.now().Sub(w.arrived))
 				}
 				return a.inst, nil
 			}
 		case Idle:
-			if !waiting && a.queueFullLocked() {
+			if !w.waiting && a.queueFullLocked() {
 				return nil, ErrQueueFull
 			}
 			a.startLocked("connection")
@@ -493,27 +479,59 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 				return nil, &BackoffError{App: a.config().Name, Until: a.backoffUntil, Last: a.lastErr}
 			}
 		}
-		if !waiting {
-			if a.queueFullLocked() {
-				return nil, ErrQueueFull
-			}
-			a.queued++
-			waiting = true
+		if err := w.wait(ctx, deadline); err != nil {
+			return nil, err
 		}
-		if timer == nil {
-			timer = time.NewTimer(deadline.Sub(a.now()))
+	}
+}
+
+// heldWait is a connection held in the app's queue until it can be handed
+// on: registered (queued) by its first wait, given up by done. Its methods
+// are called with mu held.
+type heldWait struct {
+	a       *App
+	arrived time.Time
+	waiting bool
+	timer   *time.Timer
+}
+
+// wait holds the connection (ErrQueueFull when max_queued are held
+// already) until the app's state changes, the deadline passes
+// (ErrQueueTimeout) or ctx ends; it unlocks mu meanwhile.
+func (w *heldWait) wait(ctx context.Context, deadline time.Time) error {
+	a := w.a
+	if !w.waiting {
+		if a.queueFullLocked() {
+			return ErrQueueFull
 		}
-		ch := a.changed
-		a.mu.Unlock()
-		select {
-		case <-ch:
-			a.mu.Lock()
-		case <-timer.C:
-			a.mu.Lock()
-			return nil, ErrQueueTimeout
-		case <-ctx.Done():
-			a.mu.Lock()
-			return nil, ctx.Err()
+		a.queued++
+		w.waiting = true
+	}
+	if w.timer == nil {
+		w.timer = time.NewTimer(deadline.Sub(a.now()))
+	}
+	ch := a.changed
+	a.mu.Unlock()
+	defer a.mu.Lock()
+	select {
+	case <-ch:
+		return nil
+	case <-w.timer.C:
+		return ErrQueueTimeout
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// done gives up the connection's place in the queue.
+func (w *heldWait) done() {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	if w.waiting {
+		w.a.queued--
+		if w.a.draining {
+			w.a.broadcast() // Close may be waiting for the queue to empty
 		}
 	}
 }

@@ -51,36 +51,7 @@ func (c *inetdConn) Close() error {
 func (a *App) serveInetd() {
 	for _, ln := range a.lns {
 		a.wg.Add(1)
-		go a.inetdAcceptLoop(ln)
-	}
-}
-
-// inetdAcceptLoop accepts until the listener is closed, pausing on errors
-// such as EMFILE as acceptLoop does.
-func (a *App) inetdAcceptLoop(ln net.Listener) {
-	defer a.wg.Done()
-	var pause time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-			a.log.Warn("accept", "addr", ln.Addr().String(), "err", err, "retry_in", pause)
-			if !a.pause(pause) {
-				return
-			}
-			continue
-		}
-		pause = 0
-		ic := newInetdConn(c)
-		if !a.track(ic) {
-			c.Close()
-			return
-		}
-		a.wg.Add(1)
-		go a.serveInetdConn(ic)
+		go a.acceptLoop(ln)
 	}
 }
 
@@ -123,21 +94,9 @@ func (a *App) serveInetdConn(c *inetdConn) {
 func (a *App) inetdAcquire(c *inetdConn) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	waiting := false
-	defer func() {
-		if waiting {
-			a.queued--
-			if a.draining {
-				a.broadcast() // Close may be waiting for the queue to empty
-			}
-		}
-	}()
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	w := heldWait{a: a, arrived: a.now()}
+	defer w.done()
+	deadline := w.arrived.Add(a.config().QueueTimeout)
 	for {
 		switch {
 		case a.closing:
@@ -151,24 +110,8 @@ func (a *App) inetdAcquire(c *inetdConn) error {
 			a.setState(Ready)
 			return nil
 		}
-		if !waiting {
-			if a.queueFullLocked() {
-				return ErrQueueFull
-			}
-			a.queued++
-			waiting = true
-		}
-		if timer == nil {
-			timer = time.NewTimer(a.config().QueueTimeout)
-		}
-		ch := a.changed
-		a.mu.Unlock()
-		select {
-		case <-ch:
-			a.mu.Lock()
-		case <-timer.C:
-			a.mu.Lock()
-			return ErrQueueTimeout
+		if err := w.wait(context.Background(), deadline); err != nil {
+			return err
 		}
 	}
 }

@@ -83,11 +83,6 @@ func (a *App) SetListeners(lns []net.Listener) {
 			continue
 		}
 		a.wg.Add(1)
-		switch a.config().Mode {
-		case ModeInetd:
-			go a.inetdAcceptLoop(ln)
-		default:
-			go a.acceptLoop(ln)
-		}
+		go a.acceptLoop(ln)
 	}
 }

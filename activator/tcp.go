@@ -9,10 +9,13 @@ import (
 	"time"
 )
 
-// acceptLoop accepts until the listener is closed. Temporary errors such as
-// EMFILE pause the loop with a growing delay instead of ending it.
+// acceptLoop accepts until the listener is closed and serves each
+// connection in a goroutine of its own: serveConn (tcp) or serveInetdConn.
+// Temporary errors such as EMFILE pause the loop with a growing delay
+// instead of ending it.
 func (a *App) acceptLoop(ln net.Listener) {
 	defer a.wg.Done()
+	inetd := a.config().Mode == ModeInetd
 	var pause time.Duration
 	for {
 		c, err := ln.Accept()
@@ -28,12 +31,20 @@ func (a *App) acceptLoop(ln net.Listener) {
 			continue
 		}
 		pause = 0
-		if !a.track(c) {
+		var tracked net.Conn = c
+		if inetd {
+			tracked = newInetdConn(c)
+		}
+		if !a.track(tracked) {
 			c.Close()
 			return
 		}
 		a.wg.Add(1)
-		go a.serveConn(c)
+		if inetd {
+			go a.serveInetdConn(tracked.(*inetdConn))
+		} else {
+			go a.serveConn(c)
+		}
 	}
 }
 
