@@ -20,10 +20,13 @@ var ErrExited = errors.New("process exited")
 var ErrNotReady = errors.New("not ready in time")
 
 // Probing starts fast, because most apps are ready within milliseconds of
-// binding, and backs off so a slow starter is not hammered.
+// binding, and backs off so a slow starter is not hammered. The cap is what
+// a client may wait after the app is ready (half of it on average): a
+// probe is a connect on loopback, so even a 30 s start costs only a few
+// thousand of them.
 const (
 	firstProbeInterval = 250 * time.Microsecond
-	maxProbeInterval   = 25 * time.Millisecond
+	maxProbeInterval   = 4 * time.Millisecond
 	probeAttemptLimit  = time.Second // one attempt of a probe
 	httpProbeTimeout   = 2 * time.Second
 )

@@ -46,7 +46,7 @@ func TestWaitReady(t *testing.T) {
 
 // The first attempts come within a millisecond or two (most apps bind fast,
 // and every millisecond here is added to the first request), then slow down
-// to one every 25ms. Fake time makes the schedule exact.
+// to one every maxProbeInterval. Fake time makes the schedule exact.
 func TestWaitReadySchedule(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := &Process{name: "app", pid: 42, done: make(chan struct{})}
