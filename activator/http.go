@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -21,12 +22,16 @@ import (
 // so keep-alive connections are pooled per app and dropped when it stops.
 type httpUpstream struct {
 	transport *http.Transport
+	// buffers are what responses are copied through: neither side of that
+	// copy has ReadFrom or WriteTo, so io.Copy would allocate 32 KiB per
+	// request.
+	buffers sync.Pool
 }
 
 func newHTTPUpstream(cfg Config) *httpUpstream {
-	d := &net.Dialer{Timeout: 5 * time.Second}
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1} // loopback to a process rouse watches: no TCP keep-alive
 	network, address := cfg.UpstreamNetwork, cfg.UpstreamAddress
-	return &httpUpstream{transport: &http.Transport{
+	return &httpUpstream{buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}, transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return d.DialContext(ctx, network, address)
 		},
@@ -172,7 +177,11 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 	if resp.ContentLength < 0 {
 		dst.flush = http.NewResponseController(w)
 	}
-	if _, err := io.Copy(dst, resp.Body); err != nil {
+	up := a.http.Load()
+	buf := up.buffers.Get().(*[]byte)
+	_, err = io.CopyBuffer(dst, resp.Body, *buf)
+	up.buffers.Put(buf)
+	if err != nil {
 		if r.Context().Err() == nil && !isWriteError(err) {
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.

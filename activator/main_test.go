@@ -40,7 +40,7 @@ func testConfig(listen, upstream, starts string) Config {
 		Mode:   ModeTCP,
 		Listen: []string{listen},
 		Process: procman.Spec{
-			Argv:        []string{os.Args[0], "-starts", starts, "-listen", upstream},
+			Argv: []string{os.Args[0], "-starts", starts, "-listen", upstream},
 			// A race-built child sleeps 1 s at exit by default: that would
 			// hide how fast exits are noticed, and slow the suite.
 			Env:         []string{"ROUSE_TEST_BACKEND=1", "GORACE=atexit_sleep_ms=0"},

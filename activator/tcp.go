@@ -128,7 +128,7 @@ func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn
 }
 
 func (a *App) dial(ctx context.Context) (net.Conn, error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
+	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1} // loopback to a process rouse watches: no TCP keep-alive
 	return d.DialContext(ctx, a.config().UpstreamNetwork, a.config().UpstreamAddress)
 }
 

@@ -106,7 +106,7 @@ func Load(path string, opts LoadOptions) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load config: %w", err)
 	}
-	l := &loader{opts: opts, rank: map[string]int{}}
+	l := &loader{opts: opts, rank: map[string]int{}, listenPorts: map[int]bool{}}
 	if l.opts.PickPort == nil {
 		l.opts.PickPort = pickLoopbackPort
 	}
@@ -119,9 +119,10 @@ func Load(path string, opts LoadOptions) (*Config, error) {
 
 // loader carries one Load call's state.
 type loader struct {
-	opts     LoadOptions
-	problems []Problem
-	rank     map[string]int // file name -> order it was read in, for sorting problems
+	opts        LoadOptions
+	problems    []Problem
+	rank        map[string]int // file name -> order it was read in, for sorting problems
+	listenPorts map[int]bool   // TCP ports rouse listens on, which a picked port must avoid
 }
 
 // srcFile is one parsed file.
@@ -541,6 +542,20 @@ func (l *loader) buildApps(defs []*appDef, dflt *appDef) []App {
 			}
 		}
 	}
+	// A picked port must not be one rouse listens on itself, for any app:
+	// the app could not bind it (and the config would proxy to itself).
+	for _, b := range bs {
+		listen, _ := b.m["listen"].([]string)
+		for _, s := range listen {
+			if addr, err := listeners.ParseAddr(substitute(s, b.a.name, 0)); err == nil && addr.Kind == listeners.TCP {
+				if _, port, err := net.SplitHostPort(addr.Address); err == nil {
+					if p, _ := strconv.Atoi(port); p > 0 {
+						l.listenPorts[p] = true
+					}
+				}
+			}
+		}
+	}
 	apps := make([]*built, len(bs))
 	for i, b := range bs {
 		apps[i] = b.build(ports)
@@ -719,7 +734,7 @@ func (b *builder) build(ports map[int]string) *built {
 // picked before (LoadOptions.Ports) that is still free of other apps.
 func (b *builder) pick(ports map[int]string) (int, error) {
 	if p, ok := b.l.opts.Ports[b.a.name]; ok && p > 0 {
-		if _, taken := ports[p]; !taken {
+		if _, taken := ports[p]; !taken && !b.l.listenPorts[p] {
 			return p, nil
 		}
 	}
@@ -732,7 +747,7 @@ func (b *builder) pick(ports map[int]string) (int, error) {
 		if p <= 0 || p > 65535 {
 			return 0, fmt.Errorf("got port %d", p)
 		}
-		if _, taken := ports[p]; !taken {
+		if _, taken := ports[p]; !taken && !b.l.listenPorts[p] {
 			return p, nil
 		}
 		last = p

@@ -697,3 +697,34 @@ func TestConfigIncludeNotRegular(t *testing.T) {
 		t.Errorf("Load: %v\nwant %s", err, want)
 	}
 }
+
+// A picked port is never one that rouse itself listens on for an app:
+// the picker may offer it (it was free when asked), the loader asks again.
+func TestConfigPickAvoidsListenPorts(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "rouse.toml")
+	os.WriteFile(file, []byte(`
+[apps.a]
+listen = ["127.0.0.1:30001"]
+command = ["/bin/true"]
+
+[apps.b]
+listen = ["127.0.0.1:30002"]
+command = ["/bin/true", "{port}"]
+`), 0o644)
+	offers := []int{30001, 30002, 30003, 30001, 30003, 30004}
+	pick := func() (int, error) {
+		p := offers[0]
+		offers = offers[1:]
+		return p, nil
+	}
+	cfg, err := Load(file, LoadOptions{Euid: 1000, PickPort: pick})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range cfg.Apps {
+		if a.Port == 30001 || a.Port == 30002 {
+			t.Errorf("app %s got port %d, which rouse listens on", a.Name, a.Port)
+		}
+	}
+}
