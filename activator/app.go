@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rouse-dev/rouse/procman"
@@ -61,6 +62,7 @@ type App struct {
 	lastStart    time.Duration
 	lastErr      string
 	lastUsed     time.Time // when the last connection ended, for LRU
+	crashed      bool      // the back-off follows a crash of a ready app, not a failed start
 }
 
 // instance is one start of the app's process. Its fields other than gen,
@@ -238,6 +240,11 @@ func (a *App) stopLocked(why string, failure error) {
 	a.inst.why, a.inst.failure = why, failure
 	a.setState(Stopping)
 	a.inst.stop()
+	if up := a.http.Load(); up != nil {
+		// Pooled connections to the app, some dialed and never used,
+		// would hold up its graceful shutdown (a Go app waits for them).
+		up.transport.CloseIdleConnections()
+	}
 }
 
 // run owns one process from spawn to reaping.
@@ -380,6 +387,7 @@ func (a *App) finish(inst *instance, err error, kind string) {
 	}
 	if err != nil {
 		a.metrics.failure(kind)
+		a.crashed = !inst.readyAt.IsZero()
 		a.failLocked(err, pid)
 		return
 	}
@@ -475,7 +483,16 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 			}
 			a.startLocked("connection")
 		case Backoff:
-			if !retrying || !a.backoffUntil.Before(deadline) {
+			if !a.now().Before(a.backoffUntil) {
+				// Over, though its timer has not run yet: start now.
+				a.setState(Idle)
+				a.startLocked("back-off over")
+				break
+			}
+			// A crash of an app that was serving, or a request being
+			// retried, waits out a back-off that ends in time; a start
+			// that keeps failing is answered at once.
+			if !(retrying || a.crashed) || !a.backoffUntil.Before(deadline) {
 				return nil, &BackoffError{App: a.config().Name, Until: a.backoffUntil, Last: a.lastErr}
 			}
 		}
@@ -579,6 +596,12 @@ func (a *App) failed(inst *instance, err error) {
 	if a.inst != inst || a.state != Ready {
 		return
 	}
+	if localError(err) {
+		// rouse itself is short of something (fds, memory, ports): not
+		// the app's fault, so not counted against it.
+		a.log.Warn("connection to the app failed on rouse's side", "err", err)
+		return
+	}
 	now := a.now()
 	a.log.Debug("connection failed", "err", err)
 	a.metrics.failure(FailRefused)
@@ -625,6 +648,9 @@ func (a *App) track(c net.Conn) bool {
 func (a *App) untrack(c net.Conn) {
 	a.mu.Lock()
 	delete(a.conns, c)
+	if a.draining {
+		a.broadcast() // Close may be waiting for the accepted connections
+	}
 	a.mu.Unlock()
 }
 
@@ -729,7 +755,7 @@ func (a *App) Close(ctx context.Context) {
 	a.stopAccepting()
 	for {
 		a.mu.Lock()
-		n, ch := a.active+a.queued, a.changed
+		n, ch := a.active+a.queued+len(a.conns), a.changed
 		a.mu.Unlock()
 		if n == 0 {
 			break
@@ -822,3 +848,14 @@ func (a *App) rss() uint64 {
 // lastRSS is the largest RSS seen of the app: the pool's estimate of what
 // starting it will take.
 func (a *App) lastRSS() uint64 { return a.rssSeen.Load() }
+
+// localError reports whether err is rouse running short of a resource
+// rather than the app refusing or resetting.
+func localError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

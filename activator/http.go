@@ -88,7 +88,10 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		lastErr = res.err
 		switch {
 		case ctx.Err() != nil:
-			return // the client went away; nobody to answer
+			// The client went away, or half-closed its side, which net/http
+			// cannot tell apart: cut the connection rather than let net/http
+			// send an empty 200 the app never gave.
+			panic(http.ErrAbortHandler)
 		case res.timeout:
 			a.writeError(w, http.StatusGatewayTimeout, 0, "http_response_timeout",
 				fmt.Sprintf("the app did not answer within %s", a.config().ResponseTimeout))
@@ -385,7 +388,7 @@ func (a *App) refuse(w http.ResponseWriter, r *http.Request, err, lastErr error)
 	var be *BackoffError
 	switch {
 	case errors.As(err, &be):
-		wait := be.Until.Sub(a.now())
+		wait := max(be.Until.Sub(a.now()), time.Second)
 		a.writeError(w, http.StatusServiceUnavailable, wait, "destination_unavailable",
 			fmt.Sprintf("the app failed to start and is in back-off for %s more (last error: %s)", roundUp(wait), be.Last))
 	case errors.Is(err, ErrQueueFull):
@@ -403,7 +406,9 @@ func (a *App) refuse(w http.ResponseWriter, r *http.Request, err, lastErr error)
 		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			"rouse is shutting down")
 	case r.Context().Err() != nil:
-		// The client went away while its request was held.
+		// The client went away (or half-closed) while its request was
+		// held: no made-up answer, cut the connection.
+		panic(http.ErrAbortHandler)
 	default:
 		a.writeError(w, http.StatusServiceUnavailable, time.Second, "destination_unavailable", err.Error())
 	}
