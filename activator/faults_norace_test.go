@@ -1,0 +1,5 @@
+//go:build faults && !race
+
+package activator
+
+const faultsRace = false
