@@ -203,8 +203,14 @@ func serveEcho(ctx context.Context, ln net.Listener, name string, banner bool, l
 				logf("%s: stopping", name)
 				return 0
 			}
+			if errors.Is(err, net.ErrClosed) {
+				logf("accept: %v", err)
+				return 1
+			}
+			// EMFILE and the like pass, as they do for net/http's server.
 			logf("accept: %v", err)
-			return 1
+			time.Sleep(10 * time.Millisecond) // a pause before trying again, not a wait for a condition
+			continue
 		}
 		go func() {
 			defer c.Close()
