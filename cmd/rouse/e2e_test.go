@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -34,31 +33,66 @@ type rouseProc struct {
 	cmd     *exec.Cmd
 	control string
 	done    chan struct{}
-	mu      sync.Mutex
-	log     bytes.Buffer
+	log     *lockedBuffer
 }
 
 // startRouse runs `rouse run -c file` and waits until its control socket
 // answers.
 func startRouse(t *testing.T, file, control string) *rouseProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "run", "-c", file)
-	cmd.Env = append(os.Environ(), "ROUSE_TEST_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := spawnRouse(t, []string{os.Args[0], "run", "-c", file}, nil, nil)
+	r.control = control
+	waitControl(t, control, r)
+	return r
+}
+
+// waitControl waits until rouse answers on control, failing at once if
+// it exited.
+func waitControl(t *testing.T, control string, r *rouseProc) {
+	t.Helper()
+	waitFor(t, "rouse's control socket", func() bool {
+		if !r.alive() {
+			t.Fatalf("rouse exited: %v\n%s", r.cmd.ProcessState, lastLines(r.log.String(), 50))
+		}
+		_, err := (&rouseProc{control: control}).status()
+		return err == nil
+	})
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// spawnRouse runs argv (which ends up exec'ing this test binary as
+// rouse) with env added and files as fd 3, 4, ...; the test's cleanup
+// stops it and shows its log if the test failed. The race runtime's 1s
+// sleep at exit is turned off for rouse and, through its environment, for
+// its apps.
+func spawnRouse(t *testing.T, argv, env []string, files []*os.File) *rouseProc {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(append(os.Environ(), "ROUSE_TEST_MAIN=1", "GORACE=atexit_sleep_ms=0"), env...)
+	cmd.ExtraFiles = files
+	r := &rouseProc{cmd: cmd, done: make(chan struct{}), log: &lockedBuffer{}}
+	cmd.Stderr = r.log
+	cmd.WaitDelay = 5 * time.Second // a process left holding stderr must not hold Wait
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	r := &rouseProc{cmd: cmd, control: control, done: make(chan struct{})}
 	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			r.mu.Lock()
-			r.log.WriteString(sc.Text() + "\n")
-			r.mu.Unlock()
-		}
 		cmd.Wait()
 		close(r.done)
 	}()
@@ -71,20 +105,38 @@ func startRouse(t *testing.T, file, control string) *rouseProc {
 			<-r.done
 		}
 		if t.Failed() {
-			t.Logf("rouse log:\n%s", r.logText())
+			t.Logf("rouse pid %d log:\n%s", cmd.Process.Pid, lastLines(r.log.String(), 150))
 		}
-	})
-	waitFor(t, "rouse's control socket", func() bool {
-		_, err := r.status()
-		return err == nil
 	})
 	return r
 }
 
-func (r *rouseProc) logText() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.log.String()
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("... %d lines before", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (r *rouseProc) alive() bool {
+	select {
+	case <-r.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// heldRouse starts rouse as systemd would over sockets the test holds:
+// LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID set to rouse's own pid (the
+// shell's $$ is rouse's after exec).
+func heldRouse(t *testing.T, file string, names []string, files []*os.File) *rouseProc {
+	t.Helper()
+	return spawnRouse(t,
+		[]string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" run -c "$1"`, os.Args[0], file},
+		[]string{"LISTEN_FDS=" + strconv.Itoa(len(files)), "LISTEN_FDNAMES=" + strings.Join(names, ":")},
+		files)
 }
 
 func (r *rouseProc) status() (statusReply, error) {

@@ -30,104 +30,6 @@ import (
 	"time"
 )
 
-// faultRouse is a rouse daemon run as a child process, by any argv.
-type faultRouse struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// startFaultRouse runs argv (which ends up exec'ing this test binary as
-// rouse) with env added and files as fd 3, 4, ...; the test's cleanup
-// stops it and shows its log if the test failed. The race runtime's 1s
-// sleep at exit is turned off for rouse and, through its environment, for
-// its apps.
-func startFaultRouse(t *testing.T, argv, env []string, files []*os.File) *faultRouse {
-	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(append(os.Environ(), "ROUSE_TEST_MAIN=1", "GORACE=atexit_sleep_ms=0"), env...)
-	cmd.ExtraFiles = files
-	r := &faultRouse{cmd: cmd, done: make(chan struct{}), log: &lockedBuffer{}}
-	cmd.Stderr = r.log
-	cmd.WaitDelay = 5 * time.Second // a process left holding stderr must not hold Wait
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		cmd.Wait()
-		close(r.done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-r.done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-r.done
-		}
-		if t.Failed() {
-			t.Logf("rouse pid %d log:\n%s", cmd.Process.Pid, lastLines(r.log.String(), 150))
-		}
-	})
-	return r
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = append([]string{fmt.Sprintf("... %d lines before", len(lines)-n)}, lines[len(lines)-n:]...)
-	}
-	return strings.Join(lines, "\n")
-}
-
-func (r *faultRouse) alive() bool {
-	select {
-	case <-r.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// heldRouse starts rouse as systemd would over sockets the test holds:
-// LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID set to rouse's own pid (the
-// shell's $$ is rouse's after exec).
-func heldRouse(t *testing.T, file string, names []string, files []*os.File) *faultRouse {
-	t.Helper()
-	return startFaultRouse(t,
-		[]string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" run -c "$1"`, os.Args[0], file},
-		[]string{"LISTEN_FDS=" + strconv.Itoa(len(files)), "LISTEN_FDNAMES=" + strings.Join(names, ":")},
-		files)
-}
-
-func waitControl(t *testing.T, control string, r *faultRouse) {
-	t.Helper()
-	waitFor(t, "rouse's control socket", func() bool {
-		if !r.alive() {
-			t.Fatalf("rouse exited: %v\n%s", r.cmd.ProcessState, lastLines(r.log.String(), 50))
-		}
-		_, err := (&rouseProc{control: control}).status()
-		return err == nil
-	})
-}
-
 // descendants lists the live processes below pid: its children, theirs...
 func descendants(pid int) []int {
 	children := make(map[int][]int)
@@ -328,7 +230,7 @@ listen = ["systemd:web"]
 command = "'@BIN@' __backend -proto http -grandchild -listen 127.0.0.1:{port}"
 idle_timeout = "0"
 `)
-	start := func() *faultRouse {
+	start := func() *rouseProc {
 		r := heldRouse(t, file, []string{"echo", "web"}, []*os.File{echoFile, webFile})
 		waitControl(t, control, r)
 		return r
@@ -505,7 +407,7 @@ command = ["@BIN@", "__backend", "-name", "web-v%d", "-listen", "127.0.0.1:{port
 		return s
 	}
 	file, control := writeConfig(t, body(0))
-	r := startFaultRouse(t, []string{os.Args[0], "run", "-c", file}, nil, nil)
+	r := spawnRouse(t, []string{os.Args[0], "run", "-c", file}, nil, nil)
 	waitControl(t, control, r)
 
 	var res counts
@@ -580,7 +482,7 @@ mode = "http"
 listen = ["127.0.0.1:%d"]
 command = ["@BIN@", "__backend", "-name", "other", "-listen", "127.0.0.1:{port}"]
 `, target, other))
-	r := startFaultRouse(t, []string{os.Args[0], "run", "-c", file}, nil, nil)
+	r := spawnRouse(t, []string{os.Args[0], "run", "-c", file}, nil, nil)
 	waitControl(t, control, r)
 
 	var res counts
@@ -668,7 +570,7 @@ mode = "http"
 listen = ["127.0.0.1:%d"]
 command = ["@BIN@", "__backend", "-listen", "127.0.0.1:{port}"]
 `, echoPort, maxConns, webPort))
-	r := startFaultRouse(t, []string{prlimit, fmt.Sprintf("--nofile=%d:%d", limit, limit), os.Args[0], "run", "-c", file}, nil, nil)
+	r := spawnRouse(t, []string{prlimit, fmt.Sprintf("--nofile=%d:%d", limit, limit), os.Args[0], "run", "-c", file}, nil, nil)
 	waitControl(t, control, r)
 	echoAddr := fmt.Sprintf("127.0.0.1:%d", echoPort)
 	webURL := fmt.Sprintf("http://127.0.0.1:%d/", webPort)

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -186,29 +185,9 @@ listen = ["systemd:beta"]
 command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"]
 idle_timeout = "0"
 `)
-	startOne := func() (*exec.Cmd, chan struct{}) {
-		// LISTEN_PID must be rouse's own pid: the shell's $$ is, after exec.
-		cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" run -c "$1"`, os.Args[0], file)
-		cmd.Env = append(os.Environ(), "ROUSE_TEST_MAIN=1", "LISTEN_FDS=2", "LISTEN_FDNAMES=beta:alpha")
-		cmd.ExtraFiles = []*os.File{unixFile, tcpFile} // fd 3 = beta, fd 4 = alpha
-		var logb bytes.Buffer
-		cmd.Stderr = &logb
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() {
-			cmd.Wait()
-			close(done)
-		}()
-		t.Cleanup(func() {
-			cmd.Process.Kill()
-			<-done
-			if t.Failed() {
-				t.Logf("rouse log:\n%s", logb.String())
-			}
-		})
-		return cmd, done
+	startOne := func() *rouseProc {
+		// fd 3 = beta, fd 4 = alpha: named in an order unlike the config's.
+		return heldRouse(t, file, []string{"beta", "alpha"}, []*os.File{unixFile, tcpFile})
 	}
 
 	var served, failed atomic.Int64
@@ -238,16 +217,13 @@ idle_timeout = "0"
 		}()
 	}
 	for round := range 3 {
-		cmd, done := startOne()
-		waitFor(t, fmt.Sprintf("rouse %d to listen on its control socket", round), func() bool {
-			_, err := (&rouseProc{control: control}).status()
-			return err == nil
-		})
+		r := startOne()
+		waitControl(t, control, r)
 		before := served.Load()
 		waitFor(t, fmt.Sprintf("round %d to serve", round), func() bool { return served.Load() > before+20 })
-		cmd.Process.Signal(syscall.SIGTERM)
-		<-done
-		if code := cmd.ProcessState.ExitCode(); code != 0 {
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		<-r.done
+		if code := r.cmd.ProcessState.ExitCode(); code != 0 {
 			t.Errorf("round %d: rouse exited %d", round, code)
 		}
 	}
