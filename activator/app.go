@@ -422,10 +422,19 @@ func (a *App) backoffOver() {
 	if a.state != Backoff || a.now().Before(a.backoffUntil) {
 		return
 	}
-	a.setState(Idle)
+	a.endBackoffLocked()
 	if (a.queued > 0 || a.config().KeepWarm) && !a.closing {
 		a.startLocked("back-off over")
 	}
+}
+
+// endBackoffLocked leaves back-off for Idle: its time is up, or Start or
+// Stop cut it short. Call with mu held, in Backoff.
+func (a *App) endBackoffLocked() {
+	if a.backoffTimer != nil {
+		a.backoffTimer.Stop()
+	}
+	a.setState(Idle)
 }
 
 // armIdleLocked (re)starts the idle countdown; call with mu held when the
@@ -485,7 +494,7 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 		case Backoff:
 			if !a.now().Before(a.backoffUntil) {
 				// Over, though its timer has not run yet: start now.
-				a.setState(Idle)
+				a.endBackoffLocked()
 				a.startLocked("back-off over")
 				break
 			}
@@ -662,10 +671,7 @@ func (a *App) Start(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	if a.state == Backoff {
-		if a.backoffTimer != nil {
-			a.backoffTimer.Stop()
-		}
-		a.setState(Idle)
+		a.endBackoffLocked()
 	}
 	a.mu.Unlock()
 	deadline := a.now().Add(a.config().StartTimeout + a.config().Process.StopTimeout + 10*time.Second)
@@ -708,10 +714,7 @@ func (a *App) Stop(ctx context.Context) error {
 			a.mu.Unlock()
 			return nil
 		case Backoff:
-			if a.backoffTimer != nil {
-				a.backoffTimer.Stop()
-			}
-			a.setState(Idle)
+			a.endBackoffLocked()
 			a.mu.Unlock()
 			return nil
 		case Ready, Starting:

@@ -22,6 +22,8 @@ type HTTPFront struct {
 	routes atomic.Pointer[routes] // replaced whole on reload
 	log    *slog.Logger
 
+	mu       sync.Mutex
+	closed   bool           // Close began: no new handler may join handlers
 	handlers sync.WaitGroup // requests being served, also hijacked ones
 	started  atomic.Bool
 	served   chan struct{} // closed when Serve returned
@@ -142,7 +144,13 @@ func (f *HTTPFront) route(host string) *App {
 
 // ServeHTTP routes one request.
 func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		panic(http.ErrAbortHandler) // read as the front closed: nobody will wait for it
+	}
 	f.handlers.Add(1)
+	f.mu.Unlock()
 	defer f.handlers.Done()
 	a := f.route(r.Host)
 	if a == nil {
@@ -165,6 +173,9 @@ func (f *HTTPFront) Shutdown(ctx context.Context) {
 // Close closes every connection and returns once every request handler,
 // including those of upgraded connections, has returned.
 func (f *HTTPFront) Close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
 	f.srv.Close()
 	if !f.started.Load() {
 		f.ln.Close()
