@@ -121,18 +121,6 @@ func request(method, url string, body io.Reader) *http.Request {
 	return req
 }
 
-// quickExit wraps a config edit: the app's process, this test binary built
-// with -race, exits at once instead of sleeping the race runtime's 1s at
-// exit (GORACE atexit_sleep_ms), which would make every stop take a second.
-func quickExit(edit func(*Config)) func(*Config) {
-	return func(c *Config) {
-		c.Process.Env = append(c.Process.Env, "GORACE=atexit_sleep_ms=0")
-		if edit != nil {
-			edit(c)
-		}
-	}
-}
-
 // newHTTPTestApps is newTestApps in http mode: apps under one supervisor,
 // so that its cleanup checks for leaks once all of them are closed.
 func newHTTPTestApps(t testing.TB, specs ...appSpec) []*testApp {
@@ -140,14 +128,14 @@ func newHTTPTestApps(t testing.TB, specs ...appSpec) []*testApp {
 	for i, spec := range specs {
 		edit := spec.edit
 		specs[i].args = append([]string{"-proto", "http"}, spec.args...)
-		specs[i].edit = quickExit(func(c *Config) {
+		specs[i].edit = func(c *Config) {
 			c.Mode = ModeHTTP
 			c.RequestBuffer = 1 << 20
 			c.ResponseTimeout = 30 * time.Second
 			if edit != nil {
 				edit(c)
 			}
-		})
+		}
 	}
 	return newTestApps(t, Capacity{}, specs...)
 }
@@ -165,7 +153,7 @@ func TestFaultIdleStopRace(t *testing.T) {
 		total, minStarts = 3000, 60
 	}
 	const idle = 10 * time.Millisecond
-	ta, hits := newHTTPTestApp(t, nil, quickExit(func(c *Config) { c.IdleTimeout = idle }))
+	ta, hits := newHTTPTestApp(t, nil, func(c *Config) { c.IdleTimeout = idle })
 	keep := newClient(t) // idle keep-alive connections to rouse do not keep the app up
 	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
 	url := "http://" + ta.addr + "/"
@@ -334,11 +322,11 @@ func skipBackoffGaps(t *testing.T, res *tally, crashed bool) {
 // is replayed to the next process; no client sees an error.
 func TestFaultAppSIGKILLedUnderGETLoad(t *testing.T) {
 	const kills = 4
-	ta, _ := newHTTPTestApp(t, nil, quickExit(func(c *Config) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *Config) {
 		c.BackoffMax = time.Second // the smallest allowed: 1s after each kill
 		c.RetryTimeout = 20 * time.Second
 		c.QueueTimeout = 20 * time.Second
-	}))
+	})
 	var res tally
 	stop := make(chan struct{})
 	wg := killLoad(t, ta, 4, 25*time.Millisecond, []string{"/", "/sleep?d=20ms", "/", "/sleep?d=50ms"}, &res, stop)
@@ -376,7 +364,7 @@ func TestFaultAppSIGKILLedUnderGETLoad(t *testing.T) {
 // the app at most once (never replayed: 502), GETs are answered by the app.
 func TestFaultCrashingPOSTsUnderGETLoad(t *testing.T) {
 	const posts = 5
-	ta, hits := newHTTPTestApp(t, nil, quickExit(func(c *Config) {
+	ta, hits := newHTTPTestApp(t, nil, func(c *Config) {
 		c.BackoffMax = time.Second
 		c.RetryTimeout = 20 * time.Second
 		c.QueueTimeout = 20 * time.Second
@@ -384,7 +372,7 @@ func TestFaultCrashingPOSTsUnderGETLoad(t *testing.T) {
 		// GET may still live through two of them: two more tries than
 		// the default 3.
 		c.RetryTries = 5
-	}))
+	})
 	var res tally
 	stop := make(chan struct{})
 	wg := killLoad(t, ta, 3, 25*time.Millisecond, []string{"/", "/sleep?d=20ms"}, &res, stop)
@@ -535,7 +523,7 @@ func TestFaultCrashLoopRecoversAloneWhenFixed(t *testing.T) {
 // 503 with Retry-After (DESIGN.md), never one without.
 func TestFaultBackoffEndKeepsRetryAfter(t *testing.T) {
 	const periods, clients = 5, 4
-	ta, _ := newHTTPTestApp(t, []string{"-exit", "1"}, quickExit(func(c *Config) { c.BackoffMax = time.Second }))
+	ta, _ := newHTTPTestApp(t, []string{"-exit", "1"}, func(c *Config) { c.BackoffMax = time.Second })
 	client := newClient(t)
 	var res tally
 	url := "http://" + ta.addr + "/"
@@ -635,7 +623,7 @@ func sendGarbage(addr string, b []byte) (string, error) {
 // reaches the app; the front stays up with no goroutine or fd left over.
 func TestFaultGarbageConnections(t *testing.T) {
 	const total, workers = 10000, 16
-	ta, hits := newHTTPTestApp(t, nil, quickExit(nil))
+	ta, hits := newHTTPTestApp(t, nil, nil)
 	goroutines, fds := runtime.NumGoroutine(), countFDs(t)
 	var res tally
 	var next atomic.Int64
@@ -711,7 +699,7 @@ func halfClosedGet(addr, path string) (string, error) {
 // answer, or at worst a cut connection.
 func TestFaultHalfClosedClientGetsNoMadeUpAnswer(t *testing.T) {
 	const warm = 20
-	ta, hits := newHTTPTestApp(t, []string{"-delay", "300ms"}, quickExit(nil))
+	ta, hits := newHTTPTestApp(t, []string{"-delay", "300ms"}, nil)
 	var res tally
 	check := func(when string) {
 		got, err := halfClosedGet(ta.addr, "/")
@@ -758,7 +746,7 @@ func TestFaultHalfClosedClientGetsNoMadeUpAnswer(t *testing.T) {
 func TestFaultAppIgnoringSIGTERM(t *testing.T) {
 	const stopTimeout = time.Second
 	t.Run("stop", func(t *testing.T) {
-		ta, _ := newHTTPTestApp(t, []string{"-ignore-term"}, quickExit(func(c *Config) { c.Process.StopTimeout = stopTimeout }))
+		ta, _ := newHTTPTestApp(t, []string{"-ignore-term"}, func(c *Config) { c.Process.StopTimeout = stopTimeout })
 		client := newClient(t)
 		get(t, client, "http://"+ta.addr+"/")
 		pid := ta.Status().PID
@@ -778,10 +766,10 @@ func TestFaultAppIgnoringSIGTERM(t *testing.T) {
 		}
 	})
 	t.Run("idle", func(t *testing.T) {
-		ta, _ := newHTTPTestApp(t, []string{"-ignore-term"}, quickExit(func(c *Config) {
+		ta, _ := newHTTPTestApp(t, []string{"-ignore-term"}, func(c *Config) {
 			c.Process.StopTimeout = stopTimeout
 			c.IdleTimeout = 50 * time.Millisecond
-		}))
+		})
 		client := newClient(t)
 		_, first := get(t, client, "http://"+ta.addr+"/pid")
 		ta.waitState(t, Stopping)
@@ -850,7 +838,7 @@ func recvPid(t *testing.T, ch <-chan int, what string) int {
 func TestFaultForkingAppGroupCleanedUp(t *testing.T) {
 	t.Run("exits before ready", func(t *testing.T) {
 		output, pids := outputPid("grandchild ")
-		ta := newTestApp(t, []string{"-proto", "echo", "-grandchild", "-exit", "0"}, quickExit(func(c *Config) { c.Process.Output = output }))
+		ta := newTestApp(t, []string{"-proto", "echo", "-grandchild", "-exit", "0"}, func(c *Config) { c.Process.Output = output })
 		if got, err := echo(t, ta.addr, "x"); got != "" && err == nil {
 			t.Errorf("an app that exits before ready echoed %q", got)
 		}
@@ -864,14 +852,14 @@ func TestFaultForkingAppGroupCleanedUp(t *testing.T) {
 		output, pids := outputPid("grandchild ")
 		dir := t.TempDir()
 		ready := filepath.Join(dir, "ready")
-		ta := newTestApp(t, nil, quickExit(func(c *Config) {
+		ta := newTestApp(t, nil, func(c *Config) {
 			// The leader (sh) starts the server in the background, like a
 			// daemon that forks, waits until it listens, and exits a moment
 			// later; the server and its own child stay in the group.
 			argv := append(c.Process.Argv, "-proto", "echo", "-grandchild", "-ready-file", ready)
 			c.Process.Argv = append([]string{"/bin/sh", "-c", `"$@" & while [ ! -s "$0" ]; do sleep 0.01; done; sleep 0.5; exit 0`, ready}, argv...)
 			c.Process.Output = output
-		}))
+		})
 		if err := ta.Start(t.Context()); err != nil {
 			t.Fatal(err)
 		}

@@ -113,7 +113,6 @@ func fuzzFront(f *testing.F) (string, *atomic.Value) {
 	up := testConfig("fuzz", "127.0.0.1:"+strconv.Itoa(freePort(f)), os.DevNull)
 	up.Name, up.Mode, up.Hosts = "up", ModeHTTP, []string{"up.test"}
 	up.Process.Argv = append(up.Process.Argv, "-proto", "http", "-plain")
-	up.Process.Env = append(up.Process.Env, "GORACE=atexit_sleep_ms=0")
 	up.IdleTimeout = 0 // started once, kept for the whole run
 	up.RequestBuffer, up.ResponseTimeout = 64<<10, 5*time.Second
 	down := testConfig("fuzz", "127.0.0.1:1", os.DevNull)

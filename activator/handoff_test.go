@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -46,8 +45,6 @@ func newShimApp(t *testing.T, mode Mode, lns []net.Listener, args []string, edit
 	cfg.Mode, cfg.Listen = mode, listen
 	cfg.UpstreamNetwork, cfg.UpstreamAddress = "", ""
 	cfg.Process.Argv = append([]string{os.Args[0], "-starts", starts, "-ends", ends}, args...)
-	// A race-enabled child sleeps 1s at exit by default: not here.
-	cfg.Process.Env = append(cfg.Process.Env, "GORACE=atexit_sleep_ms=0")
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -67,17 +64,7 @@ func newShimApp(t *testing.T, mode Mode, lns []net.Listener, args []string, edit
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		a.Close(ctx)
-		for _, pid := range sa.pids() {
-			if alive(pid) {
-				t.Errorf("app process %d still alive (or not reaped) after Close", pid)
-				syscall.Kill(-pid, syscall.SIGKILL)
-			}
-		}
-		waitFor(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
-		waitFor(t, "fds back to where they were", func() bool {
-			runtime.GC()
-			return countFDs(t) <= fds
-		})
+		checkNoLeaks(t, sa.pids(), goroutines, fds)
 	})
 	return sa
 }

@@ -156,29 +156,38 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		sup.Close(ctx)
+		var pids []int
 		for _, ta := range tas {
-			for _, pid := range ta.pids() {
-				// A process of the group that is not our child (the
-				// app's own child) is reaped by init, which takes its time.
-				deadline := time.Now().Add(2 * time.Second)
-				for alive(pid) && time.Now().Before(deadline) {
-					time.Sleep(5 * time.Millisecond) // polling with a deadline
-				}
-				if alive(pid) {
-					t.Errorf("app process %d still alive after Close", pid)
-					syscall.Kill(-pid, syscall.SIGKILL)
-				}
-			}
+			pids = append(pids, ta.pids()...)
 		}
-		waitFor(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
-		// splice(2) keeps a pool of pipes that only the garbage collector
-		// closes: collect while polling.
-		waitFor(t, "fds back to where they were", func() bool {
-			runtime.GC()
-			return countFDs(t) <= fds
-		})
+		checkNoLeaks(t, pids, goroutines, fds)
 	})
 	return tas
+}
+
+// checkNoLeaks fails t if any of pids still runs (or is an unreaped child
+// of ours), or if goroutines or fds did not come back to what they were.
+func checkNoLeaks(t testing.TB, pids []int, goroutines, fds int) {
+	t.Helper()
+	for _, pid := range pids {
+		// A process of the group that is not our child (the app's own
+		// child) is reaped by init, which takes its time.
+		deadline := time.Now().Add(2 * time.Second)
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // polling with a deadline
+		}
+		if alive(pid) {
+			t.Errorf("app process %d still alive after Close", pid)
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+	waitFor(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
+	// splice(2) keeps a pool of pipes that only the garbage collector
+	// closes: collect while polling.
+	waitFor(t, "fds back to where they were", func() bool {
+		runtime.GC()
+		return countFDs(t) <= fds
+	})
 }
 
 // pids returns the pids of every process the app started, in order.
