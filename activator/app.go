@@ -63,6 +63,7 @@ type App struct {
 	lastErr      string
 	lastUsed     time.Time // when the last connection ended, for LRU
 	crashed      bool      // the back-off follows a crash of a ready app, not a failed start
+	asked        bool      // Start was called and waits for the pool to grant a start
 }
 
 // instance is one start of the app's process. Its fields other than gen,
@@ -210,7 +211,7 @@ func (a *App) startLocked(why string) {
 func (a *App) grant() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Idle || a.closing || (a.queued == 0 && !a.config().KeepWarm) {
+	if a.state != Idle || a.closing || (a.queued == 0 && !a.config().KeepWarm && !a.asked) {
 		return false
 	}
 	a.spawnLocked("capacity freed")
@@ -221,6 +222,7 @@ func (a *App) grant() bool {
 // slots taken if there is a pool.
 func (a *App) spawnLocked(why string) {
 	ctx, stop := context.WithCancel(context.Background())
+	a.asked = false
 	a.starts++
 	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{}),
 		pooled: a.pool != nil, booting: a.pool != nil}
@@ -686,6 +688,7 @@ func (a *App) Start(ctx context.Context) error {
 				a.mu.Unlock()
 				return ErrClosing
 			}
+			a.asked = true
 			a.startLocked("asked")
 		case Backoff:
 			err := errors.New(a.lastErr)

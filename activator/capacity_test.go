@@ -163,3 +163,29 @@ func TestKeepWarm(t *testing.T) {
 		t.Errorf("keep_warm app: %s after %d starts", st.State, st.Starts)
 	}
 }
+
+// An explicit Start (rouse start APP) with no room waits for room like a
+// connection does, and starts once the pool can make some.
+func TestStartWaitsForRoom(t *testing.T) {
+	apps := newTestApps(t, Capacity{MaxRunning: 1}, echoSpec(), echoSpec())
+	held, _ := bannerConn(t, apps[0].addr)
+	started := make(chan error, 1)
+	go func() { started <- apps[1].Start(t.Context()) }()
+	waitFor(t, "the start to be queued in the pool", func() bool {
+		apps[1].pool.mu.Lock()
+		defer apps[1].pool.mu.Unlock()
+		return len(apps[1].pool.waiting) == 1
+	})
+	held.Close() // apps[0] goes idle: the pool stops it to make room
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Start did not return once there was room")
+	}
+	if st := apps[1].Status(); st.State != Ready {
+		t.Errorf("after Start: %s", st.State)
+	}
+}
