@@ -245,7 +245,7 @@ func (a *App) stopLocked(why string, failure error) {
 	if up := a.http.Load(); up != nil {
 		// Pooled connections to the app, some dialed and never used,
 		// would hold up its graceful shutdown (a Go app waits for them).
-		up.transport.CloseIdleConnections()
+		up.closeIdle()
 	}
 }
 
@@ -365,7 +365,7 @@ func (a *App) finish(inst *instance, err error, kind string) {
 	}
 	if up := a.http.Load(); up != nil {
 		// Keep-alive connections to a process that is gone are dead.
-		up.transport.CloseIdleConnections()
+		up.closeIdle()
 	}
 	if err == nil && inst.failure != nil {
 		err, kind = inst.failure, FailTooMany
@@ -465,6 +465,21 @@ func (a *App) idleCheck() {
 		return
 	}
 	a.stopLocked("idle", nil)
+}
+
+// tryAcquire takes a connection slot if the app is ready and has one free,
+// without waiting; nil otherwise.
+func (a *App) tryAcquire() *instance {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing || a.state != Ready || a.inst.retiring {
+		return nil
+	}
+	if max := a.config().MaxConns; max > 0 && a.active >= max {
+		return nil
+	}
+	a.active++
+	return a.inst
 }
 
 // acquire waits until the app is ready and has a free connection slot, then

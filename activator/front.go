@@ -18,15 +18,26 @@ import (
 // apps it routes to.
 type HTTPFront struct {
 	ln     net.Listener
-	srv    *http.Server
+	srv    *http.Server           // serves what the front does not serve itself
+	handed *handedListener        // how connections reach srv
 	routes atomic.Pointer[routes] // replaced whole on reload
 	log    *slog.Logger
+	// handedOff counts the connections given to srv.
+	handedOff atomic.Int64
 
-	mu       sync.Mutex
-	closed   bool           // Close began: no new handler may join handlers
-	handlers sync.WaitGroup // requests being served, also hijacked ones
-	started  atomic.Bool
-	served   chan struct{} // closed when Serve returned
+	mu        sync.Mutex
+	closed    bool                    // Close began: no new handler or connection may join
+	conns     map[*frontConn]struct{} // served by the front itself
+	httpConns int                     // handed to srv, not yet closed or hijacked
+	changed   chan struct{}           // closed and replaced when conns or httpConns drop
+	handlers  sync.WaitGroup          // requests srv is serving, also hijacked ones
+	connWG    sync.WaitGroup          // goroutines of conns
+	shutting  atomic.Bool             // Shutdown or Close began
+	stop      chan struct{}           // closed when shutting is set
+	stopOnce  sync.Once
+	started   atomic.Bool
+	serving   sync.WaitGroup // Serve's goroutines
+	accepting chan struct{}  // closed when the accept loop returned
 }
 
 // routes is a front's Host table.
@@ -73,7 +84,8 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 	if log == nil {
 		log = slog.Default()
 	}
-	f := &HTTPFront{ln: ln, log: log, served: make(chan struct{})}
+	f := &HTTPFront{ln: ln, log: log, accepting: make(chan struct{}), stop: make(chan struct{}),
+		conns: make(map[*frontConn]struct{}), changed: make(chan struct{}), handed: newHandedListener(ln.Addr())}
 	if err := f.SetApps(apps); err != nil {
 		return nil, err
 	}
@@ -83,6 +95,14 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10, // beyond: 431
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				f.mu.Lock()
+				f.httpConns--
+				f.changedLocked()
+				f.mu.Unlock()
+			}
+		},
 	}
 	return f, nil
 }
@@ -98,12 +118,80 @@ func sortRoutes(r []hostRoute) {
 // Serve starts serving in the background and returns at once.
 func (f *HTTPFront) Serve() {
 	f.started.Store(true)
+	f.serving.Add(2)
 	go func() {
-		defer close(f.served)
-		if err := f.srv.Serve(f.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			f.log.Error("http front stopped", "addr", f.ln.Addr().String(), "err", err)
-		}
+		defer f.serving.Done()
+		f.srv.Serve(f.handed) // returns once Close closed f.handed
 	}()
+	go func() {
+		defer f.serving.Done()
+		defer close(f.accepting)
+		f.acceptLoop()
+	}()
+}
+
+// acceptLoop accepts connections until the listener is closed.
+func (f *HTTPFront) acceptLoop() {
+	var pause time.Duration
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of fds, most likely: wait for some to be freed, as
+			// net/http does.
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			f.log.Warn("accept", "addr", f.ln.Addr().String(), "err", err, "retry_in", pause)
+			select {
+			case <-time.After(pause):
+			case <-f.stop:
+				return
+			}
+			continue
+		}
+		pause = 0
+		fc := newFrontConn(f, c)
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			fc.close()
+			return
+		}
+		f.conns[fc] = struct{}{}
+		f.connWG.Add(1)
+		f.mu.Unlock()
+		go fc.serve()
+	}
+}
+
+// connDone forgets a connection whose goroutine returns.
+func (f *HTTPFront) connDone(fc *frontConn) {
+	f.mu.Lock()
+	delete(f.conns, fc)
+	f.changedLocked()
+	f.mu.Unlock()
+	f.connWG.Done()
+}
+
+// handOff gives a connection to net/http's server.
+func (f *HTTPFront) handOff(c net.Conn) {
+	f.handedOff.Add(1)
+	f.mu.Lock()
+	f.httpConns++ // now, so that Shutdown cannot miss it on its way
+	f.mu.Unlock()
+	if !f.handed.give(c) {
+		c.Close()
+		f.mu.Lock()
+		f.httpConns--
+		f.changedLocked()
+		f.mu.Unlock()
+	}
+}
+
+func (f *HTTPFront) changedLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 // SetApps replaces the apps the front routes to, at once: a request is
@@ -142,6 +230,15 @@ func (f *HTTPFront) route(host string) *App {
 	return r.fallback
 }
 
+// routeBytes is route for the front's own parser, without allocating when
+// the address has one app and no hosts.
+func (f *HTTPFront) routeBytes(host []byte) *App {
+	if r := f.routes.Load(); len(r.exact) == 0 && len(r.wildcard) == 0 {
+		return r.fallback
+	}
+	return f.route(string(host))
+}
+
 // ServeHTTP routes one request.
 func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
@@ -164,10 +261,44 @@ func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.ServeHTTP(w, r)
 }
 
-// Shutdown stops accepting, closes idle connections and waits for the
-// requests being served until ctx ends; the apps' own Close cuts the rest.
+// Shutdown stops accepting and waits, until ctx ends, for every accepted
+// connection to be done: a request being served is answered, with
+// Connection: close; a connection with no request yet gets a second to send
+// one; idle keep-alive connections are closed. The apps' own Close cuts
+// the rest.
 func (f *HTTPFront) Shutdown(ctx context.Context) {
-	f.srv.Shutdown(ctx)
+	f.beginShutdown()
+	// Not f.srv.Shutdown: it drops a request it reads once shutting down
+	// (golang/go#65805). Without keep-alives, each connection closes after
+	// the request it has.
+	f.srv.SetKeepAlivesEnabled(false)
+	if f.started.Load() {
+		<-f.accepting // a connection it accepted last is counted now
+	}
+	f.mu.Lock()
+	for fc := range f.conns {
+		fc.shutdownDeadline()
+	}
+	f.mu.Unlock()
+	for {
+		f.mu.Lock()
+		n, ch := len(f.conns)+f.httpConns, f.changed
+		f.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (f *HTTPFront) beginShutdown() {
+	f.shutting.Store(true)
+	f.stopOnce.Do(func() { close(f.stop) })
+	f.ln.Close()
 }
 
 // Close closes every connection and returns once every request handler,
@@ -175,12 +306,21 @@ func (f *HTTPFront) Shutdown(ctx context.Context) {
 func (f *HTTPFront) Close() {
 	f.mu.Lock()
 	f.closed = true
+	conns := make([]*frontConn, 0, len(f.conns))
+	for fc := range f.conns {
+		conns = append(conns, fc)
+	}
 	f.mu.Unlock()
+	f.beginShutdown()
+	for _, fc := range conns {
+		fc.raw.Close()
+	}
+	f.handed.Close()
 	f.srv.Close()
 	if !f.started.Load() {
-		f.ln.Close()
 		return
 	}
-	<-f.served
+	f.serving.Wait()
+	f.connWG.Wait()
 	f.handlers.Wait()
 }

@@ -1,11 +1,14 @@
 package activator
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -142,4 +145,59 @@ func fuzzFront(f *testing.F) (string, *atomic.Value) {
 		f.Fatal(err)
 	}
 	return ln.Addr().String(), &panicked
+}
+
+// FuzzH1Heads checks the front's own HTTP/1.1 parsing. A request head it
+// accepts must reach the app as the same request, as net/http reads it
+// (same method, target, Host and body length, nothing smuggled in); a
+// response head from an app must never make it panic, and what it passes
+// on must be a well-formed head.
+func FuzzH1Heads(f *testing.F) {
+	for _, seed := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /x?y=1 HTTP/1.1\r\nHost: a:80\r\nContent-Length: 3\r\nConnection: close\r\nTe: trailers\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nForwarded: for=x\r\nKeep-Alive: 1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close, X-A\r\nX-A: 1\r\n\r\n",
+		"HTTP/1.0 204\nTransfer-Encoding: gzip, chunked\n\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, head []byte) {
+		var r respHead
+		if out, ok := appendResponseHead(nil, head, &r); ok {
+			if !strings.HasPrefix(string(out), "HTTP/1.1 ") || !strings.HasSuffix(string(out), "\r\n") {
+				t.Fatalf("response head %q passed on as %q", head, out)
+			}
+			for line := range strings.Lines(string(out)) {
+				if !strings.HasSuffix(line, "\r\n") || strings.ContainsAny(strings.TrimSuffix(line, "\r\n"), "\r\n") {
+					t.Fatalf("response head %q passed on with line %q", head, line)
+				}
+			}
+		}
+		n := headEnd(head, 0)
+		if n < 0 {
+			return
+		}
+		var h reqHead
+		if !parseRequestHead(head[:n], &h) {
+			return
+		}
+		out := appendOutgoing(nil, head[:n], &h, "127.0.0.1")
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(out)))
+		if err != nil {
+			t.Fatalf("request %q accepted, sent as %q, which net/http rejects: %v", head[:n], out, err)
+		}
+		if req.Method != string(h.method) || req.RequestURI != string(h.target) || req.Host != string(h.host) ||
+			req.ContentLength != h.contentLength || len(req.TransferEncoding) > 0 {
+			t.Fatalf("request %q sent as %q: read back as %s %s host %q length %d %v", head[:n], out,
+				req.Method, req.RequestURI, req.Host, req.ContentLength, req.TransferEncoding)
+		}
+		if got := req.Header.Values("X-Forwarded-For"); len(got) != 1 || got[0] != "127.0.0.1" {
+			t.Fatalf("request %q sent as %q: X-Forwarded-For %q", head[:n], out, got)
+		}
+	})
 }

@@ -21,7 +21,11 @@ import (
 // httpUpstream is an http app's way to its process: one Transport per app,
 // so keep-alive connections are pooled per app and dropped when it stops.
 type httpUpstream struct {
-	transport *http.Transport
+	transport *http.Transport // for what net/http's server reads
+	// For what the front reads itself (see frontConn).
+	dialer           *net.Dialer
+	network, address string
+	pool             upPool
 	// buffers are what responses are copied through: neither side of that
 	// copy has ReadFrom or WriteTo, so io.Copy would allocate 32 KiB per
 	// request.
@@ -31,108 +35,169 @@ type httpUpstream struct {
 func newHTTPUpstream(cfg Config) *httpUpstream {
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1} // loopback to a process rouse watches: no TCP keep-alive
 	network, address := cfg.UpstreamNetwork, cfg.UpstreamAddress
-	return &httpUpstream{buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}, transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, address)
-		},
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: cfg.ResponseTimeout,
-		DisableCompression:    true,
-		ExpectContinueTimeout: 0,
-	}}
+	return &httpUpstream{dialer: d, network: network, address: address,
+		buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}, transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, network, address)
+			},
+			MaxIdleConns:          1024,
+			MaxIdleConnsPerHost:   1024,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: cfg.ResponseTimeout,
+			DisableCompression:    true,
+			ExpectContinueTimeout: 0,
+		}}
 }
 
-// ServeHTTP proxies one request to the app, starting it if needed. The
-// request is held while the app starts; its body, up to request_buffer, is
-// read first so that the request can be replayed if the app fails before
-// answering (see DESIGN.md "Retries"). An HTTPFront calls it.
+// ServeHTTP proxies one request that came through net/http's server (the
+// requests an HTTPFront does not serve itself, see frontConn), starting the
+// app if needed. Its body, up to request_buffer, is read first so that the
+// request can be replayed if the app fails before answering.
 func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := a.now()
-	ctx := r.Context()
-	var body *requestBody
+	rq := &httpRequest{a: a, w: w, r: r}
 	// With Expect: 100-continue the client waits for a go-ahead before
 	// sending the body; net/http sends "100 Continue" when the body is
 	// first read, so read it only once the app is ready.
-	expect := strings.EqualFold(r.Header.Get("Expect"), "100-continue")
-	if !expect {
-		var err error
-		if body, err = readBody(r, a.config().RequestBuffer); err != nil {
+	if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		if err := rq.prepare(); err != nil {
 			a.log.Debug("reading request body", "remote", r.RemoteAddr, "err", err)
 			a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
 			return
 		}
 	}
-	deadline := start.Add(a.config().QueueTimeout)
-	retryDeadline := start.Add(a.config().RetryTimeout)
+	if !a.proxy(rq, start) {
+		// No made-up answer (net/http would send an empty 200): cut the
+		// connection.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// proxyRequest is one request as a front holds it: one net/http's server
+// read (httpRequest) or one the front read itself (rawRequest).
+type proxyRequest interface {
+	context() context.Context // ends when the client goes away
+	method() string
+	path() string
+	// prepare reads what had to wait until the app was ready: the body
+	// behind an Expect: 100-continue. It is called before every exchange
+	// and does nothing once done.
+	prepare() error
+	bodyReplayable() bool
+	// exchange sends the request to inst once and passes the response on.
+	exchange(inst *instance) exchangeResult
+	// errorWriter is where rouse writes a response of its own.
+	errorWriter() http.ResponseWriter
+	// hold is called before waiting for the app to be ready; the func it
+	// returns when the wait is over.
+	hold() func()
+}
+
+// proxy takes one request through its attempts, under the retry rules of
+// DESIGN.md ("Retries"): held while the app starts, replayed when that is
+// safe, answered by rouse when it cannot be handed on. It returns false
+// when the client's connection must be cut instead of answered.
+func (a *App) proxy(rq proxyRequest, start time.Time) bool {
+	ctx := rq.context()
+	cfg := a.config()
+	deadline := start.Add(cfg.QueueTimeout)
+	retryDeadline := start.Add(cfg.RetryTimeout)
 	var lastErr error
 	for try := 1; ; try++ {
-		inst, err := a.acquire(ctx, deadline, try > 1)
-		if err != nil {
-			a.refuse(w, r, err, lastErr)
-			return
-		}
-		if body == nil {
-			if body, err = readBody(r, a.config().RequestBuffer); err != nil {
-				a.release(inst)
-				a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
-				return
+		inst := a.tryAcquire()
+		if inst == nil {
+			release := rq.hold()
+			var err error
+			inst, err = a.acquire(ctx, deadline, try > 1)
+			release()
+			if err != nil {
+				return a.refuse(rq, err, lastErr)
 			}
 		}
-		res := a.exchange(w, r, inst, body)
+		if err := rq.prepare(); err != nil {
+			a.release(inst)
+			a.writeError(rq.errorWriter(), http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+			return true
+		}
+		res := rq.exchange(inst)
 		a.release(inst)
 		if res.err == nil || res.answered {
-			return
+			return true
 		}
 		lastErr = res.err
 		switch {
 		case ctx.Err() != nil:
-			// The client went away, or half-closed its side, which net/http
-			// cannot tell apart: cut the connection rather than let net/http
-			// send an empty 200 the app never gave.
-			panic(http.ErrAbortHandler)
+			// The client went away, or half-closed its side, which
+			// cannot be told apart: no answer, cut the connection.
+			return false
 		case res.timeout:
-			a.writeError(w, http.StatusGatewayTimeout, 0, "http_response_timeout",
-				fmt.Sprintf("the app did not answer within %s", a.config().ResponseTimeout))
-			return
+			a.writeError(rq.errorWriter(), http.StatusGatewayTimeout, 0, "http_response_timeout",
+				fmt.Sprintf("the app did not answer within %s", cfg.ResponseTimeout))
+			return true
 		}
 		a.failed(inst, res.err)
-		if res.sent && !a.replayable(r, body) {
-			a.log.Info("request failed, not replayed", "method", r.Method, "path", r.URL.Path, "err", res.err)
-			a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
+		if res.sent && !a.replayable(rq) {
+			a.log.Info("request failed, not replayed", "method", rq.method(), "path", rq.path(), "err", res.err)
+			a.writeError(rq.errorWriter(), http.StatusBadGateway, 0, "connection_terminated",
 				"the app broke the connection before answering; the request was not repeated because it may have had an effect")
-			return
+			return true
 		}
-		if try >= a.config().RetryTries || !a.now().Before(retryDeadline) {
+		if try >= cfg.RetryTries || !a.now().Before(retryDeadline) {
 			if res.sent {
-				a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
+				a.writeError(rq.errorWriter(), http.StatusBadGateway, 0, "connection_terminated",
 					fmt.Sprintf("the app broke the connection %d times", try))
 			} else {
-				a.writeError(w, http.StatusServiceUnavailable, time.Second, "connection_refused",
+				a.writeError(rq.errorWriter(), http.StatusServiceUnavailable, time.Second, "connection_refused",
 					fmt.Sprintf("the app refused the connection %d times", try))
 			}
-			return
+			return true
 		}
-		a.log.Debug("retrying request", "method", r.Method, "path", r.URL.Path, "try", try, "err", res.err)
+		a.log.Debug("retrying request", "method", rq.method(), "path", rq.path(), "try", try, "err", res.err)
 		deadline = retryDeadline
 		if !a.pause(time.Duration(try) * 10 * time.Millisecond) {
-			a.refuse(w, r, ErrClosing, lastErr)
-			return
+			return a.refuse(rq, ErrClosing, lastErr)
 		}
 	}
 }
 
+// httpRequest is a request read by net/http's server.
+type httpRequest struct {
+	a    *App
+	w    http.ResponseWriter
+	r    *http.Request
+	body *requestBody
+}
+
+func (q *httpRequest) context() context.Context         { return q.r.Context() }
+func (q *httpRequest) method() string                   { return q.r.Method }
+func (q *httpRequest) path() string                     { return q.r.URL.Path }
+func (q *httpRequest) bodyReplayable() bool             { return q.body.replayable() }
+func (q *httpRequest) errorWriter() http.ResponseWriter { return q.w }
+func (q *httpRequest) hold() func()                     { return func() {} } // net/http watches the client
+
+func (q *httpRequest) prepare() error {
+	if q.body != nil {
+		return nil
+	}
+	b, err := readBody(q.r, q.a.config().RequestBuffer)
+	q.body = b
+	return err
+}
+
+func (q *httpRequest) exchange(inst *instance) exchangeResult {
+	return q.a.exchange(q.w, q.r, inst, q.body)
+}
+
 // replayable reports whether a request that reached the app but got no
 // response byte back may be sent again.
-func (a *App) replayable(r *http.Request, body *requestBody) bool {
-	if !body.replayable() {
+func (a *App) replayable(rq proxyRequest) bool {
+	if !rq.bodyReplayable() {
 		return false
 	}
 	if a.config().RetryNonIdempotent {
 		return true
 	}
-	switch r.Method {
+	switch rq.method() {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodTrace:
 		return true
 	}
@@ -383,8 +448,10 @@ func (a *App) upgrade(w http.ResponseWriter, r *http.Request, inst *instance, re
 	return exchangeResult{answered: true}
 }
 
-// refuse answers a request rouse could not hand to the app.
-func (a *App) refuse(w http.ResponseWriter, r *http.Request, err, lastErr error) {
+// refuse answers a request rouse could not hand to the app; false means
+// cut the connection instead.
+func (a *App) refuse(rq proxyRequest, err, lastErr error) bool {
+	w := rq.errorWriter()
 	var be *BackoffError
 	switch {
 	case errors.As(err, &be):
@@ -398,20 +465,21 @@ func (a *App) refuse(w http.ResponseWriter, r *http.Request, err, lastErr error)
 		if lastErr != nil {
 			a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
 				fmt.Sprintf("the app failed and was not back within retry_timeout: %v", lastErr))
-			return
+			break
 		}
 		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			fmt.Sprintf("the app was not ready within %s", a.config().QueueTimeout))
 	case errors.Is(err, ErrClosing):
 		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			"rouse is shutting down")
-	case r.Context().Err() != nil:
+	case rq.context().Err() != nil:
 		// The client went away (or half-closed) while its request was
 		// held: no made-up answer, cut the connection.
-		panic(http.ErrAbortHandler)
+		return false
 	default:
 		a.writeError(w, http.StatusServiceUnavailable, time.Second, "destination_unavailable", err.Error())
 	}
+	return true
 }
 
 // statusClass is "2xx" for 200..299 and so on.

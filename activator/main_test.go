@@ -68,9 +68,10 @@ func testConfig(listen, upstream, starts string) Config {
 // testApp is an App under test with the files to observe it by.
 type testApp struct {
 	*App
-	addr   string // where clients connect
-	starts string // file the backend appends "PID UNIXNANO" to at each start
-	dir    string // a temporary directory of the test
+	addr   string     // where clients connect
+	starts string     // file the backend appends "PID UNIXNANO" to at each start
+	dir    string     // a temporary directory of the test
+	front  *HTTPFront // an http app's
 }
 
 // newTestApp starts an app in tcp mode whose process is this test binary
@@ -145,7 +146,11 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 			fronts = append(fronts, f)
 		}
 		apps = append(apps, a)
-		tas = append(tas, &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts)})
+		ta := &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts)}
+		if cfg.Mode == ModeHTTP {
+			ta.front = fronts[len(fronts)-1]
+		}
+		tas = append(tas, ta)
 	}
 	sup, err := NewSupervisor(apps, fronts, limits)
 	if err != nil {
@@ -181,7 +186,15 @@ func checkNoLeaks(t testing.TB, pids []int, goroutines, fds int) {
 			syscall.Kill(-pid, syscall.SIGKILL)
 		}
 	}
-	waitFor(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
+	deadline := time.Now().Add(15 * time.Second)
+	for runtime.NumGoroutine() > goroutines {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("timed out waiting for goroutines back to where they were (%d > %d):\n%s",
+				runtime.NumGoroutine(), goroutines, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
 	// splice(2) keeps a pool of pipes that only the garbage collector
 	// closes: collect while polling.
 	waitFor(t, "fds back to where they were", func() bool {

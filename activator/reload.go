@@ -31,7 +31,7 @@ func (a *App) Reconfigure(cfg Config) string {
 	upstream := old.UpstreamNetwork != cfg.UpstreamNetwork || old.UpstreamAddress != cfg.UpstreamAddress
 	if cfg.Mode == ModeHTTP && (upstream || old.ResponseTimeout != cfg.ResponseTimeout) {
 		if prev := a.http.Swap(newHTTPUpstream(cfg)); prev != nil {
-			prev.transport.CloseIdleConnections()
+			prev.retire()
 		}
 	}
 	o, n := old.Process, cfg.Process

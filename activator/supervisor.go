@@ -157,12 +157,12 @@ func (s *Supervisor) Status() []Status {
 // until ctx ends to finish, stops every app and returns when all of it is
 // done.
 func (s *Supervisor) Close(ctx context.Context) {
-	var wg sync.WaitGroup
+	var wg, frontsDone sync.WaitGroup
 	fronts := s.Fronts()
 	for _, f := range fronts {
-		wg.Add(1)
+		frontsDone.Add(1)
 		go func() {
-			defer wg.Done()
+			defer frontsDone.Done()
 			f.Shutdown(ctx)
 		}()
 	}
@@ -170,9 +170,14 @@ func (s *Supervisor) Close(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if a.config().Mode == ModeHTTP {
+				// The requests a front still serves need their app.
+				frontsDone.Wait()
+			}
 			a.Close(ctx)
 		}()
 	}
+	frontsDone.Wait()
 	wg.Wait()
 	for _, f := range fronts {
 		f.Close()

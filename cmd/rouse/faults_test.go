@@ -365,17 +365,8 @@ command = ["@BIN@", "__backend", "-listen", "127.0.0.1:{port}"]
 	if n := res.get(refused); n > 0 {
 		t.Errorf("%d connections refused: the listening sockets were held all along", n)
 	}
-	if lost > 0 && !t.Failed() {
-		t.Skipf("BUG: %d of %d connections lost across %d graceful restarts (%s). http: the front calls "+
-			"http.Server.Shutdown at once, and net/http closes without an answer a connection whose first request "+
-			"it reads after Shutdown began (server.go: `if c.server.shuttingDown() { return }`, golang/go#65805): "+
-			"connections accepted just before SIGTERM are lost, with no log line. tcp (seen in TestRestartOverHeldSockets): "+
-			"App.Close drains while active+queued > 0, but a connection accepted whose goroutine has not reached "+
-			"acquire yet is in neither, so it gets ErrClosing (log: connection refused why=\"rouse is shutting down\") "+
-			"and is closed unread, with a reset. Suggested fix: http: close the front's listener first, wait (bounded "+
-			"by drain_timeout) until no connection is in StateNew (track with Server.ConnState), then Shutdown; "+
-			"tcp: count connections from Accept on in the drain (len(a.conns), or a pending count taken in acceptLoop)",
-			lost, lost+res.get(served), restarts, &res)
+	if lost > 0 {
+		t.Errorf("%d of %d connections lost across %d graceful restarts: %s", lost, lost+res.get(served), restarts, &res)
 	}
 }
 

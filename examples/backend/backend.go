@@ -51,6 +51,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	inetd := fs.Bool("inetd", false, `serve the one connection on stdin and stdout (inetd): write "NAME REMOTE_ADDR REMOTE_PORT PID\n", then echo; exit 3 unless LISTEN_FDS=1 and LISTEN_PID is this process`)
 	stopDelay := fs.Duration("stop-delay", 0, "on SIGTERM stop accepting at once, but exit only this long after (a slow shutdown)")
 	endsFile := fs.String("ends", "", `append "PID UNIXNANO" to FILE when exiting by itself`)
+	keepalive := fs.Duration("keepalive", 0, "http: close keep-alive connections idle this long (0: net/http's default)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -143,7 +144,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			logf("-proto http serves one socket, got %d", len(lns))
 			return 2
 		}
-		return serveHTTP(ctx, ln, *name, *hits, *plain, logf)
+		return serveHTTP(ctx, ln, *name, *hits, *plain, *keepalive, logf)
 	default:
 		logf("unknown -proto %q", *proto)
 		return 2
@@ -225,7 +226,7 @@ func serveEcho(ctx context.Context, ln net.Listener, name string, banner bool, l
 	}
 }
 
-func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bool, logf func(string, ...any)) int {
+func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bool, keepalive time.Duration, logf func(string, ...any)) int {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s (pid %d)\n", name, os.Getpid())
@@ -285,6 +286,25 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bo
 			n -= k
 		}
 	})
+	// /raw?r=BYTES answers with exactly BYTES and closes the connection:
+	// responses net/http would not make (framing, 1xx, HTTP/1.0, malformed).
+	mux.HandleFunc("/raw", func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString(r.URL.Query().Get("r"))
+		brw.Flush()
+	})
+	// /trailer answers a chunked body with a trailer.
+	mux.HandleFunc("/trailer", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum")
+		fmt.Fprint(w, "part one, ")
+		w.(http.Flusher).Flush()
+		fmt.Fprint(w, "part two")
+		w.Header().Set("X-Sum", "42")
+	})
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
 		r.Header.Write(w)
 	})
@@ -338,7 +358,7 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bo
 			routes.ServeHTTP(w, r)
 		})
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: keepalive}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

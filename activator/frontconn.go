@@ -1,0 +1,391 @@
+package activator
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The front serves plain HTTP/1.1 requests itself, on the goroutine that
+// reads them, with its own keep-alive connections to the app: with net/http's
+// server and Transport, every request crosses four goroutines, which costs
+// more than the proxying. A request the front does not serve itself (see
+// parseRequestHead), and every later one on its connection, goes to
+// net/http's server, with nothing read off the connection lost.
+
+const (
+	frontReadBuffer  = 8 << 10  // the longest request head served here
+	frontWriteBuffer = 8 << 10  // response bytes gathered per write
+	fastBodyMax      = 64 << 10 // larger request bodies go to net/http (streamed)
+	// watchAfter is how long an exchange waits for the app before it
+	// watches the client too, to give up when the client goes away.
+	watchAfter = 50 * time.Millisecond
+	// newConnGrace is how long a shutdown waits for the first request of
+	// a connection that has sent none yet.
+	newConnGrace = time.Second
+)
+
+// Connection states, for a graceful shutdown.
+const (
+	connNew    = iota // no request yet: its first one is still served
+	connActive        // reading or serving a request
+	connIdle          // between requests: closed by a shutdown
+)
+
+var (
+	readerPool   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, frontReadBuffer) }}
+	writerPool   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, frontWriteBuffer) }}
+	aLongTimeAgo = time.Unix(1, 0)
+)
+
+// frontConn is one client connection the front serves itself.
+type frontConn struct {
+	f      *HTTPFront
+	raw    net.Conn // the connection, also once handed off or closed
+	c      net.Conn // nil once handed off or closed
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	ip     string // the client's, "" on a unix socket
+	ctx    context.Context
+	cancel context.CancelFunc // the client went away
+	state  atomic.Int32
+
+	closeAfter bool // the request or response said Connection: close
+	cut        bool // the response broke off: close without flushing
+	rq         rawRequest
+	head       reqHead
+	out        []byte // the request as sent to the app
+	resp       []byte // a response head from the app
+	line       []byte
+}
+
+func newFrontConn(f *HTTPFront, c net.Conn) *frontConn {
+	fc := &frontConn{f: f, raw: c, c: c}
+	fc.br = readerPool.Get().(*bufio.Reader)
+	fc.br.Reset(c)
+	fc.bw = writerPool.Get().(*bufio.Writer)
+	fc.bw.Reset(c)
+	if t, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		fc.ip = t.IP.String()
+	}
+	fc.ctx, fc.cancel = context.WithCancel(context.Background())
+	fc.rq.fc = fc
+	return fc
+}
+
+// serve serves the connection's requests until it closes or one of them
+// has to go to net/http.
+func (fc *frontConn) serve() {
+	f := fc.f
+	defer f.connDone(fc)
+	defer fc.cancel()
+	for served := 0; ; served++ {
+		if served > 0 {
+			fc.state.Store(connIdle)
+			if f.shutting.Load() && fc.br.Buffered() == 0 {
+				fc.close()
+				return
+			}
+			fc.c.SetReadDeadline(time.Now().Add(f.srv.IdleTimeout))
+		} else {
+			fc.c.SetReadDeadline(time.Now().Add(f.srv.ReadHeaderTimeout))
+		}
+		if f.shutting.Load() {
+			// Set after Shutdown's, or Shutdown's came after this.
+			fc.shutdownDeadline()
+		}
+		if _, err := fc.br.Peek(1); err != nil {
+			fc.close()
+			return
+		}
+		fc.state.Store(connActive)
+		start := time.Now()
+		n, ok := fc.readHead(served > 0)
+		if n < 0 {
+			fc.close()
+			return
+		}
+		var a *App
+		if ok {
+			a, ok = fc.simple(n)
+		}
+		if !ok {
+			fc.handOff()
+			return
+		}
+		if !fc.serveOne(a, n, start) || fc.closeAfter || f.shutting.Load() {
+			fc.close()
+			return
+		}
+	}
+}
+
+// shutdownDeadline cuts short the wait for a request when the front shuts
+// down: at once between requests, after a grace period before the first.
+func (fc *frontConn) shutdownDeadline() {
+	switch fc.state.Load() {
+	case connIdle:
+		fc.raw.SetReadDeadline(aLongTimeAgo)
+	case connNew:
+		fc.raw.SetReadDeadline(time.Now().Add(newConnGrace))
+	}
+}
+
+// readHead waits for a whole request head in the read buffer and returns
+// its length; idleDeadline says the read deadline is still the one for
+// waiting between requests. ok is false when it cannot be served here (too long, bare
+// LF); n < 0 when the connection is to be closed (read error, timeout).
+func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
+	from := 0
+	for {
+		buf, _ := fc.br.Peek(fc.br.Buffered())
+		if n := headEnd(buf, from); n >= 0 {
+			return n, true
+		}
+		if len(buf) == fc.br.Size() {
+			return 0, false // net/http answers 431 beyond its own limit
+		}
+		if idleDeadline {
+			// The head came in parts: from now on it has
+			// ReadHeaderTimeout, not the keep-alive's IdleTimeout.
+			fc.c.SetReadDeadline(time.Now().Add(fc.f.srv.ReadHeaderTimeout))
+			idleDeadline = false
+		}
+		from = max(0, len(buf)-2)
+		if _, err := fc.br.Peek(len(buf) + 1); err != nil {
+			return -1, false // as net/http: no answer to a head cut short
+		}
+	}
+}
+
+// simple parses the head of length n and picks its app; false leaves the
+// request to net/http.
+func (fc *frontConn) simple(n int) (*App, bool) {
+	head, _ := fc.br.Peek(n)
+	h := &fc.head
+	if !parseRequestHead(head, h) {
+		return nil, false
+	}
+	a := fc.f.routeBytes(h.host)
+	if a == nil || h.contentLength > min(fastBodyMax, a.config().RequestBuffer) {
+		return nil, false // net/http answers 404, or streams the body
+	}
+	if h.forwarded && a.trusted(fc.ip) {
+		return nil, false // the trusted proxy's headers are extended there
+	}
+	fc.out = appendOutgoing(fc.out[:0], head, h, fc.ip)
+	return a, true
+}
+
+// serveOne serves the request whose head (n bytes) simple accepted. It
+// returns false when the connection must be cut.
+func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
+	fc.br.Discard(n)
+	if cl := int(fc.head.contentLength); cl > 0 {
+		m := len(fc.out)
+		fc.out = append(fc.out, make([]byte, cl)...)
+		if _, err := io.ReadFull(fc.br, fc.out[m:]); err != nil {
+			return false
+		}
+	}
+	q := &fc.rq
+	q.a, q.err = a, nil
+	fc.closeAfter, fc.cut = fc.head.close, false
+	if !a.proxy(q, start) || fc.cut {
+		return false
+	}
+	if q.err != nil {
+		q.err.writeTo(fc)
+		q.err = nil
+	}
+	if fc.bw.Flush() != nil {
+		return false
+	}
+	return true
+}
+
+// handOff gives the connection, and what was read off it, to net/http's
+// server.
+func (fc *frontConn) handOff() {
+	fc.c.SetReadDeadline(time.Time{})
+	fc.bw.Reset(nil)
+	writerPool.Put(fc.bw)
+	hc := &handedConn{Conn: fc.c, r: fc.br}
+	fc.c, fc.br, fc.bw = nil, nil, nil
+	fc.f.handOff(hc)
+}
+
+// close closes the connection and recycles its buffers.
+func (fc *frontConn) close() {
+	if fc.c == nil {
+		return
+	}
+	fc.c.Close()
+	fc.br.Reset(nil)
+	readerPool.Put(fc.br)
+	fc.bw.Reset(nil)
+	writerPool.Put(fc.bw)
+	fc.c, fc.br, fc.bw = nil, nil, nil
+}
+
+// watch watches the client while the serving goroutine waits for something
+// else: when the client goes away (or half-closes), ctx is cancelled and
+// cut, if any, closed. The returned func ends the watch.
+func (fc *frontConn) watch(cut io.Closer) (stop func()) {
+	fc.c.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	var stopping atomic.Bool
+	go func() {
+		defer close(done)
+		// Peek consumes nothing: a pipelined request stays for later.
+		if _, err := fc.br.Peek(1); err != nil && !stopping.Load() {
+			fc.cancel()
+			if cut != nil {
+				cut.Close()
+			}
+		}
+	}()
+	return func() {
+		stopping.Store(true)
+		fc.c.SetReadDeadline(aLongTimeAgo)
+		<-done
+		fc.c.SetReadDeadline(time.Time{})
+	}
+}
+
+// gone reports whether the client went away.
+func (fc *frontConn) gone() bool { return fc.ctx.Err() != nil }
+
+// rawRequest is a request the front read itself; fc.out holds it as it
+// goes to the app, body included.
+type rawRequest struct {
+	fc  *frontConn
+	a   *App
+	err *rawResponse // a response rouse made, written once proxy returns
+}
+
+func (q *rawRequest) context() context.Context { return q.fc.ctx }
+func (q *rawRequest) method() string           { return string(q.fc.head.method) }
+func (q *rawRequest) prepare() error           { return nil }
+func (q *rawRequest) bodyReplayable() bool     { return true }
+func (q *rawRequest) hold() func()             { return q.fc.watch(nil) }
+
+func (q *rawRequest) path() string {
+	t := q.fc.head.target
+	for i, c := range t {
+		if c == '?' {
+			return string(t[:i])
+		}
+	}
+	return string(t)
+}
+
+func (q *rawRequest) errorWriter() http.ResponseWriter {
+	q.err = &rawResponse{header: make(http.Header)}
+	return q.err
+}
+
+// rawResponse gathers a response rouse makes, for a connection the front
+// serves itself.
+type rawResponse struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (w *rawResponse) Header() http.Header { return w.header }
+func (w *rawResponse) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *rawResponse) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	w.body = append(w.body, p...)
+	return len(p), nil
+}
+
+func (w *rawResponse) writeTo(fc *frontConn) {
+	bw := fc.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(w.code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(w.code))
+	bw.WriteString("\r\n")
+	w.header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	w.header.Set("Content-Length", strconv.Itoa(len(w.body)))
+	if fc.closeAfter || fc.f.shutting.Load() {
+		w.header.Set("Connection", "close")
+	}
+	w.header.Write(bw)
+	bw.WriteString("\r\n")
+	if !fc.head.isHead() {
+		bw.Write(w.body)
+	}
+}
+
+func (h *reqHead) isHead() bool { return string(h.method) == http.MethodHead }
+
+// handedConn is a connection given to net/http's server, with the bytes
+// the front had read first.
+type handedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite lets net/http half-close the connection as it does a TCP one.
+func (c *handedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// handedListener is how connections reach net/http's server: Accept
+// returns those the front handed off.
+type handedListener struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newHandedListener(addr net.Addr) *handedListener {
+	return &handedListener{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *handedListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// give hands c to Accept; false when the listener is closed (c is then the
+// caller's to close).
+func (l *handedListener) give(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *handedListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *handedListener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,284 @@
+package activator
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawClient is one client connection written to byte for byte.
+type rawClient struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawClient{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func (rc *rawClient) send(req string) {
+	rc.t.Helper()
+	if _, err := io.WriteString(rc.c, req); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+// response reads one response to a request with method.
+func (rc *rawClient) response(method string) (*http.Response, string) {
+	rc.t.Helper()
+	resp, err := http.ReadResponse(rc.br, &http.Request{Method: method})
+	if err != nil {
+		rc.t.Fatalf("reading the response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		rc.t.Fatalf("reading the body: %v", err)
+	}
+	return resp, string(b)
+}
+
+func TestFrontServesPlainRequestsAndHandsOffTheRest(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	rc := dialRaw(t, ta.addr)
+	for i := range 3 {
+		rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, body := rc.response("GET"); resp.StatusCode != 200 || !strings.Contains(body, "hello from") {
+			t.Fatalf("GET %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "hello" {
+		t.Fatalf("POST with a body: %d %q", resp.StatusCode, body)
+	}
+	if n := ta.front.handedOff.Load(); n != 0 {
+		t.Fatalf("%d connections handed to net/http, want 0 for plain requests", n)
+	}
+	// A chunked body is net/http's to read: the connection goes there,
+	// with the request, and goes on working.
+	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "abc" {
+		t.Fatalf("chunked POST: %d %q", resp.StatusCode, body)
+	}
+	if n := ta.front.handedOff.Load(); n != 1 {
+		t.Fatalf("%d connections handed to net/http, want 1", n)
+	}
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET after the hand-off: %d", resp.StatusCode)
+	}
+	// What the front leaves to net/http: each on a connection of its own.
+	for _, req := range []string{
+		"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Other\r\n\r\n",
+		"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET / HTTP/1.1\nHost: x\n\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("b", frontReadBuffer) + "\r\n\r\n",
+	} {
+		rc := dialRaw(t, ta.addr)
+		before := ta.front.handedOff.Load()
+		rc.send(req)
+		if resp, body := rc.response("GET"); resp.StatusCode != 200 {
+			t.Errorf("%.60q: %d %q, want 200 from net/http's side", req, resp.StatusCode, body)
+		}
+		if ta.front.handedOff.Load() != before+1 {
+			t.Errorf("%.60q was not handed off", req)
+		}
+	}
+}
+
+func TestFrontPipelinedRequestsAreAnsweredInOrder(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	rc := dialRaw(t, ta.addr)
+	rc.send("GET /pid HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none" +
+		"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\ntwo")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	if _, body := rc.response("POST"); body != "one" {
+		t.Fatalf("second: %q", body)
+	}
+	if resp, body := rc.response("HEAD"); resp.StatusCode != 200 || body != "" {
+		t.Fatalf("HEAD: %d %q", resp.StatusCode, body)
+	}
+	resp, body := rc.response("POST")
+	if body != "two" || !resp.Close {
+		t.Fatalf("last: %q, Connection: close %v", body, resp.Close)
+	}
+	if _, err := rc.br.ReadByte(); err != io.EOF {
+		t.Fatalf("after Connection: close: %v, want EOF", err)
+	}
+}
+
+func TestFrontPassesResponsesOnAsFramed(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	raw := func(r string) string { return "/raw?r=" + url.QueryEscape(r) }
+	for _, tc := range []struct {
+		name, path, method string
+		code               int
+		body               string
+		close              bool // the client's connection closes after it
+		header             map[string]string
+	}{
+		{name: "read to the end", path: raw("HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil close"),
+			code: 200, body: "until close", close: true, header: map[string]string{"X-A": "1"}},
+		{name: "HTTP/1.0", path: raw("HTTP/1.0 201 Created\r\nContent-Length: 3\r\n\r\nabc"), code: 201, body: "abc"},
+		{name: "interim responses dropped", path: raw("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+			code: 200, body: "ok"},
+		{name: "bare LF", path: raw("HTTP/1.1 202 Accepted\nContent-Length: 2\nX-B: 2\n\nok"),
+			code: 202, body: "ok", header: map[string]string{"X-B": "2"}},
+		{name: "hop-by-hop dropped", path: raw("HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nX-Kept: k\r\nContent-Length: 1\r\n\r\n."),
+			code: 200, body: ".", header: map[string]string{"X-Secret": "", "Keep-Alive": "", "X-Kept": "k"}},
+		{name: "chunked with extensions", path: raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+			code: 200, body: "abcde"},
+		{name: "204", path: raw("HTTP/1.1 204 No Content\r\n\r\n"), code: 204},
+		{name: "HEAD", path: "/bytes?n=5000", method: "HEAD", code: 200, header: map[string]string{"Content-Length": "5000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			method := tc.method
+			if method == "" {
+				method = "GET"
+			}
+			rc := dialRaw(t, ta.addr)
+			rc.send(method + " " + tc.path + " HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, body := rc.response(method)
+			if resp.StatusCode != tc.code || body != tc.body || resp.Close != tc.close {
+				t.Errorf("%d %q close=%v, want %d %q close=%v", resp.StatusCode, body, resp.Close, tc.code, tc.body, tc.close)
+			}
+			for k, v := range tc.header {
+				if got := resp.Header.Get(k); got != v {
+					t.Errorf("header %s: %q, want %q", k, got, v)
+				}
+			}
+			if !tc.close {
+				rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+				if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+					t.Errorf("next request on the connection: %d", resp.StatusCode)
+				}
+			}
+		})
+	}
+	if n := ta.front.handedOff.Load(); n != 0 {
+		t.Errorf("%d connections handed off, want 0", n)
+	}
+}
+
+func TestFrontTrailersAndCutResponses(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	client := newClient(t)
+	resp, err := client.Get("http://" + ta.addr + "/trailer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "part one, part two" || resp.Trailer.Get("X-Sum") != "42" {
+		t.Errorf("chunked with a trailer: %q, trailer %v", b, resp.Trailer)
+	}
+	// A body shorter than announced, a malformed chunk: the client sees a
+	// cut connection, not a complete-looking response.
+	for _, r := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+	} {
+		rc := dialRaw(t, ta.addr)
+		rc.send("GET /raw?r=" + url.QueryEscape(r) + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			continue // cut before the head: as good
+		}
+		if b, err := io.ReadAll(resp.Body); err == nil {
+			t.Errorf("%q: read %q without an error", r, b)
+		}
+	}
+	// A malformed head is the app breaking the exchange: a GET is retried,
+	// then answered 502.
+	rc := dialRaw(t, ta.addr)
+	rc.send("GET /raw?r=" + url.QueryEscape("HTTP/9 x\r\n\r\n") + " HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("GET"); resp.StatusCode != 502 || !strings.Contains(body, "rouse: app t") {
+		t.Errorf("malformed response head: %d %q, want 502", resp.StatusCode, body)
+	}
+}
+
+// The front notices a client that goes away while the app takes its time,
+// and stops the exchange: the app's request ends, the slot is free.
+func TestFrontClientGoneEndsTheExchange(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	rc := dialRaw(t, ta.addr)
+	rc.send("GET /sleep?d=60s HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "the request to reach the app", func() bool { return ta.Status().Conns == 1 })
+	rc.c.Close()
+	start := time.Now()
+	waitFor(t, "the slot to be freed", func() bool { return ta.Status().Conns == 0 })
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("slot freed %s after the client left", took)
+	}
+}
+
+// An app that closes its idle keep-alive connections (here after 50ms)
+// does not cost a POST a 502: a connection idle long enough is checked
+// before it is used.
+func TestFrontStaleKeepAliveToTheApp(t *testing.T) {
+	ta, hits := newHTTPTestApp(t, []string{"-keepalive", "50ms"}, func(c *Config) { c.IdleTimeout = time.Minute })
+	rc := dialRaw(t, ta.addr)
+	for i := range 3 {
+		rc.send(fmt.Sprintf("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n%02d", i))
+		if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != fmt.Sprintf("%02d", i) {
+			t.Fatalf("POST %d: %d %q", i, resp.StatusCode, body)
+		}
+		// Past the app's keep-alive timeout and the front's staleAfter.
+		time.Sleep(staleAfter + 100*time.Millisecond) // the idle time is the point of the test
+	}
+	if n := hitCount(t, hits, "/echo"); n != 3 {
+		t.Errorf("app saw %d POSTs, want 3", n)
+	}
+}
+
+// A graceful shutdown answers what it accepted: a connection that sends
+// its request after Shutdown began is served, with Connection: close; an
+// idle keep-alive connection is closed.
+func TestFrontShutdownAnswersAcceptedConnections(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	idle := dialRaw(t, ta.addr)
+	idle.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	idle.response("GET")
+	fresh := dialRaw(t, ta.addr)
+	waitFor(t, "both connections accepted", func() bool {
+		ta.front.mu.Lock()
+		defer ta.front.mu.Unlock()
+		return len(ta.front.conns) == 2
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ta.front.Shutdown(ctx)
+	}()
+	if _, err := idle.br.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection: %v, want EOF", err)
+	}
+	fresh.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, body := fresh.response("GET")
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Errorf("request after Shutdown began: %d %q close=%v, want 200 and Connection: close", resp.StatusCode, body, resp.Close)
+	}
+	<-done
+}

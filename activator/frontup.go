@@ -1,0 +1,376 @@
+package activator
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// The front's side of an exchange with the app: keep-alive connections of
+// its own (upConn), the request written whole, and the response passed on
+// as it comes, flushed to the client whenever the app makes it wait.
+
+const (
+	upReadBuffer    = 16 << 10
+	maxIdleUpstream = 128     // kept per app; more are closed
+	maxResponseHead = 1 << 20 // as net/http's Transport, about
+	// staleAfter is how long an idle connection may wait before it is
+	// checked, when taken again, for having been closed by the app (a
+	// keep-alive timeout of the app's): a request sent on it would be
+	// lost, and a POST could not be repeated.
+	staleAfter = 100 * time.Millisecond
+)
+
+var (
+	errBadResponse = errors.New("the app sent a malformed response")
+	errClientGone  = errors.New("the client went away")
+)
+
+// upConn is a keep-alive connection to an app's process.
+type upConn struct {
+	c         net.Conn
+	raw       syscall.RawConn
+	br        *bufio.Reader
+	inst      *instance // the process it goes to
+	idleSince time.Time
+}
+
+// upPool is an app's idle upConns.
+type upPool struct {
+	mu      sync.Mutex
+	idle    []*upConn
+	retired bool // a reload replaced the upstream: keep nothing more
+}
+
+// get returns an idle connection to inst's process, or dials a new one.
+func (up *httpUpstream) get(ctx context.Context, inst *instance) (*upConn, error) {
+	for {
+		up.pool.mu.Lock()
+		n := len(up.pool.idle)
+		if n == 0 {
+			up.pool.mu.Unlock()
+			break
+		}
+		uc := up.pool.idle[n-1]
+		up.pool.idle = up.pool.idle[:n-1]
+		up.pool.mu.Unlock()
+		if uc.inst == inst && (time.Since(uc.idleSince) < staleAfter || uc.alive()) {
+			return uc, nil
+		}
+		uc.c.Close()
+	}
+	c, err := up.dialer.DialContext(ctx, up.network, up.address)
+	if err != nil {
+		return nil, err
+	}
+	uc := &upConn{c: c, br: bufio.NewReaderSize(c, upReadBuffer), inst: inst}
+	if sc, ok := c.(syscall.Conn); ok {
+		uc.raw, _ = sc.SyscallConn()
+	}
+	return uc, nil
+}
+
+// put keeps uc for the next request.
+func (up *httpUpstream) put(uc *upConn) {
+	uc.idleSince = time.Now()
+	up.pool.mu.Lock()
+	if !up.pool.retired && len(up.pool.idle) < maxIdleUpstream {
+		up.pool.idle = append(up.pool.idle, uc)
+		uc = nil
+	}
+	up.pool.mu.Unlock()
+	if uc != nil {
+		uc.c.Close()
+	}
+}
+
+// closeIdle closes every idle connection to the app: those of the front
+// and those of the Transport.
+func (up *httpUpstream) closeIdle() {
+	up.pool.mu.Lock()
+	idle := up.pool.idle
+	up.pool.idle = nil
+	up.pool.mu.Unlock()
+	for _, uc := range idle {
+		uc.c.Close()
+	}
+	up.transport.CloseIdleConnections()
+}
+
+// retire closes the idle connections, and those still in use once they
+// are done: a reload replaced the upstream.
+func (up *httpUpstream) retire() {
+	up.pool.mu.Lock()
+	up.pool.retired = true
+	up.pool.mu.Unlock()
+	up.closeIdle()
+}
+
+// alive reports whether an idle connection is still open and has nothing
+// to read, without blocking.
+func (uc *upConn) alive() bool {
+	if uc.raw == nil || uc.br.Buffered() > 0 {
+		return false
+	}
+	open := false
+	err := uc.raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		open = errno == syscall.EAGAIN // 0 bytes is EOF, and bytes are unasked for
+		return true
+	})
+	return err == nil && open
+}
+
+// exchange sends the request to the app over a keep-alive connection and
+// passes the response on to the client.
+func (q *rawRequest) exchange(inst *instance) exchangeResult {
+	fc, a := q.fc, q.a
+	up := a.http.Load()
+	uc, err := up.get(fc.ctx, inst)
+	if err != nil {
+		return exchangeResult{err: err}
+	}
+	if n, err := uc.c.Write(fc.out); err != nil {
+		// Nothing written means the app had closed the connection before:
+		// it cannot have seen the request.
+		uc.c.Close()
+		return exchangeResult{err: err, sent: n > 0}
+	}
+	res, reuse := fc.relay(a, inst, uc)
+	if reuse {
+		up.put(uc)
+	} else {
+		uc.c.Close()
+	}
+	return res
+}
+
+// relay reads the app's response and passes it on. reuse reports whether
+// uc may serve another request.
+func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResult, reuse bool) {
+	var hard time.Time
+	if rt := a.config().ResponseTimeout; rt > 0 {
+		hard = time.Now().Add(rt)
+	}
+	var r respHead
+	for {
+		if err := fc.readResponseHead(uc, hard); err != nil {
+			timeout := errors.Is(err, os.ErrDeadlineExceeded) && !fc.gone()
+			return exchangeResult{err: err, sent: true, timeout: timeout}, false
+		}
+		var ok bool
+		fc.resp, ok = appendResponseHead(fc.resp[:0], fc.line, &r)
+		if !ok || r.badLengths || r.status == 101 {
+			return exchangeResult{err: errBadResponse, sent: true}, false
+		}
+		if r.status >= 200 {
+			break
+		}
+		// 1xx interim responses are dropped, as net/http's Transport does.
+	}
+	if fc.head.isHead() {
+		r.noBody = true
+	}
+	a.metrics.outcome(statusClass(r.status))
+	if r.bodyUntilClose() || fc.closeAfter || fc.f.shutting.Load() {
+		fc.closeAfter = true
+		fc.resp = append(fc.resp, "Connection: close\r\n"...)
+	}
+	fc.resp = append(fc.resp, '\r', '\n')
+	_, err := fc.bw.Write(fc.resp)
+	if err != nil {
+		err = writeError{err}
+	}
+	switch {
+	case err != nil, r.noBody:
+	case r.chunked:
+		err = fc.copyChunked(uc)
+	case r.length >= 0:
+		err = fc.copyN(uc, r.length)
+	default:
+		err = fc.copyToEOF(uc)
+	}
+	if err != nil {
+		if !isWriteError(err) && !fc.gone() {
+			// The app broke the response halfway: the client must see a
+			// cut connection, not a complete-looking short body.
+			a.failed(inst, err)
+			a.log.Info("response cut by the app", "method", fc.rq.method(), "path", fc.rq.path(), "err", err)
+		}
+		fc.cut = true
+		return exchangeResult{answered: true}, false
+	}
+	return exchangeResult{answered: true}, !r.close && !r.http10 && !r.bodyUntilClose() && uc.br.Buffered() == 0
+}
+
+// fill waits until uc has need bytes buffered (need <= its size). Before
+// it blocks, what the client is owed is flushed; when the wait is long,
+// the client is watched, and its going away ends the wait. hard bounds the
+// wait (zero: no bound).
+func (fc *frontConn) fill(uc *upConn, need int, hard time.Time) error {
+	if uc.br.Buffered() >= need {
+		return nil
+	}
+	if err := fc.bw.Flush(); err != nil {
+		return writeError{err}
+	}
+	soft := time.Now().Add(watchAfter)
+	if !hard.IsZero() && hard.Before(soft) {
+		soft = hard
+	}
+	uc.c.SetReadDeadline(soft)
+	_, err := uc.br.Peek(need)
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || soft.Equal(hard) {
+		return err
+	}
+	stop := fc.watch(uc.c)
+	uc.c.SetReadDeadline(hard)
+	_, err = uc.br.Peek(need)
+	stop()
+	if err != nil && fc.gone() {
+		return errClientGone
+	}
+	return err
+}
+
+// readResponseHead reads the app's response head into fc.line.
+func (fc *frontConn) readResponseHead(uc *upConn, hard time.Time) error {
+	fc.line = fc.line[:0]
+	for {
+		if err := fc.fill(uc, 1, hard); err != nil {
+			return err
+		}
+		buf, _ := uc.br.Peek(uc.br.Buffered())
+		m := len(fc.line)
+		if m == 0 {
+			if n := headEnd(buf, 0); n >= 0 {
+				fc.line = append(fc.line, buf[:n]...)
+				uc.br.Discard(n)
+				return nil
+			}
+		}
+		fc.line = append(fc.line, buf...)
+		if n := headEnd(fc.line, max(0, m-2)); n >= 0 {
+			uc.br.Discard(n - m)
+			fc.line = fc.line[:n]
+			return nil
+		}
+		uc.br.Discard(len(buf))
+		if len(fc.line) > maxResponseHead {
+			return errBadResponse
+		}
+	}
+}
+
+// copyN passes n body bytes on.
+func (fc *frontConn) copyN(uc *upConn, n int64) error {
+	for n > 0 {
+		if err := fc.fill(uc, 1, time.Time{}); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		k := int(min(n, int64(uc.br.Buffered())))
+		p, _ := uc.br.Peek(k)
+		if _, err := fc.bw.Write(p); err != nil {
+			return writeError{err}
+		}
+		uc.br.Discard(k)
+		n -= int64(k)
+	}
+	return nil
+}
+
+// copyToEOF passes on a body that ends when the app closes the connection.
+func (fc *frontConn) copyToEOF(uc *upConn) error {
+	for {
+		if err := fc.fill(uc, 1, time.Time{}); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if err := fc.copyN(uc, int64(uc.br.Buffered())); err != nil {
+			return err
+		}
+	}
+}
+
+// copyChunked passes on a chunked body, chunk by chunk, trailers included.
+func (fc *frontConn) copyChunked(uc *upConn) error {
+	for {
+		line, err := fc.upLine(uc)
+		if err != nil {
+			return err
+		}
+		size, ok := parseChunkSize(line)
+		if !ok {
+			return errBadResponse
+		}
+		if err := fc.writeLine(line); err != nil {
+			return err
+		}
+		if size == 0 {
+			for { // trailers, up to the empty line
+				line, err := fc.upLine(uc)
+				if err != nil {
+					return err
+				}
+				if err := fc.writeLine(line); err != nil || len(line) == 0 {
+					return err
+				}
+			}
+		}
+		if err := fc.copyN(uc, size); err != nil {
+			return err
+		}
+		if line, err := fc.upLine(uc); err != nil {
+			return err
+		} else if len(line) > 0 {
+			return errBadResponse
+		}
+		if err := fc.writeLine(nil); err != nil {
+			return err
+		}
+	}
+}
+
+func (fc *frontConn) writeLine(line []byte) error {
+	fc.bw.Write(line)
+	if _, err := fc.bw.WriteString("\r\n"); err != nil {
+		return writeError{err}
+	}
+	return nil
+}
+
+// upLine reads a line from the app, without its ending.
+func (fc *frontConn) upLine(uc *upConn) ([]byte, error) {
+	for {
+		buf, _ := uc.br.Peek(uc.br.Buffered())
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+			line, _ := nextLine(buf[:i+1])
+			fc.line = append(fc.line[:0], line...)
+			uc.br.Discard(i + 1)
+			return fc.line, nil
+		}
+		if len(buf) == uc.br.Size() {
+			return nil, errBadResponse
+		}
+		if err := fc.fill(uc, len(buf)+1, time.Time{}); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}

@@ -1,0 +1,456 @@
+package activator
+
+import (
+	"bytes"
+	"strconv"
+)
+
+// This file parses the HTTP/1.1 request heads that the front serves itself
+// (frontConn). It accepts a conservative subset: whatever it does not
+// recognise as plainly valid goes to net/http's server, which answers it or
+// rejects it (400, 431) as it always did.
+
+// tchar reports whether c may appear in a token (RFC 9110 5.6.2).
+var tchar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// headEnd returns the length of the head at the start of b: up to and
+// including its empty line ("\n\r\n" or "\n\n" ends it). It returns -1 when
+// b holds no complete head. from is where to start looking, for a caller
+// that searched part of b before.
+func headEnd(b []byte, from int) int {
+	for i := from; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		i += j + 1
+		switch {
+		case i < len(b) && b[i] == '\n':
+			return i + 1
+		case i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n':
+			return i + 2
+		}
+	}
+	return -1
+}
+
+// reqHead is what the front needs to know of a request head it parsed.
+type reqHead struct {
+	method, target, host []byte // slices of the head
+	contentLength        int64
+	close                bool // Connection: close
+	teTrailers           bool // TE: trailers, forwarded as the app may send trailers
+	forwarded            bool // the client sent X-Forwarded-* or Forwarded
+	lines                int  // header lines
+}
+
+// parseRequestHead parses head (as found by headEnd) into h. It returns
+// false for anything the front leaves to net/http: an HTTP version other
+// than 1.1, a target not in origin form, bare LF or obsolete line folding,
+// a body framed other than by one Content-Length, Expect, Upgrade, and
+// Connection options other than close and keep-alive.
+func parseRequestHead(head []byte, h *reqHead) bool {
+	*h = reqHead{}
+	line, rest, ok := cutLine(head)
+	if !ok {
+		return false
+	}
+	sp := bytes.IndexByte(line, ' ')
+	if sp <= 0 {
+		return false
+	}
+	h.method, line = line[:sp], line[sp+1:]
+	sp = bytes.IndexByte(line, ' ')
+	if sp <= 0 || string(line[sp+1:]) != "HTTP/1.1" {
+		return false
+	}
+	h.target = line[:sp]
+	for _, c := range h.method {
+		if !tchar[c] {
+			return false
+		}
+	}
+	if h.target[0] != '/' {
+		return false
+	}
+	for _, c := range h.target {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	sawHost, sawLength := false, false
+	for {
+		if line, rest, ok = cutLine(rest); !ok {
+			return false
+		}
+		if len(line) == 0 {
+			break
+		}
+		name, value, ok := splitHeader(line)
+		if !ok {
+			return false
+		}
+		h.lines++
+		switch {
+		case foldEq(name, "host"):
+			if sawHost || !validHost(value) {
+				return false
+			}
+			sawHost, h.host = true, value
+		case foldEq(name, "content-length"):
+			n, ok := parseLength(value)
+			if sawLength || !ok {
+				return false
+			}
+			sawLength, h.contentLength = true, n
+		case foldEq(name, "connection"):
+			if !connectionTokens(value, &h.close) {
+				return false
+			}
+		case foldEq(name, "te"):
+			h.teTrailers = foldEq(value, "trailers")
+		case foldEq(name, "transfer-encoding"), foldEq(name, "expect"), foldEq(name, "upgrade"):
+			return false
+		case foldEq(name, "x-forwarded-for"), foldEq(name, "x-forwarded-proto"),
+			foldEq(name, "x-forwarded-host"), foldEq(name, "forwarded"):
+			h.forwarded = true
+		}
+	}
+	return sawHost && len(rest) == 0
+}
+
+// appendOutgoing appends the head to send to the app: h's request line and
+// headers without the hop-by-hop ones and the client's X-Forwarded-*, then
+// rouse's X-Forwarded-* (ip is the client's, "" for a unix socket).
+func appendOutgoing(out, head []byte, h *reqHead, ip string) []byte {
+	out = append(out, h.method...)
+	out = append(out, ' ')
+	out = append(out, h.target...)
+	out = append(out, " HTTP/1.1\r\n"...)
+	_, rest, _ := cutLine(head)
+	for {
+		var line []byte
+		line, rest, _ = cutLine(rest)
+		if len(line) == 0 {
+			break
+		}
+		name, _, _ := splitHeader(line)
+		if hopOrForwarded(name) {
+			continue
+		}
+		out = append(out, line...)
+		out = append(out, '\r', '\n')
+	}
+	if h.teTrailers {
+		out = append(out, "Te: trailers\r\n"...)
+	}
+	if ip != "" {
+		out = append(out, "X-Forwarded-For: "...)
+		out = append(out, ip...)
+		out = append(out, '\r', '\n')
+	}
+	out = append(out, "X-Forwarded-Proto: http\r\nX-Forwarded-Host: "...)
+	out = append(out, h.host...)
+	return append(out, "\r\n\r\n"...)
+}
+
+// hopOrForwarded reports whether a request header is not forwarded as is.
+func hopOrForwarded(name []byte) bool {
+	switch len(name) {
+	case 2:
+		return foldEq(name, "te")
+	case 7:
+		return foldEq(name, "trailer") || foldEq(name, "upgrade")
+	case 9:
+		return foldEq(name, "forwarded")
+	case 10:
+		return foldEq(name, "connection") || foldEq(name, "keep-alive")
+	case 15:
+		return foldEq(name, "x-forwarded-for")
+	case 16:
+		return foldEq(name, "proxy-connection") || foldEq(name, "x-forwarded-host")
+	case 17:
+		return foldEq(name, "transfer-encoding") || foldEq(name, "x-forwarded-proto")
+	case 18:
+		return foldEq(name, "proxy-authenticate")
+	case 19:
+		return foldEq(name, "proxy-authorization")
+	}
+	return false
+}
+
+// cutLine cuts the first CRLF-terminated line off b. A bare LF is not
+// accepted.
+func cutLine(b []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' {
+		return nil, nil, false
+	}
+	return b[:i-1], b[i+1:], true
+}
+
+// splitHeader splits "Name: value" and trims the value; it rejects a name
+// that is not a token (also one followed by white space), a folded line
+// and control characters in the value.
+func splitHeader(line []byte) (name, value []byte, ok bool) {
+	i := bytes.IndexByte(line, ':')
+	if i <= 0 {
+		return nil, nil, false
+	}
+	name, value = line[:i], line[i+1:]
+	for _, c := range name {
+		if !tchar[c] {
+			return nil, nil, false
+		}
+	}
+	for _, c := range value {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return nil, nil, false
+		}
+	}
+	return name, bytes.Trim(value, " \t"), true
+}
+
+// foldEq reports whether b equals the lower-case ASCII s, ignoring case.
+func foldEq(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost accepts a plain host name or address with an optional port.
+func validHost(v []byte) bool {
+	if len(v) == 0 {
+		return false
+	}
+	for _, c := range v {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '.', c == '-', c == '_', c == ':', c == '[', c == ']':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// parseLength parses a Content-Length value: digits only.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// connectionTokens reads a request's Connection header: close and
+// keep-alive are understood, anything else (upgrade, or names of other
+// hop-by-hop headers) is not.
+func connectionTokens(v []byte, close *bool) bool {
+	for len(v) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			tok, v = v[:i], v[i+1:]
+		} else {
+			tok, v = v, nil
+		}
+		tok = bytes.Trim(tok, " \t")
+		switch {
+		case len(tok) == 0, foldEq(tok, "keep-alive"):
+		case foldEq(tok, "close"):
+			*close = true
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// respHead is what the front needs to know of a response head from an app.
+type respHead struct {
+	status     int
+	http10     bool
+	length     int64 // -1: none given
+	chunked    bool
+	encoded    bool // Transfer-Encoding without chunked last: read to the end
+	close      bool // Connection: close
+	noBody     bool // set by the caller for HEAD, and here for 1xx, 204, 304
+	badLengths bool // Content-Length given twice with different values, or invalid
+}
+
+// bodyUntilClose reports whether the body ends only when the app closes.
+func (r *respHead) bodyUntilClose() bool {
+	return !r.noBody && !r.chunked && (r.encoded || r.length < 0)
+}
+
+// appendResponseHead parses a response head from an app (lenient about
+// bare LF, like net/http's Transport) and appends what the client gets:
+// the status line as HTTP/1.1 and the headers without the hop-by-hop ones.
+// Content-Length and Transfer-Encoding are kept: the body is passed on as
+// it comes. The closing empty line is not appended.
+func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
+	*r = respHead{length: -1}
+	lines := head
+	status, lines := nextLine(lines)
+	if len(status) < 12 || string(status[:7]) != "HTTP/1." || (status[7] != '1' && status[7] != '0') || status[8] != ' ' {
+		return out, false
+	}
+	r.http10 = status[7] == '0'
+	code, err := strconv.Atoi(string(status[9:12]))
+	if err != nil || code < 100 || code > 599 || (len(status) > 12 && status[12] != ' ') {
+		return out, false
+	}
+	for _, c := range status[12:] {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return out, false
+		}
+	}
+	r.status = code
+	r.noBody = code < 200 || code == 204 || code == 304
+	out = append(out, "HTTP/1.1 "...)
+	out = append(out, status[9:]...)
+	out = append(out, '\r', '\n')
+	// The Connection header may name other headers to drop, and may come
+	// after them: read it first.
+	var dropped [][]byte
+	hasTE := false
+	for l := lines; ; {
+		var line []byte
+		if line, l = nextLine(l); len(line) == 0 {
+			break
+		}
+		name, value, ok := splitHeader(line)
+		if !ok {
+			return out, false
+		}
+		hasTE = hasTE || foldEq(name, "transfer-encoding")
+		if foldEq(name, "connection") {
+			for tok := range bytes.SplitSeq(value, []byte(",")) {
+				tok = bytes.Trim(tok, " \t")
+				switch {
+				case foldEq(tok, "close"):
+					r.close = true
+				case len(tok) > 0 && !foldEq(tok, "keep-alive"):
+					dropped = append(dropped, tok)
+				}
+			}
+		}
+	}
+	var te []byte
+	for {
+		var line []byte
+		if line, lines = nextLine(lines); len(line) == 0 {
+			break
+		}
+		name, value, _ := splitHeader(line)
+		switch {
+		case foldEq(name, "content-length") && hasTE:
+			continue // Transfer-Encoding overrides it
+		case foldEq(name, "content-length") && hasTE:
+			continue // Transfer-Encoding overrides it
+		case foldEq(name, "content-length"):
+			n, ok := parseLength(value)
+			if !ok || (r.length >= 0 && r.length != n) {
+				r.badLengths = true
+			}
+			r.length = n
+		case foldEq(name, "transfer-encoding"):
+			te = value
+		case droppedHeader(name, dropped):
+			continue
+		case hopOrForwarded(name) && !foldEq(name, "trailer") && !foldEq(name, "forwarded") &&
+			!foldEq(name, "x-forwarded-for") && !foldEq(name, "x-forwarded-host") && !foldEq(name, "x-forwarded-proto"):
+			continue
+		}
+		out = append(out, line...)
+		out = append(out, '\r', '\n')
+	}
+	if te != nil {
+		last := te
+		if i := bytes.LastIndexByte(te, ','); i >= 0 {
+			last = bytes.Trim(te[i+1:], " \t")
+		}
+		r.chunked = foldEq(last, "chunked")
+		r.encoded = !r.chunked
+	}
+	return out, true
+}
+
+func droppedHeader(name []byte, dropped [][]byte) bool {
+	if foldEq(name, "content-length") || foldEq(name, "transfer-encoding") {
+		return false
+	}
+	for _, d := range dropped {
+		if bytes.EqualFold(name, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// nextLine cuts a line ending in LF or CRLF off b, without its ending.
+func nextLine(b []byte) (line, rest []byte) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return b, nil
+	}
+	line, rest = b[:i], b[i+1:]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, rest
+}
+
+// parseChunkSize parses a chunk-size line (without its ending): hex digits,
+// optionally followed by extensions.
+func parseChunkSize(line []byte) (int64, bool) {
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		line = line[:i]
+	}
+	line = bytes.TrimRight(line, " \t")
+	if len(line) == 0 || len(line) > 15 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range line {
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | int64(d)
+	}
+	return n, true
+}
