@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"os"
@@ -99,4 +100,73 @@ func lastReady(b *testing.B, file string) time.Time {
 		b.Fatal(err)
 	}
 	return time.Unix(0, ns)
+}
+
+// BenchmarkHTTPKeepAlive sends small GETs over one keep-alive connection
+// through rouse's http front and one directly to the app, alternating, and
+// reports both latencies and their ratio. allocs/op counts the whole test
+// process, rouse included (the client side here allocates nothing), so it
+// is what rouse allocates per proxied request.
+func BenchmarkHTTPKeepAlive(b *testing.B) {
+	ta := newTestApp(b, []string{"-proto", "http", "-plain"}, func(c *Config) { c.Mode = ModeHTTP })
+	via := dialHTTP(b, ta.addr)
+	via.get(b) // starts the app
+	direct := dialHTTP(b, ta.config().UpstreamAddress)
+	var viaRouse, viaDirect time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		viaRouse += via.get(b)
+		viaDirect += direct.get(b)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(viaRouse.Microseconds())/n, "rouse-µs/req")
+	b.ReportMetric(float64(viaDirect.Microseconds())/n, "direct-µs/req")
+	b.ReportMetric(viaDirect.Seconds()/viaRouse.Seconds(), "ratio")
+}
+
+// httpConn is a minimal keep-alive client for GET /, allocation-free.
+type httpConn struct {
+	c   net.Conn
+	br  *bufio.Reader
+	req []byte
+}
+
+func dialHTTP(b *testing.B, addr string) *httpConn {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return &httpConn{c: c, br: bufio.NewReader(c), req: []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")}
+}
+
+// get sends one request and reads the response; it returns how long that took.
+func (h *httpConn) get(b *testing.B) time.Duration {
+	start := time.Now()
+	if _, err := h.c.Write(h.req); err != nil {
+		b.Fatal(err)
+	}
+	length := -1
+	for {
+		line, err := h.br.ReadSlice('\n')
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(line) <= 2 {
+			break
+		}
+		if v, ok := bytes.CutPrefix(line, []byte("Content-Length: ")); ok {
+			length = 0
+			for _, c := range bytes.TrimSpace(v) {
+				length = length*10 + int(c-'0')
+			}
+		}
+	}
+	if length < 0 {
+		b.Fatal("response without Content-Length")
+	}
+	if _, err := h.br.Discard(length); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
 }

@@ -484,8 +484,13 @@ func (a *App) refuse(rq proxyRequest, err, lastErr error) bool {
 
 // statusClass is "2xx" for 200..299 and so on.
 func statusClass(code int) string {
+	if c := code / 100; c >= 1 && c <= 5 {
+		return statusClasses[c-1]
+	}
 	return strconv.Itoa(code/100) + "xx"
 }
+
+var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 
 func roundUp(d time.Duration) time.Duration {
 	return time.Duration(math.Ceil(d.Seconds())) * time.Second
