@@ -19,6 +19,11 @@ type Options struct {
 	// after bind; 0 means 0666. Only the permission bits are used. Until the
 	// chmod the file has the process umask's permissions.
 	UnixMode os.FileMode
+	// NoKeepAlive leaves TCP keep-alive off on accepted connections (Go
+	// turns it on by default, at three setsockopt calls per connection);
+	// for a protocol that times idle connections out itself, as HTTP does.
+	// It does not apply to sockets from systemd.
+	NoKeepAlive bool
 }
 
 const (
@@ -33,8 +38,11 @@ const (
 // literal IPv6 only, as written, so "0.0.0.0:80" and "[::]:80" can both be
 // listened on; an empty host ("":80") binds every address of both families,
 // and a host name binds its first address. SO_REUSEADDR is set, as Go does.
-func listenTCP(address string) (net.Listener, error) {
+func listenTCP(address string, opt Options) (net.Listener, error) {
 	var lc net.ListenConfig
+	if opt.NoKeepAlive {
+		lc.KeepAlive = -1
+	}
 	l, err := lc.Listen(context.Background(), tcpNetwork(address), address)
 	if err != nil {
 		return nil, unwrapOp(err)

@@ -263,3 +263,42 @@ func TestListenUnknownKind(t *testing.T) {
 		t.Fatalf("Listen(Kind 9) = %v", err)
 	}
 }
+
+// NoKeepAlive: connections accepted on the listener have SO_KEEPALIVE off;
+// by default Go turns it on.
+func TestListenTCPNoKeepAlive(t *testing.T) {
+	set := newSet(nil, nil)
+	for _, no := range []bool{false, true} {
+		a, err := ParseAddr("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns, err := set.Listen(a, Options{NoKeepAlive: no})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := lns[0]
+		defer l.Close()
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		raw, _ := s.(*net.TCPConn).SyscallConn()
+		var on int
+		raw.Control(func(fd uintptr) {
+			on, err = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (on == 0) != no {
+			t.Errorf("NoKeepAlive %v: SO_KEEPALIVE = %d", no, on)
+		}
+	}
+}

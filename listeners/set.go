@@ -68,7 +68,7 @@ func (s *Set) Listen(a Addr, opts Options) ([]net.Listener, error) {
 func (s *Set) listen(a Addr, opts Options) ([]net.Listener, error) {
 	switch a.Kind {
 	case TCP:
-		l, err := listenTCP(a.Address)
+		l, err := listenTCP(a.Address, opts)
 		if err != nil {
 			return nil, err
 		}

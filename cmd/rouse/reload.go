@@ -115,7 +115,8 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 }
 
 func (d *daemon) newFront(addr listeners.Addr, apps []*activator.App) (*activator.HTTPFront, error) {
-	lns, err := d.sockets.Listen(addr, listeners.Options{})
+	// The front closes idle connections itself (as nginx, no SO_KEEPALIVE).
+	lns, err := d.sockets.Listen(addr, listeners.Options{NoKeepAlive: true})
 	if err != nil {
 		return nil, err
 	}
