@@ -2,8 +2,10 @@ package activator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -293,6 +295,76 @@ func TestHandoffShortConnectionsKeepItUp(t *testing.T) {
 	ta.waitState(t, Idle)
 }
 
+// watching returns how the open sockets are registered in the epoll
+// instance.
+func (h *handoff) watching() []watch {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var ws []watch
+	for _, s := range h.socks {
+		if !s.closed {
+			ws = append(ws, s.watch)
+		}
+	}
+	return ws
+}
+
+func TestHandoffArrivalsWhileReady(t *testing.T) {
+	const idle = 600 * time.Millisecond
+	tests := []struct {
+		name string
+		idle time.Duration
+		hold bool // a connection stays open throughout
+		// wakeups is how many times the connections may wake rouse in
+		// elapsed: the samples alone tell a busy app; an idle one needs
+		// one arrival per look (a sample, and the change of counts it
+		// may bring), not each of them.
+		wakeups func(elapsed time.Duration) int64
+	}{
+		{"no idle timeout", 0, false, func(time.Duration) int64 { return 0 }},
+		{"the app holds a connection", idle, true, func(time.Duration) int64 { return 0 }},
+		{"the app looks idle", idle, false, func(d time.Duration) int64 { return 2*int64(d/samplePeriod(idle)+1) + 2 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := newShimApp(t, ModeHandoff, []net.Listener{listenTCP(t), listenUnix(t)}, []string{"-listen-fds", "-proto", "echo", "-banner"}, func(c *Config) {
+				c.IdleTimeout = tt.idle
+			})
+			addrs := []string{ta.addr, "unix:" + ta.handoff.socks[1].addr.path}
+			c, _ := banner(t, ta.addr, "")
+			if tt.hold {
+				defer c.Close()
+				waitFor(t, "conns 1", func() bool { return ta.Status().Conns == 1 })
+			} else {
+				c.Close()
+			}
+			ta.waitState(t, Ready)
+			want := unwatched
+			if tt.wakeups(time.Hour) > 0 {
+				want = watchOnce
+			}
+			waitFor(t, fmt.Sprintf("the sockets to be %d", want), func() bool {
+				ws := ta.handoff.watching()
+				return len(ws) == 2 && ws[0] == want && ws[1] == want
+			})
+			// Back to back, on both sockets, for longer than idle_timeout.
+			start, wakeups, conns := time.Now(), ta.handoff.wakeups.Load(), 0
+			for time.Since(start) < idle+idle/2 {
+				c, _ := banner(t, addrs[conns%2], "")
+				c.Close()
+				conns++
+			}
+			n, limit := ta.handoff.wakeups.Load()-wakeups, tt.wakeups(time.Since(start))
+			if n > limit {
+				t.Errorf("%d connections woke rouse %d times, want at most %d", conns, n, limit)
+			}
+			if st := ta.Status(); st.State != Ready || st.Starts != 1 {
+				t.Errorf("status %+v: want ready, one start", st)
+			}
+		})
+	}
+}
+
 func TestHandoffTwoSocketsByName(t *testing.T) {
 	tcp, ux := listenTCP(t), listenUnix(t)
 	ta := newShimApp(t, ModeHandoff, []net.Listener{tcp, ux}, []string{"-listen-fds", "-proto", "echo", "-banner"}, func(c *Config) {
@@ -415,6 +487,11 @@ func TestHandoffCloseWhileTheAppHoldsTheSockets(t *testing.T) {
 	}
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Error("connection still open after Close stopped the app")
+	}
+	// The unix listener was kept for this: its Close removes the socket
+	// file that net created.
+	if _, err := os.Stat(ta.handoff.socks[1].addr.path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("unix socket file after Close: %v, want it removed", err)
 	}
 }
 
