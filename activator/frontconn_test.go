@@ -282,3 +282,19 @@ func TestFrontShutdownAnswersAcceptedConnections(t *testing.T) {
 	}
 	<-done
 }
+
+// A large body goes from socket to socket (splice); the connection stays
+// usable after it.
+func TestFrontLargeBodies(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	rc := dialRaw(t, ta.addr)
+	for _, n := range []int{spliceMin - 1, spliceMin, 3<<20 + 7} {
+		rc.send(fmt.Sprintf("GET /bytes?n=%d HTTP/1.1\r\nHost: x\r\n\r\n", n))
+		if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != n {
+			t.Fatalf("%d bytes asked: %d, %d bytes", n, resp.StatusCode, len(body))
+		}
+	}
+	if n := ta.front.handedOff.Load(); n != 0 {
+		t.Errorf("%d connections handed off, want 0", n)
+	}
+}

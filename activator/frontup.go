@@ -20,8 +20,9 @@ import (
 
 const (
 	upReadBuffer    = 16 << 10
-	maxIdleUpstream = 128     // kept per app; more are closed
-	maxResponseHead = 1 << 20 // as net/http's Transport, about
+	maxIdleUpstream = 128      // kept per app; more are closed
+	maxResponseHead = 1 << 20  // as net/http's Transport, about
+	spliceMin       = 64 << 10 // body bytes left for which splice(2) pays
 	// staleAfter is how long an idle connection may wait before it is
 	// checked, when taken again, for having been closed by the app (a
 	// keep-alive timeout of the app's): a request sent on it would be
@@ -272,9 +273,17 @@ func (fc *frontConn) readResponseHead(uc *upConn, hard time.Time) error {
 	}
 }
 
-// copyN passes n body bytes on.
+// copyN passes n body bytes on; a large body goes with splice(2), from
+// socket to socket, once the buffered part is out.
 func (fc *frontConn) copyN(uc *upConn, n int64) error {
 	for n > 0 {
+		if uc.br.Buffered() == 0 && n >= spliceMin {
+			if dst, ok := fc.c.(*net.TCPConn); ok {
+				if _, ok := uc.c.(*net.TCPConn); ok {
+					return fc.splice(dst, uc, n)
+				}
+			}
+		}
 		if err := fc.fill(uc, 1, time.Time{}); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
@@ -288,6 +297,31 @@ func (fc *frontConn) copyN(uc *upConn, n int64) error {
 		}
 		uc.br.Discard(k)
 		n -= int64(k)
+	}
+	return nil
+}
+
+// splice passes the last n bytes of a body on, from the app's socket to the
+// client's without copying them through rouse. The client is watched all
+// along: the copy ends when it goes away.
+func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
+	if err := fc.bw.Flush(); err != nil {
+		return writeError{err}
+	}
+	uc.c.SetReadDeadline(time.Time{})
+	stop := fc.watch(uc.c)
+	src := &io.LimitedReader{R: uc.c, N: n}
+	_, err := dst.ReadFrom(src)
+	stop()
+	switch {
+	case fc.gone():
+		return errClientGone
+	case err != nil:
+		// The error does not say whose side failed: not counted against
+		// the app.
+		return writeError{err}
+	case src.N > 0:
+		return io.ErrUnexpectedEOF // the app closed early
 	}
 	return nil
 }
