@@ -235,14 +235,28 @@ func (h *harness) throughput(ctx context.Context) error {
 		// systemd-socket-activate has exec'd proxyd on the first connection.
 		h.rep.proxydSigpipe = sigpipeEvidence(proxydPID)
 	}
-	st, err := rd.status(ctx)
-	if err != nil {
-		return err
-	}
-	for _, a := range st {
-		if a.State != "ready" {
-			return fmt.Errorf("rouse app %s is %s after the first requests (last error: %s)", a.Name, a.State, a.LastError)
+	// A handoff app serves before rouse sees it ready: its readiness is
+	// probed, every few milliseconds. Poll, with a deadline.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := rd.status(ctx)
+		if err != nil {
+			return err
 		}
+		var notReady *appStatus
+		for i, a := range st {
+			if a.State != "ready" {
+				notReady = &st[i]
+				break
+			}
+		}
+		if notReady == nil {
+			break
+		}
+		if notReady.State != "starting" || time.Now().After(deadline) {
+			return fmt.Errorf("rouse app %s is %s after the first requests (last error: %s)", notReady.Name, notReady.State, notReady.LastError)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, bounded by deadline
 	}
 
 	perf := h.o.perf == "on"
