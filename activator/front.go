@@ -169,7 +169,9 @@ func (f *HTTPFront) acceptLoop() {
 func (f *HTTPFront) connDone(fc *frontConn) {
 	f.mu.Lock()
 	delete(f.conns, fc)
-	f.changedLocked()
+	if f.shutting.Load() {
+		f.changedLocked() // Shutdown waits for the count to drop
+	}
 	f.mu.Unlock()
 	f.connWG.Done()
 }

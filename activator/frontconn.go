@@ -139,8 +139,9 @@ func (fc *frontConn) shutdownDeadline() {
 
 // readHead waits for a whole request head in the read buffer and returns
 // its length; idleDeadline says the read deadline is still the one for
-// waiting between requests. ok is false when it cannot be served here (too long, bare
-// LF); n < 0 when the connection is to be closed (read error, timeout).
+// waiting between requests. ok is false when it cannot be served here
+// (too long, bare LF); n < 0 when the connection is to be closed (read
+// error, timeout).
 func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 	from := 0
 	for {
@@ -188,6 +189,11 @@ func (fc *frontConn) simple(n int) (*App, bool) {
 func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 	fc.br.Discard(n)
 	if cl := int(fc.head.contentLength); cl > 0 {
+		if fc.br.Buffered() < cl {
+			// Not the deadline of the wait for the head, which a shutdown
+			// may have cut short as the head came.
+			fc.c.SetReadDeadline(time.Now().Add(fc.f.srv.ReadHeaderTimeout))
+		}
 		m := len(fc.out)
 		fc.out = append(fc.out, make([]byte, cl)...)
 		if _, err := io.ReadFull(fc.br, fc.out[m:]); err != nil {

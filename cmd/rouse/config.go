@@ -32,6 +32,7 @@ type Config struct {
 	MaxStarting  int           // [rouse].max_starting, concurrent spawns, 0 = no limit
 	Metrics      string        // [rouse].metrics, "" = none
 	DrainTimeout time.Duration // [rouse].drain_timeout, default 10s: how long shutdown waits for open connections
+	Procs        int           // [rouse].procs, 0 = half the CPUs: see setProcs
 	LogLevel     slog.Level    // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
 	Apps         []App         // sorted by name
 }
@@ -308,6 +309,8 @@ func (l *loader) rouseTable(cfg *Config, f *srcFile, v any) []string {
 			cfg.Metrics = val.(string)
 		case "drain_timeout":
 			cfg.DrainTimeout = val.(time.Duration)
+		case "procs":
+			cfg.Procs = val.(int)
 		case "log_level":
 			cfg.LogLevel = val.(slog.Level)
 		}

@@ -55,6 +55,7 @@ var rouseKeys = map[string]parseFunc{
 	"metrics":       parseMetrics,
 	"drain_timeout": durationKey(0),
 	"log_level":     parseLogLevel,
+	"procs":         intKey(0, 4096),
 }
 
 // appKeys are the keys of an [apps.NAME] table and of [defaults]; it is

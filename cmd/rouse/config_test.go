@@ -191,6 +191,7 @@ memory_budget = "2GiB"
 metrics = "127.0.0.1:9180"
 drain_timeout = "3s"
 log_level = "debug"
+procs = 3
 
 [defaults]
 mode = "tcp"
@@ -221,7 +222,7 @@ backoff_max = "1m"
 `})
 	cfg := mustLoad(t, filepath.Join(dir, "rouse.toml"), LoadOptions{Euid: 0})
 	if cfg.MaxRunning != 4 || cfg.MemoryBudget != 2<<30 || cfg.Metrics != "127.0.0.1:9180" ||
-		cfg.DrainTimeout != 3*time.Second || cfg.LogLevel != -4 {
+		cfg.DrainTimeout != 3*time.Second || cfg.LogLevel != -4 || cfg.Procs != 3 {
 		t.Errorf("[rouse]: %+v", cfg)
 	}
 	a, b := app(t, cfg, "a"), app(t, cfg, "b")

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -42,6 +43,7 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 // serve runs the daemon for cfg until ctx ends, then drains and stops every
 // app. ready, when set, is called once every socket is bound.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activator.Supervisor)) error {
+	setProcs(cfg.Procs, os.Getenv("GOMAXPROCS") != "", log)
 	// First, before anything is spawned: the notifier takes NOTIFY_SOCKET
 	// out of the environment the apps inherit.
 	notify := newNotifier(log)
@@ -120,6 +122,24 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	}
 	log.Info("rouse stopped")
 	return nil
+}
+
+// setProcs sets how many threads run rouse's Go code at once (GOMAXPROCS):
+// n, or when n is 0 half the CPUs rouse may use, rounded up. rouse shares
+// the machine with the apps it starts and usually with a web server in
+// front; and measured on 2 cores (examples/bench, http mode), one thread
+// served as many requests as two, with 15% less CPU per request and a
+// p99 latency about half as long: fewer wake-ups of one thread by another.
+// A GOMAXPROCS environment variable wins over both.
+func setProcs(n int, fromEnv bool, log *slog.Logger) {
+	if fromEnv {
+		return
+	}
+	if n == 0 {
+		n = (runtime.GOMAXPROCS(0) + 1) / 2
+	}
+	runtime.GOMAXPROCS(n)
+	log.Debug("threads for Go code", "procs", n)
 }
 
 // listenControl binds the control socket, readable and writable by rouse's
