@@ -17,11 +17,18 @@
 // Modes handoff and inetd spawn through the exec shim (Options.ExecShim,
 // ExecMain), which sets LISTEN_PID to the app's own pid and execs it.
 //   - handoff: rouse never accepts on the sockets it hands over, and never
-//     reads or writes them; it only waits for readability (netpoller) and
-//     polls, so their shared file description may be blocking (as the app
-//     gets it) without ever blocking rouse. conns are the connections the
-//     app holds (sock_diag, sampled while it runs), queued those in the
+//     reads or writes them; it only polls them and learns of arrivals
+//     through a private epoll instance (the only one of these in the
+//     netpoller), so their shared file description may be blocking (as the
+//     app gets it) without ever blocking rouse. conns are the connections
+//     the app holds (sock_diag, sampled while it runs), queued those in the
 //     backlogs.
+//
+// Mode http: an HTTPFront accepts and serves plain HTTP/1.1 requests
+// itself (frontConn, over the app's upConns); a request it does not
+// recognise as plain goes, with its connection and the bytes already read,
+// to net/http's server. Both paths take a request through App.proxy, where
+// the holding and retry rules live once.
 //   - inetd: one process per connection, at most max_conns at once; the
 //     state is ready while one runs, idle when none does, never starting
 //     or stopping; starts counts spawns; failures count spawn errors (which

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -96,7 +97,8 @@ func (r *report) render(dir, rouse, self string) string {
 			" Tables give the median over rounds, min-max, and ratios computed round by round (contender / direct of the same round), then their median.\n", o.rounds, o.warmup)
 		p("- proxy CPU µs/req: utime+stime of the proxy's own processes (rouse: the daemon only, not its app; nginx: master and workers)" +
 			" during the round, divided by the requests served. It does not depend on how wrk and the proxy share the cores, so it is the steadier figure here.\n")
-		p("- rouse: `idle_timeout = \"0\"`, its apps started by a first request before anything is timed, `log_level = \"warn\"`.\n")
+		p("- rouse: `idle_timeout = \"0\"`, its apps started by a first request before anything is timed, `log_level = \"warn\"`, "+
+			"`procs` left at its default (half the CPUs: GOMAXPROCS %d on %d).\n", (runtime.NumCPU()+1)/2, runtime.NumCPU())
 		p("- nginx proxy: `worker_processes %s` (so it may use both cores, as rouse's Go runtime does), `keepalive 64` upstream connections with"+
 			" `proxy_http_version 1.1` and `Connection \"\"`, the same X-Forwarded-For/-Proto/-Host and Host as rouse sets, default buffering. The nginx backend runs 1 worker.\n", o.nginxWorkers)
 		p("- systemd-socket-proxyd: started as `systemd-socket-activate -l ADDR systemd-socket-proxyd BACKEND`, with SIGPIPE ignored as systemd does (IgnoreSIGPIPE=yes) by a wrapper that ignores it and execs. Checked: %s.\n", r.proxydSigpipe)
