@@ -475,7 +475,7 @@ func (a *App) tryAcquire() *instance {
 	if a.closing || a.state != Ready || a.inst.retiring {
 		return nil
 	}
-	if max := a.config().MaxConns; max > 0 && a.active >= max {
+	if limit := a.config().MaxConns; limit > 0 && a.active >= limit {
 		return nil
 	}
 	a.active++

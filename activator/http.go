@@ -88,8 +88,9 @@ type proxyRequest interface {
 	exchange(inst *instance) exchangeResult
 	// errorWriter is where rouse writes a response of its own.
 	errorWriter() http.ResponseWriter
-	// hold is called before waiting for the app to be ready; the func it
-	// returns when the wait is over.
+	// hold is called before waiting for the app to be ready (the front
+	// then watches the client); the func it returns is called when the
+	// wait is over.
 	hold() func()
 }
 
