@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -296,5 +297,34 @@ func TestFrontLargeBodies(t *testing.T) {
 	}
 	if n := ta.front.handedOff.Load(); n != 0 {
 		t.Errorf("%d connections handed off, want 0", n)
+	}
+}
+
+// When a kept connection to the app fails before any answer (the app
+// dropped its idle connections, or crashed), the request goes once more on
+// a new connection, as net/http's Transport does, and the other kept ones
+// are dropped: it costs no try (retry_tries = 1 here) and no failure.
+func TestFrontDropsKeptConnectionsAfterOneFails(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, []string{"-keepalive", "20ms"}, func(c *Config) { c.RetryTries = 1 })
+	// Four requests at once: four connections to the app, then kept.
+	var wg sync.WaitGroup
+	for range 4 {
+		rc := dialRaw(t, ta.addr)
+		wg.Go(func() {
+			rc.send("GET /sleep?d=30ms HTTP/1.1\r\nHost: x\r\n\r\n")
+			rc.response("GET")
+		})
+	}
+	wg.Wait()
+	// The app closes them after 20ms; the front checks a kept one only
+	// after staleAfter (100ms). In between they look fine and are dead.
+	time.Sleep(60 * time.Millisecond) // the point of the test: inside that window
+	rc := dialRaw(t, ta.addr)
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("GET"); resp.StatusCode != 200 {
+		t.Errorf("GET after the app dropped its connections: %d %q, want 200", resp.StatusCode, body)
+	}
+	if n := ta.Metrics().Failures[FailRefused]; n != 0 {
+		t.Errorf("%d failures counted against the app, want 0: the app did nothing wrong", n)
 	}
 }

@@ -96,6 +96,12 @@ func (up *httpUpstream) put(uc *upConn) {
 // closeIdle closes every idle connection to the app: those of the front
 // and those of the Transport.
 func (up *httpUpstream) closeIdle() {
+	up.closeFrontIdle()
+	up.transport.CloseIdleConnections()
+}
+
+// closeFrontIdle closes the front's idle connections to the app.
+func (up *httpUpstream) closeFrontIdle() {
 	up.pool.mu.Lock()
 	idle := up.pool.idle
 	up.pool.idle = nil
@@ -103,7 +109,6 @@ func (up *httpUpstream) closeIdle() {
 	for _, uc := range idle {
 		uc.c.Close()
 	}
-	up.transport.CloseIdleConnections()
 }
 
 // retire closes the idle connections, and those still in use once they
@@ -135,25 +140,42 @@ func (uc *upConn) alive() bool {
 // exchange sends the request to the app over a keep-alive connection and
 // passes the response on to the client.
 func (q *rawRequest) exchange(inst *instance) exchangeResult {
+	res, reused := q.attempt(inst)
+	if reused && res.err != nil && !res.answered && !res.timeout && !q.fc.gone() && (!res.sent || q.a.replayable(q)) {
+		// A kept connection failed before any answer: most likely the app
+		// closed it meanwhile (its keep-alive timeout, or a crash), and
+		// the other kept ones with it. As net/http's Transport does, once
+		// more on a new connection, not counted as a try or a failure.
+		q.a.http.Load().closeFrontIdle()
+		res, _ = q.attempt(inst)
+	}
+	return res
+}
+
+// attempt is one exchange; reused reports whether it went over a kept
+// connection.
+func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
 	fc, a := q.fc, q.a
 	up := a.http.Load()
 	uc, err := up.get(fc.ctx, inst)
 	if err != nil {
-		return exchangeResult{err: err}
+		return exchangeResult{err: err}, false
 	}
+	reused = !uc.idleSince.IsZero()
+	keep := false
 	if n, err := uc.c.Write(fc.out); err != nil {
 		// Nothing written means the app had closed the connection before:
 		// it cannot have seen the request.
-		uc.c.Close()
-		return exchangeResult{err: err, sent: n > 0}
+		res = exchangeResult{err: err, sent: n > 0}
+	} else {
+		res, keep = fc.relay(a, inst, uc)
 	}
-	res, reuse := fc.relay(a, inst, uc)
-	if reuse {
+	if keep {
 		up.put(uc)
 	} else {
 		uc.c.Close()
 	}
-	return res
+	return res, reused
 }
 
 // relay reads the app's response and passes it on. reuse reports whether
