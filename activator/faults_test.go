@@ -381,10 +381,14 @@ func TestFaultCrashingPOSTsUnderGETLoad(t *testing.T) {
 	seen := make(map[int]bool)
 	for id := range posts {
 		seen[waitReadyPid(t, ta, seen)] = true
-		// Let the GETs held during the back-off be served by this
-		// process before the next crash.
-		before := res.get(gotOK)
-		waitFor(t, "GETs served by the new process", func() bool { return res.get(gotOK) >= before+10 })
+		// Let the GETs held during the back-off (the ticker's, one per
+		// 25ms, half of them /sleep?d=20ms) be served by this process
+		// before the next crash: they all go at once when it is ready, and
+		// a crash among them would catch them again, crash after crash.
+		before, ready := res.get(gotOK), time.Now()
+		waitFor(t, "GETs held during the back-off to be served", func() bool {
+			return res.get(gotOK) >= before+10 && time.Since(ready) > 200*time.Millisecond
+		})
 		resp, err := client.Post(fmt.Sprintf("http://%s/crash/%d", ta.addr, id), "text/plain", strings.NewReader("payload"))
 		if err != nil {
 			t.Fatalf("POST %d: %v", id, err)
