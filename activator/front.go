@@ -2,7 +2,6 @@ package activator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -132,25 +131,11 @@ func (f *HTTPFront) Serve() {
 
 // acceptLoop accepts connections until the listener is closed.
 func (f *HTTPFront) acceptLoop() {
-	var pause time.Duration
 	for {
-		c, err := f.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of fds, most likely: wait for some to be freed, as
-			// net/http does.
-			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-			f.log.Warn("accept", "addr", f.ln.Addr().String(), "err", err, "retry_in", pause)
-			select {
-			case <-time.After(pause):
-			case <-f.stop:
-				return
-			}
-			continue
+		c := accept(f.ln, f.log, f.pause)
+		if c == nil {
+			return
 		}
-		pause = 0
 		fc := newFrontConn(f, c)
 		f.mu.Lock()
 		if f.closed {
@@ -162,6 +147,19 @@ func (f *HTTPFront) acceptLoop() {
 		f.connWG.Add(1)
 		f.mu.Unlock()
 		go fc.serve()
+	}
+}
+
+// pause waits d, or less when the front shuts down; it reports whether to
+// go on.
+func (f *HTTPFront) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-f.stop:
+		return false
 	}
 }
 

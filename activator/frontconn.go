@@ -74,7 +74,6 @@ func newFrontConn(f *HTTPFront, c net.Conn) *frontConn {
 	if t, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		fc.ip = t.IP.String()
 	}
-	fc.ctx, fc.cancel = context.WithCancel(context.Background())
 	fc.rq.fc = fc
 	return fc
 }
@@ -84,6 +83,7 @@ func newFrontConn(f *HTTPFront, c net.Conn) *frontConn {
 func (fc *frontConn) serve() {
 	f := fc.f
 	defer f.connDone(fc)
+	fc.ctx, fc.cancel = context.WithCancel(context.Background())
 	defer fc.cancel()
 	for served := 0; ; served++ {
 		if served > 0 {

@@ -3,6 +3,7 @@ package activator
 import (
 	"bytes"
 	"strconv"
+	"strings"
 )
 
 // This file parses the HTTP/1.1 request heads that the front serves itself
@@ -122,8 +123,7 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 			h.teTrailers = foldEq(value, "trailers")
 		case foldEq(name, "transfer-encoding"), foldEq(name, "expect"), foldEq(name, "upgrade"):
 			return false
-		case foldEq(name, "x-forwarded-for"), foldEq(name, "x-forwarded-proto"),
-			foldEq(name, "x-forwarded-host"), foldEq(name, "forwarded"):
+		case forwardedHeader(name):
 			h.forwarded = true
 		}
 	}
@@ -146,7 +146,7 @@ func appendOutgoing(out, head []byte, h *reqHead, ip string) []byte {
 			break
 		}
 		name, _, _ := splitHeader(line)
-		if hopOrForwarded(name) {
+		if hopByHop(name) || forwardedHeader(name) {
 			continue
 		}
 		out = append(out, line...)
@@ -165,29 +165,30 @@ func appendOutgoing(out, head []byte, h *reqHead, ip string) []byte {
 	return append(out, "\r\n\r\n"...)
 }
 
-// hopOrForwarded reports whether a request header is not forwarded as is.
-func hopOrForwarded(name []byte) bool {
-	switch len(name) {
-	case 2:
-		return foldEq(name, "te")
-	case 7:
-		return foldEq(name, "trailer") || foldEq(name, "upgrade")
-	case 9:
-		return foldEq(name, "forwarded")
-	case 10:
-		return foldEq(name, "connection") || foldEq(name, "keep-alive")
-	case 15:
-		return foldEq(name, "x-forwarded-for")
-	case 16:
-		return foldEq(name, "proxy-connection") || foldEq(name, "x-forwarded-host")
-	case 17:
-		return foldEq(name, "transfer-encoding") || foldEq(name, "x-forwarded-proto")
-	case 18:
-		return foldEq(name, "proxy-authenticate")
-	case 19:
-		return foldEq(name, "proxy-authorization")
+// hopByHop reports whether a header is one of hopHeaders (http.go), which
+// are meant for one connection only.
+func hopByHop(name []byte) bool {
+	for _, h := range hopHeadersLower {
+		if foldEq(name, h) {
+			return true
+		}
 	}
 	return false
+}
+
+var hopHeadersLower = func() []string {
+	l := make([]string, len(hopHeaders))
+	for i, h := range hopHeaders {
+		l[i] = strings.ToLower(h)
+	}
+	return l
+}()
+
+// forwardedHeader reports whether a request header is one rouse replaces
+// with its own (X-Forwarded-For/-Proto/-Host) or drops (Forwarded).
+func forwardedHeader(name []byte) bool {
+	return foldEq(name, "x-forwarded-for") || foldEq(name, "x-forwarded-proto") ||
+		foldEq(name, "x-forwarded-host") || foldEq(name, "forwarded")
 }
 
 // cutLine cuts the first CRLF-terminated line off b. A bare LF is not
@@ -372,8 +373,6 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		switch {
 		case foldEq(name, "content-length") && hasTE:
 			continue // Transfer-Encoding overrides it
-		case foldEq(name, "content-length") && hasTE:
-			continue // Transfer-Encoding overrides it
 		case foldEq(name, "content-length"):
 			n, ok := parseLength(value)
 			if !ok || (r.length >= 0 && r.length != n) {
@@ -384,9 +383,8 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 			te = value
 		case droppedHeader(name, dropped):
 			continue
-		case hopOrForwarded(name) && !foldEq(name, "trailer") && !foldEq(name, "forwarded") &&
-			!foldEq(name, "x-forwarded-for") && !foldEq(name, "x-forwarded-host") && !foldEq(name, "x-forwarded-proto"):
-			continue
+		case hopByHop(name) && !foldEq(name, "trailer"):
+			continue // Trailer stays: the chunked body passes with its trailers
 		}
 		out = append(out, line...)
 		out = append(out, '\r', '\n')

@@ -4,33 +4,43 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"syscall"
 	"time"
 )
 
-// acceptLoop accepts until the listener is closed and serves each
-// connection in a goroutine of its own: serveConn (tcp) or serveInetdConn.
-// Temporary errors such as EMFILE pause the loop with a growing delay
-// instead of ending it.
-func (a *App) acceptLoop(ln net.Listener) {
-	defer a.wg.Done()
-	inetd := a.config().Mode == ModeInetd
+// accept accepts on ln. Errors such as EMFILE are waited out with a
+// growing pause (5 ms doubling up to 1 s, a warning each) as long as
+// wait(pause) says to go on; nil means ln is closed or wait said stop.
+func accept(ln net.Listener, log *slog.Logger, wait func(time.Duration) bool) net.Conn {
 	var pause time.Duration
 	for {
 		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-			a.log.Warn("accept", "addr", ln.Addr().String(), "err", err, "retry_in", pause)
-			if !a.pause(pause) {
-				return
-			}
-			continue
+		if err == nil {
+			return c
 		}
-		pause = 0
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+		log.Warn("accept", "addr", ln.Addr().String(), "err", err, "retry_in", pause)
+		if !wait(pause) {
+			return nil
+		}
+	}
+}
+
+// acceptLoop accepts until the listener is closed and serves each
+// connection in a goroutine of its own: serveConn (tcp) or serveInetdConn.
+func (a *App) acceptLoop(ln net.Listener) {
+	defer a.wg.Done()
+	inetd := a.config().Mode == ModeInetd
+	for {
+		c := accept(ln, a.log, a.pause)
+		if c == nil {
+			return
+		}
 		var tracked net.Conn = c
 		if inetd {
 			tracked = newInetdConn(c)
