@@ -128,6 +128,24 @@ func (r *rouseProc) alive() bool {
 	}
 }
 
+// heldSocket listens on address as a systemd socket unit would and returns
+// its address and the socket as a file to pass to rouse; both stay open
+// across the rouse processes of the test and are closed when it ends.
+func heldSocket(t *testing.T, network, address string) (net.Addr, *os.File) {
+	t.Helper()
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f, err := ln.(interface{ File() (*os.File, error) }).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return ln.Addr(), f
+}
+
 // heldRouse starts rouse as systemd would over sockets the test holds:
 // LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID set to rouse's own pid (the
 // shell's $$ is rouse's after exec).

@@ -204,20 +204,8 @@ func progress(t *testing.T, what string, res *counts, n int) {
 // killed rouse had accepted, at most one per client per kill.
 func TestFaultSIGKILLOfRouseUnderLoad(t *testing.T) {
 	const kills, clients = 2, 4
-	echoLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echoLn.Close()
-	webLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer webLn.Close()
-	echoFile, _ := echoLn.(*net.TCPListener).File()
-	webFile, _ := webLn.(*net.TCPListener).File()
-	defer echoFile.Close()
-	defer webFile.Close()
+	echoAddr, echoFile := heldSocket(t, "tcp", "127.0.0.1:0")
+	webAddr, webFile := heldSocket(t, "tcp", "127.0.0.1:0")
 	file, control := writeConfig(t, `
 [apps.echo]
 listen = ["systemd:echo"]
@@ -238,10 +226,10 @@ idle_timeout = "0"
 
 	var res counts
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-	webURL := "http://" + webLn.Addr().String() + "/"
+	webURL := "http://" + webAddr.String() + "/"
 	stop := load(&res,
-		func() (string, string) { return echoPing("tcp", echoLn.Addr().String()) },
-		func() (string, string) { return echoPing("tcp", echoLn.Addr().String()) },
+		func() (string, string) { return echoPing("tcp", echoAddr.String()) },
+		func() (string, string) { return echoPing("tcp", echoAddr.String()) },
 		func() (string, string) { return httpGet(client, webURL, "hello from") },
 		func() (string, string) { return httpGet(client, webURL, "hello from") },
 	)
@@ -310,20 +298,8 @@ idle_timeout = "0"
 // loses anything at all.
 func TestFaultSIGTERMRestartsUnderLoad(t *testing.T) {
 	const restarts, clients = 8, 6
-	echoLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echoLn.Close()
-	webLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer webLn.Close()
-	echoFile, _ := echoLn.(*net.TCPListener).File()
-	webFile, _ := webLn.(*net.TCPListener).File()
-	defer echoFile.Close()
-	defer webFile.Close()
+	echoAddr, echoFile := heldSocket(t, "tcp", "127.0.0.1:0")
+	webAddr, webFile := heldSocket(t, "tcp", "127.0.0.1:0")
 	file, control := writeConfig(t, `
 [apps.echo]
 listen = ["systemd:echo"]
@@ -336,11 +312,11 @@ command = ["@BIN@", "__backend", "-listen", "127.0.0.1:{port}"]
 `)
 	var res counts
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-	webURL := "http://" + webLn.Addr().String() + "/"
+	webURL := "http://" + webAddr.String() + "/"
 	var fns []func() (string, string)
 	for i := range clients {
 		if i%2 == 0 {
-			fns = append(fns, func() (string, string) { return echoPing("tcp", echoLn.Addr().String()) })
+			fns = append(fns, func() (string, string) { return echoPing("tcp", echoAddr.String()) })
 		} else {
 			fns = append(fns, func() (string, string) { return httpGet(client, webURL, "hello from") })
 		}

@@ -158,21 +158,9 @@ func TestJournalHandler(t *testing.T) {
 // client hammering both addresses all along sees no connection refused:
 // while no rouse runs, connections wait in the kernel's backlog.
 func TestRestartOverHeldSockets(t *testing.T) {
-	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcpLn.Close()
+	tcpAddr, tcpFile := heldSocket(t, "tcp", "127.0.0.1:0")
 	unixPath := filepath.Join(t.TempDir(), "b.sock")
-	unixLn, err := net.Listen("unix", unixPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unixLn.Close()
-	tcpFile, _ := tcpLn.(*net.TCPListener).File()
-	unixFile, _ := unixLn.(*net.UnixListener).File()
-	defer tcpFile.Close()
-	defer unixFile.Close()
+	_, unixFile := heldSocket(t, "unix", unixPath)
 
 	file, control := writeConfig(t, `
 [apps.alpha]
@@ -194,7 +182,7 @@ idle_timeout = "0"
 	var failures sync.Map
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, addr := range [][2]string{{"tcp", tcpLn.Addr().String()}, {"unix", unixPath}} {
+	for _, addr := range [][2]string{{"tcp", tcpAddr.String()}, {"unix", unixPath}} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
