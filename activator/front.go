@@ -6,37 +6,49 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // HTTPFront serves HTTP/1.1 on one listener and routes every request to
 // one of the http apps sharing that address, by Host. Close it before the
 // apps it routes to.
 type HTTPFront struct {
-	ln     net.Listener
-	srv    *http.Server           // serves what the front does not serve itself
-	handed *handedListener        // how connections reach srv
-	routes atomic.Pointer[routes] // replaced whole on reload
-	log    *slog.Logger
+	ln      net.Listener
+	srv     *http.Server           // serves what the front does not serve itself
+	handed  *handedListener        // how connections reach srv
+	routes  atomic.Pointer[routes] // replaced whole on reload
+	log     *slog.Logger
+	loopsOn atomic.Bool // connections go to event loops
 	// handedOff counts the connections given to srv.
 	handedOff atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool                    // Close began: no new handler or connection may join
-	conns     map[*frontConn]struct{} // served by the front itself
-	httpConns int                     // handed to srv, not yet closed or hijacked
-	changed   chan struct{}           // closed and replaced when conns or httpConns drop
-	handlers  sync.WaitGroup          // requests srv is serving, also hijacked ones
-	connWG    sync.WaitGroup          // goroutines of conns
-	shutting  atomic.Bool             // Shutdown or Close began
-	stop      chan struct{}           // closed when shutting is set
-	stopOnce  sync.Once
-	started   atomic.Bool
-	serving   sync.WaitGroup // Serve's goroutines
-	accepting chan struct{}  // closed when the accept loop returned
+	conns     map[*frontConn]struct{} // served by the front itself, on goroutines
+	loops     []*evLoop               // made as connections come, up to loopCount
+	nextLoop  int
+	loopConns int      // served by the loops
+	lnFile    *os.File // the listener, once the loops accept on it
+	// The event loops' copy of srv's ReadHeaderTimeout and IdleTimeout,
+	// read as each loop is made (under mu).
+	loopTimeouts struct{ header, idle time.Duration }
+	httpConns    int            // handed to srv, not yet closed or hijacked
+	changed      chan struct{}  // closed and replaced when conns or httpConns drop
+	handlers     sync.WaitGroup // requests srv is serving, also hijacked ones
+	connWG       sync.WaitGroup // goroutines of conns
+	shutting     atomic.Bool    // Shutdown or Close began
+	stop         chan struct{}  // closed when shutting is set
+	stopOnce     sync.Once
+	started      atomic.Bool
+	serving      sync.WaitGroup // Serve's goroutines
+	accepting    chan struct{}  // closed when the accept loop returned
 }
 
 // routes is a front's Host table.
@@ -103,6 +115,7 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 			}
 		},
 	}
+	f.loopTimeouts.header, f.loopTimeouts.idle = f.srv.ReadHeaderTimeout, f.srv.IdleTimeout
 	return f, nil
 }
 
@@ -129,8 +142,24 @@ func (f *HTTPFront) Serve() {
 	}()
 }
 
-// acceptLoop accepts connections until the listener is closed.
+// acceptLoop accepts connections until the listener is closed. Those of a
+// TCP listener go to the event loops.
 func (f *HTTPFront) acceptLoop() {
+	if tl, ok := f.ln.(*net.TCPListener); ok {
+		if file, err := tl.File(); err == nil {
+			f.mu.Lock()
+			f.lnFile = file
+			f.mu.Unlock()
+			// Out of Go's netpoller, where it would wake Go for each
+			// connection too: file is the listener from now on.
+			tl.Close()
+			if next, err := rawAcceptor(file); err == nil && !f.shutting.Load() {
+				f.loopsOn.Store(true)
+				f.acceptToLoops(next)
+			}
+			return
+		}
+	}
 	for {
 		c := accept(f.ln, f.log, f.pause)
 		if c == nil {
@@ -148,6 +177,160 @@ func (f *HTTPFront) acceptLoop() {
 		f.mu.Unlock()
 		go fc.serve()
 	}
+}
+
+// acceptToLoops accepts connections for the event loops.
+func (f *HTTPFront) acceptToLoops(next func() (rawAccepted, error)) {
+	for {
+		c, ok := acceptWith(next, f.ln.Addr(), f.log, f.pause)
+		if !ok {
+			return
+		}
+		// As net's accept does; no TCP keep-alive (see listeners.Options).
+		unix.SetsockoptInt(c.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		if !f.toLoop(c) {
+			unix.Close(c.fd)
+		}
+		if f.shutting.Load() {
+			return
+		}
+	}
+}
+
+// toLoop gives c to a loop; false if none would take it.
+func (f *HTTPFront) toLoop(c rawAccepted) bool {
+	for {
+		l, closed := f.loopFor()
+		if l == nil {
+			return false
+		}
+		if l.add(c) {
+			return true
+		}
+		f.loopConnDone()
+		if closed {
+			return false
+		}
+		// The loop ended for want of connections meanwhile: another.
+		f.loopEnded(l)
+	}
+}
+
+// loopEnded forgets a loop that ended.
+func (f *HTTPFront) loopEnded(l *evLoop) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, m := range f.loops {
+		if m == l {
+			f.loops = append(f.loops[:i], f.loops[i+1:]...)
+			return
+		}
+	}
+}
+
+// loopFor counts a new connection and picks the loop for it, making one
+// while there are fewer than loopCount; closed reports that the front is.
+func (f *HTTPFront) loopFor() (l *evLoop, closed bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, true
+	}
+	if len(f.loops) < loopCount() {
+		l, err := newEvLoop(f)
+		if err == nil {
+			f.loops = append(f.loops, l)
+		} else if len(f.loops) == 0 {
+			f.log.Warn("event loop", "err", err)
+			return nil, false
+		}
+	}
+	f.nextLoop = (f.nextLoop + 1) % len(f.loops)
+	f.loopConns++
+	return f.loops[f.nextLoop], false
+}
+
+// loopConnDone forgets a connection a loop closed.
+func (f *HTTPFront) loopConnDone() {
+	f.mu.Lock()
+	f.loopConns--
+	if f.shutting.Load() {
+		f.changedLocked()
+	}
+	f.mu.Unlock()
+}
+
+// goServe serves on a goroutine a connection a loop gave up.
+func (f *HTTPFront) goServe(fc *frontConn) {
+	f.mu.Lock()
+	f.loopConns--
+	if f.closed {
+		f.changedLocked()
+		f.mu.Unlock()
+		fc.abandon()
+		return
+	}
+	f.conns[fc] = struct{}{}
+	f.connWG.Add(1)
+	f.mu.Unlock()
+	go fc.serve()
+}
+
+// connCount is how many connections the front serves itself.
+func (f *HTTPFront) connCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.conns) + f.loopConns
+}
+
+// rawAccepted is a connection accepted for an event loop.
+type rawAccepted struct {
+	fd     int
+	ip     string
+	served int // requests served on it before
+}
+
+// rawAcceptor returns a func that accepts on the listening socket ln,
+// leaving the connection out of Go's netpoller.
+func rawAcceptor(ln *os.File) (func() (rawAccepted, error), error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return func() (rawAccepted, error) {
+		var c rawAccepted
+		var aerr error
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				nfd, sa, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+				switch err {
+				case unix.EINTR, unix.ECONNABORTED:
+					continue // as net's accept: the next one
+				case unix.EAGAIN:
+					return false
+				case nil:
+					c = rawAccepted{fd: nfd, ip: sockaddrIP(sa)}
+				default:
+					aerr = os.NewSyscallError("accept4", err)
+				}
+				return true
+			}
+		})
+		if err != nil {
+			return c, net.ErrClosed // the only way a wait on ln ends: it closed
+		}
+		return c, aerr
+	}, nil
+}
+
+func sockaddrIP(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(sa.Addr).Unmap().String()
+	}
+	return ""
 }
 
 // pause waits d, or less when the front shuts down; it reports whether to
@@ -279,10 +462,13 @@ func (f *HTTPFront) Shutdown(ctx context.Context) {
 	for fc := range f.conns {
 		fc.shutdownDeadline()
 	}
+	for _, l := range f.loops {
+		l.command(cmdShutdown)
+	}
 	f.mu.Unlock()
 	for {
 		f.mu.Lock()
-		n, ch := len(f.conns)+f.httpConns, f.changed
+		n, ch := len(f.conns)+f.loopConns+f.httpConns, f.changed
 		f.mu.Unlock()
 		if n == 0 {
 			return
@@ -299,6 +485,11 @@ func (f *HTTPFront) beginShutdown() {
 	f.shutting.Store(true)
 	f.stopOnce.Do(func() { close(f.stop) })
 	f.ln.Close()
+	f.mu.Lock()
+	if f.lnFile != nil {
+		f.lnFile.Close()
+	}
+	f.mu.Unlock()
 }
 
 // Close closes every connection and returns once every request handler,
@@ -306,12 +497,18 @@ func (f *HTTPFront) beginShutdown() {
 func (f *HTTPFront) Close() {
 	f.mu.Lock()
 	f.closed = true
+	loops := f.loops
+	f.mu.Unlock()
+	f.beginShutdown()
+	for _, l := range loops {
+		l.close() // what a loop gives up from now on is closed: f.closed
+	}
+	f.mu.Lock()
 	conns := make([]*frontConn, 0, len(f.conns))
 	for fc := range f.conns {
 		conns = append(conns, fc)
 	}
 	f.mu.Unlock()
-	f.beginShutdown()
 	for _, fc := range conns {
 		fc.raw.Close()
 	}

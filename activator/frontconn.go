@@ -10,14 +10,20 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// The front serves plain HTTP/1.1 requests itself, on the goroutine that
-// reads them, with its own keep-alive connections to the app: with net/http's
-// server and Transport, every request crosses four goroutines, which costs
-// more than the proxying. A request the front does not serve itself (see
-// parseRequestHead), and every later one on its connection, goes to
-// net/http's server, with nothing read off the connection lost.
+// The front serves plain HTTP/1.1 requests itself, with its own keep-alive
+// connections to the app: with net/http's server and Transport, every
+// request crosses four goroutines, which costs more than the proxying. On a
+// TCP address an event loop (loop.go) serves what it can finish at once;
+// frontConn serves a connection on a goroutine: on a unix socket, and for
+// what a loop leaves (a held request, a slow or streamed response), after
+// which the connection goes back to a loop. A request the front does not
+// serve itself (see parseRequestHead), and every later one on its
+// connection, goes to net/http's server, with nothing read off the
+// connection lost.
 
 const (
 	frontReadBuffer  = 8 << 10  // the longest request head served here
@@ -56,8 +62,10 @@ type frontConn struct {
 	cancel context.CancelFunc // the client went away
 	state  atomic.Int32
 
-	closeAfter bool // the request or response said Connection: close
-	cut        bool // the response broke off: close without flushing
+	served     int       // requests served before, by an event loop
+	start      time.Time // of the request an event loop began (rq.held)
+	closeAfter bool      // the request or response said Connection: close
+	cut        bool      // the response broke off: close without flushing
 	rq         rawRequest
 	head       reqHead
 	out        []byte // the request as sent to the app
@@ -85,7 +93,20 @@ func (fc *frontConn) serve() {
 	defer f.connDone(fc)
 	fc.ctx, fc.cancel = context.WithCancel(context.Background())
 	defer fc.cancel()
-	for served := 0; ; served++ {
+	served := fc.served
+	if a := fc.rq.a; fc.rq.held != nil {
+		// An exchange an event loop began.
+		fc.state.Store(connActive)
+		if !fc.serveRequest(a, fc.start) || fc.closeAfter || f.shutting.Load() {
+			fc.close()
+			return
+		}
+		served++
+		if fc.backToLoop(served) {
+			return
+		}
+	}
+	for ; ; served++ {
 		if served > 0 {
 			fc.state.Store(connIdle)
 			if f.shutting.Load() && fc.br.Buffered() == 0 {
@@ -123,7 +144,44 @@ func (fc *frontConn) serve() {
 			fc.close()
 			return
 		}
+		if fc.backToLoop(served + 1) {
+			return
+		}
 	}
+}
+
+// backToLoop gives the connection back to an event loop, between requests,
+// when its front has loops: it came to this goroutine for one exchange (a
+// cold start, a slow or large response), not for good.
+func (fc *frontConn) backToLoop(served int) bool {
+	if fc.br.Buffered() > 0 || !fc.f.loopsOn.Load() {
+		return false
+	}
+	conn := fc.c
+	if pc, ok := conn.(*prefixConn); ok {
+		if len(pc.rest) > 0 {
+			return false
+		}
+		conn = pc.Conn
+	}
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := -1
+	rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if err != nil || fd < 0 {
+		return false
+	}
+	fc.close() // out of Go's netpoller: the copy is the connection now
+	if !fc.f.toLoop(rawAccepted{fd: fd, ip: fc.ip, served: served}) {
+		unix.Close(fd)
+	}
+	return true
 }
 
 // shutdownDeadline cuts short the wait for a request when the front shuts
@@ -200,6 +258,12 @@ func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 			return false
 		}
 	}
+	return fc.serveRequest(a, start)
+}
+
+// serveRequest serves the request in fc.head and fc.out. It returns false
+// when the connection must be cut.
+func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 	q := &fc.rq
 	q.a, q.err = a, nil
 	fc.closeAfter, fc.cut = fc.head.close, false
@@ -225,6 +289,21 @@ func (fc *frontConn) handOff() {
 	hc := &handedConn{Conn: fc.c, r: fc.br}
 	fc.c, fc.br, fc.bw = nil, nil, nil
 	fc.f.handOff(hc)
+}
+
+// abandon closes a connection an event loop gave up as the front closed,
+// and the exchange it had begun.
+func (fc *frontConn) abandon() {
+	q := &fc.rq
+	if q.resume != nil {
+		q.resume.c.Close()
+		q.resume = nil
+	}
+	if q.held != nil {
+		q.a.release(q.held)
+		q.held = nil
+	}
+	fc.close()
 }
 
 // close closes the connection and recycles its buffers.
@@ -274,6 +353,12 @@ type rawRequest struct {
 	fc  *frontConn
 	a   *App
 	err *rawResponse // a response rouse made, written once proxy returns
+	// An exchange an event loop began: the app's slot it took, the
+	// connection the request went on (nil if not sent), and how much of
+	// fc.out is still to send.
+	held   *instance
+	resume *upConn
+	unsent int
 }
 
 func (q *rawRequest) context() context.Context { return q.fc.ctx }
@@ -281,6 +366,12 @@ func (q *rawRequest) method() string           { return string(q.fc.head.method)
 func (q *rawRequest) prepare() error           { return nil }
 func (q *rawRequest) bodyReplayable() bool     { return true }
 func (q *rawRequest) hold() func()             { return q.fc.watch(nil) }
+
+func (q *rawRequest) taken() *instance {
+	inst := q.held
+	q.held = nil
+	return inst
+}
 
 func (q *rawRequest) path() string {
 	t := q.fc.head.target

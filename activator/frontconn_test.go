@@ -261,11 +261,7 @@ func TestFrontShutdownAnswersAcceptedConnections(t *testing.T) {
 	idle.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	idle.response("GET")
 	fresh := dialRaw(t, ta.addr)
-	waitFor(t, "both connections accepted", func() bool {
-		ta.front.mu.Lock()
-		defer ta.front.mu.Unlock()
-		return len(ta.front.conns) == 2
-	})
+	waitFor(t, "both connections accepted", func() bool { return ta.front.connCount() == 2 })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

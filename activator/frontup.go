@@ -102,6 +102,7 @@ func (up *httpUpstream) closeIdle() {
 
 // closeFrontIdle closes the front's idle connections to the app.
 func (up *httpUpstream) closeFrontIdle() {
+	up.gen.Add(1) // the event loops' are closed as they come to them
 	up.pool.mu.Lock()
 	idle := up.pool.idle
 	up.pool.idle = nil
@@ -114,6 +115,7 @@ func (up *httpUpstream) closeFrontIdle() {
 // retire closes the idle connections, and those still in use once they
 // are done: a reload replaced the upstream.
 func (up *httpUpstream) retire() {
+	up.retired.Store(true)
 	up.pool.mu.Lock()
 	up.pool.retired = true
 	up.pool.mu.Unlock()
@@ -140,7 +142,16 @@ func (uc *upConn) alive() bool {
 // exchange sends the request to the app over a keep-alive connection and
 // passes the response on to the client.
 func (q *rawRequest) exchange(inst *instance) exchangeResult {
-	res, reused := q.attempt(inst)
+	var res exchangeResult
+	var reused bool
+	if uc := q.resume; uc != nil {
+		// The attempt an event loop began.
+		q.resume = nil
+		reused = !uc.idleSince.IsZero()
+		res = q.finish(uc, len(q.fc.out)-q.unsent)
+	} else {
+		res, reused = q.attempt(inst)
+	}
 	if reused && res.err != nil && !res.answered && !res.timeout && !q.fc.gone() && (!res.sent || q.a.replayable(q)) {
 		// A kept connection failed before any answer: most likely the app
 		// closed it meanwhile (its keep-alive timeout, or a crash), and
@@ -155,27 +166,35 @@ func (q *rawRequest) exchange(inst *instance) exchangeResult {
 // attempt is one exchange; reused reports whether it went over a kept
 // connection.
 func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
-	fc, a := q.fc, q.a
-	up := a.http.Load()
-	uc, err := up.get(fc.ctx, inst)
+	uc, err := q.a.http.Load().get(q.fc.ctx, inst)
 	if err != nil {
 		return exchangeResult{err: err}, false
 	}
-	reused = !uc.idleSince.IsZero()
+	return q.finish(uc, 0), !uc.idleSince.IsZero()
+}
+
+// finish sends the request from byte from on (bytes before went already)
+// and passes the response on.
+func (q *rawRequest) finish(uc *upConn, from int) (res exchangeResult) {
+	fc, a := q.fc, q.a
 	keep := false
-	if n, err := uc.c.Write(fc.out); err != nil {
+	n, err := 0, error(nil)
+	if from < len(fc.out) {
+		n, err = uc.c.Write(fc.out[from:])
+	}
+	if err != nil {
 		// Nothing written means the app had closed the connection before:
 		// it cannot have seen the request.
-		res = exchangeResult{err: err, sent: n > 0}
+		res = exchangeResult{err: err, sent: from+n > 0}
 	} else {
-		res, keep = fc.relay(a, inst, uc)
+		res, keep = fc.relay(a, uc.inst, uc)
 	}
 	if keep {
-		up.put(uc)
+		a.http.Load().put(uc)
 	} else {
 		uc.c.Close()
 	}
-	return res, reused
+	return res
 }
 
 // relay reads the app's response and passes it on. reuse reports whether

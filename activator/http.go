@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // httpUpstream is an http app's way to its process: one Transport per app,
@@ -26,6 +28,13 @@ type httpUpstream struct {
 	dialer           *net.Dialer
 	network, address string
 	pool             upPool
+	// For the event loops, which keep connections of their own: gen
+	// changes when kept connections are to be dropped, retired when a
+	// reload replaced the upstream; sa is the address to connect(2) to.
+	gen     atomic.Uint64
+	retired atomic.Bool
+	saOnce  sync.Once
+	sa      unix.Sockaddr
 	// buffers are what responses are copied through: neither side of that
 	// copy has ReadFrom or WriteTo, so io.Copy would allocate 32 KiB per
 	// request.
@@ -92,6 +101,9 @@ type proxyRequest interface {
 	// then watches the client); the func it returns is called when the
 	// wait is over.
 	hold() func()
+	// taken returns, once, the app's slot taken for the request before
+	// proxy (by an event loop), or nil.
+	taken() *instance
 }
 
 // proxy takes one request through its attempts, under the retry rules of
@@ -105,7 +117,10 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 	retryDeadline := start.Add(cfg.RetryTimeout)
 	var lastErr error
 	for try := 1; ; try++ {
-		inst := a.tryAcquire()
+		inst := rq.taken()
+		if inst == nil {
+			inst = a.tryAcquire()
+		}
 		if inst == nil {
 			release := rq.hold()
 			var err error
@@ -175,6 +190,7 @@ func (q *httpRequest) path() string                     { return q.r.URL.Path }
 func (q *httpRequest) bodyReplayable() bool             { return q.body.replayable() }
 func (q *httpRequest) errorWriter() http.ResponseWriter { return q.w }
 func (q *httpRequest) hold() func()                     { return func() {} } // net/http watches the client
+func (q *httpRequest) taken() *instance                 { return nil }
 
 func (q *httpRequest) prepare() error {
 	if q.body != nil {

@@ -14,19 +14,26 @@ import (
 // growing pause (5 ms doubling up to 1 s, a warning each) as long as
 // wait(pause) says to go on; nil means ln is closed or wait said stop.
 func accept(ln net.Listener, log *slog.Logger, wait func(time.Duration) bool) net.Conn {
+	c, _ := acceptWith(ln.Accept, ln.Addr(), log, wait)
+	return c
+}
+
+// acceptWith is accept's loop for any way of accepting: false once the
+// listener is closed, or wait said to stop.
+func acceptWith[T any](next func() (T, error), addr net.Addr, log *slog.Logger, wait func(time.Duration) bool) (T, bool) {
 	var pause time.Duration
 	for {
-		c, err := ln.Accept()
+		c, err := next()
 		if err == nil {
-			return c
+			return c, true
 		}
 		if errors.Is(err, net.ErrClosed) {
-			return nil
+			return c, false
 		}
 		pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-		log.Warn("accept", "addr", ln.Addr().String(), "err", err, "retry_in", pause)
+		log.Warn("accept", "addr", addr.String(), "err", err, "retry_in", pause)
 		if !wait(pause) {
-			return nil
+			return c, false
 		}
 	}
 }

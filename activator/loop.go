@@ -1,0 +1,1012 @@
+package activator
+
+import (
+	"bufio"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The event loop serves the common case of a TCP front: a plain request
+// whose whole response comes back at once. Its sockets are raw
+// non-blocking descriptors watched through an epoll instance of its own,
+// outside Go's netpoller: a goroutine per connection costs, per request, a
+// read that fails with EAGAIN and a park and a wake-up on each side, which
+// made the front cost more CPU per request than nginx.
+//
+// Everything else goes to a goroutine (frontConn) with what was read so far,
+// where the rules of the slower path apply unchanged: a request head in
+// parts or beyond the buffer, a body not yet all read, an app not ready (the
+// request is held), a response without a Content-Length or larger than the
+// buffer, and an exchange the app takes longer than watchAfter to answer
+// (the goroutine then times it out, or notices the client going away).
+// Before the request reached the app, the goroutine starts over with it;
+// after, it continues the same exchange, with the app's bytes read so far.
+
+const (
+	loopEvents  = 128
+	loopUpBuf   = 16 << 10       // a response served by the loop fits here, head and body
+	scanBusy    = watchAfter / 2 // how often exchanges are checked for taking too long
+	scanIdle    = time.Second    // how often idle connections are checked for timeouts
+	loopIOFlags = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+)
+
+// Client connection states in the loop.
+const (
+	lcWaiting   = iota // for a request
+	lcSending          // the request to the app
+	lcAwaiting         // the app's response
+	lcAnswering        // the response to the client
+	lcGone             // closed, or given to a goroutine
+)
+
+// Buffers of connections the loop closes; not those given to goroutines,
+// which read them still.
+var (
+	inBufs = sync.Pool{New: func() any { b := make([]byte, frontReadBuffer); return &b }}
+	upBufs = sync.Pool{New: func() any { b := make([]byte, 0, loopUpBuf); return &b }}
+)
+
+// loopEnd is what an epoll event can be for.
+type loopEnd interface{ event(l *evLoop, ev uint32) }
+
+// evLoop is one event loop of a front; a front has one per P, made as
+// connections come.
+type evLoop struct {
+	f    *HTTPFront
+	epfd int
+	ep   *os.File        // epfd, in Go's netpoller: the loop parks there
+	raw  syscall.RawConn // ep's
+	wake int             // eventfd: commands from other goroutines
+
+	// As the front's net/http server has them (copied: tests change them).
+	headerTimeout, idleTimeout time.Duration
+
+	mu       sync.Mutex
+	closed   bool
+	pending  []*loopConn // accepted, not yet seen by the loop
+	npending atomic.Int32
+	cmd      atomic.Uint32 // cmdShutdown | cmdClose
+	done     chan struct{}
+
+	// The loop goroutine's own.
+	ends       []loopEnd // by descriptor
+	conns      map[*loopConn]struct{}
+	idle       map[*httpUpstream][]*loopUp // kept connections to each app, newest last
+	busy       int                         // exchanges in flight
+	nextScan   time.Time                   // when to scan, or see whether to end
+	emptySince time.Time                   // zero: the loop has connections
+	deadline   time.Time                   // ep's read deadline
+	shutdown   bool
+	evs        [loopEvents]unix.EpollEvent
+}
+
+const (
+	cmdShutdown = 1 << iota
+	cmdClose
+)
+
+// loopConn is a client connection served by the loop.
+type loopConn struct {
+	fd       int
+	ip       string
+	state    int
+	readable bool      // an edge came that was not read through yet
+	reading  bool      // in readRequest
+	hup      bool      // the client closed its side, or failed
+	deadline time.Time // lcWaiting: when the connection is closed
+	served   int
+
+	in   []byte // in[r:w] is read and not yet used
+	r, w int
+
+	// The request in progress.
+	head       reqHead
+	headAt     int // where in in the head began
+	headLen    int
+	a          *App
+	inst       *instance
+	up         *loopUp
+	out        []byte // the request as it goes to the app
+	sent       int    // of out
+	resp       []byte // the response as it goes to the client
+	written    int    // of resp
+	start      time.Time
+	closeAfter bool
+	retried    bool // the one silent retry on a new connection was used
+}
+
+// loopUp is a connection of the loop to an app's process.
+type loopUp struct {
+	fd       int
+	upstream *httpUpstream
+	inst     *instance
+	gen      uint64 // upstream.gen when made or kept
+	reused   bool
+	c        *loopConn // the request it serves; nil while kept
+	buf      []byte    // the response so far
+	eof      bool      // read to the end: the app closed its side (or failed)
+	hup      bool      // the app closed its side, or failed: read on to the end
+}
+
+func newEvLoop(f *HTTPFront) (*evLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	l := &evLoop{f: f, epfd: epfd, wake: -1, done: make(chan struct{}),
+		headerTimeout: f.loopTimeouts.header, idleTimeout: f.loopTimeouts.idle,
+		conns: make(map[*loopConn]struct{}), idle: make(map[*httpUpstream][]*loopUp)}
+	fail := func(what string, err error) (*evLoop, error) {
+		if l.wake >= 0 {
+			unix.Close(l.wake)
+		}
+		unix.Close(epfd)
+		return nil, os.NewSyscallError(what, err)
+	}
+	if l.wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		return fail("eventfd", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, l.wake, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(l.wake)}); err != nil {
+		return fail("epoll_ctl", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		return fail("fcntl", err)
+	}
+	l.ep = os.NewFile(uintptr(epfd), "front epoll")
+	if l.raw, err = l.ep.SyscallConn(); err != nil {
+		l.ep.Close()
+		unix.Close(l.wake)
+		return nil, err
+	}
+	f.serving.Add(1)
+	go l.run()
+	return l, nil
+}
+
+// add gives the loop a connection; false when the loop is closed (the
+// descriptor is then the caller's).
+func (l *evLoop) add(a rawAccepted) bool {
+	fd := a.fd
+	c := &loopConn{fd: fd, ip: a.ip, served: a.served, in: *inBufs.Get().(*[]byte), readable: true}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.pending = append(l.pending, c)
+	l.npending.Add(1)
+	// Under mu: an event for fd finds c in pending. A new socket is
+	// writable, so the loop wakes at once and takes it.
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: loopIOFlags, Fd: int32(fd)}); err != nil {
+		l.pending = l.pending[:len(l.pending)-1]
+		l.npending.Add(-1)
+		return false
+	}
+	return true
+}
+
+// command asks the loop to shut down or close, and wakes it.
+func (l *evLoop) command(cmd uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return // ended, or ending: its eventfd may be closed
+	}
+	l.cmd.Or(cmd)
+	var one = [8]byte{1}
+	unix.Write(l.wake, one[:])
+}
+
+// close closes every connection of the loop and waits for it to end.
+func (l *evLoop) close() {
+	l.command(cmdClose)
+	<-l.done
+}
+
+// run is the loop.
+func (l *evLoop) run() {
+	defer l.f.serving.Done()
+	defer close(l.done)
+	defer l.f.loopEnded(l)
+	defer l.closeAll()
+	for {
+		n, err := l.wait()
+		if err != nil && !os.IsTimeout(err) {
+			l.f.log.Error("event loop", "err", err)
+			return
+		}
+		if l.npending.Load() > 0 {
+			l.adopt()
+		}
+		if cmd := l.cmd.Swap(0); cmd != 0 {
+			if cmd&cmdClose != 0 {
+				return
+			}
+			if !l.shutdown {
+				l.shutdown = true
+				l.beginShutdown()
+			}
+		}
+		for i := range n {
+			ev := &l.evs[i]
+			if int(ev.Fd) == l.wake {
+				var b [8]byte
+				unix.Read(l.wake, b[:])
+				continue
+			}
+			if e := l.end(int(ev.Fd)); e != nil {
+				e.event(l, ev.Events)
+			}
+		}
+		if !l.schedule() {
+			return
+		}
+	}
+}
+
+// schedule runs scan when it is due, and says when it is next due. It
+// returns false when the loop is to end: it has had no connection for
+// scanIdle, so it costs nothing while its front is unused.
+func (l *evLoop) schedule() bool {
+	now := time.Now()
+	if len(l.conns) == 0 {
+		if l.emptySince.IsZero() {
+			l.emptySince = now
+			l.nextScan = now.Add(scanIdle)
+			return true
+		}
+		if now.Before(l.nextScan) {
+			return true
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if len(l.pending) > 0 {
+			return true // adopted next time round
+		}
+		l.closed = true
+		return false
+	}
+	l.emptySince = time.Time{}
+	if !l.nextScan.IsZero() && !now.Before(l.nextScan) {
+		l.scan(now)
+		l.nextScan = time.Time{}
+	}
+	every := scanIdle
+	if l.busy > 0 || l.shutdown {
+		every = scanBusy
+	}
+	if l.nextScan.IsZero() || l.nextScan.Sub(now) > every {
+		l.nextScan = now.Add(every)
+	}
+	return true
+}
+
+// wait returns the next events; it parks the goroutine (in Go's netpoller)
+// when there are none, until the next scan is due.
+func (l *evLoop) wait() (n int, err error) {
+	if n = l.poll(); n > 0 {
+		return n, nil
+	}
+	if !l.deadline.Equal(l.nextScan) {
+		l.deadline = l.nextScan
+		l.ep.SetReadDeadline(l.deadline)
+	}
+	err = l.raw.Read(func(uintptr) bool {
+		n = l.poll()
+		return n > 0 || l.cmd.Load() != 0
+	})
+	return n, err
+}
+
+// poll takes the events there are, without blocking.
+func (l *evLoop) poll() int {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.evs[0])), loopEvents, 0, 0, 0)
+	if e != 0 {
+		return 0 // EINTR
+	}
+	return int(n)
+}
+
+// end returns what fd is for, nil for an event that came for a descriptor
+// already closed.
+func (l *evLoop) end(fd int) loopEnd {
+	if fd < len(l.ends) && l.ends[fd] != nil {
+		return l.ends[fd]
+	}
+	l.adopt()
+	if fd < len(l.ends) {
+		return l.ends[fd]
+	}
+	return nil
+}
+
+func (l *evLoop) setEnd(fd int, e loopEnd) {
+	for fd >= len(l.ends) {
+		l.ends = append(l.ends, nil)
+	}
+	l.ends[fd] = e
+}
+
+// adopt takes the connections accepted since last time.
+func (l *evLoop) adopt() {
+	l.mu.Lock()
+	pending := l.pending
+	l.pending = nil
+	l.npending.Store(0)
+	l.mu.Unlock()
+	now := time.Now()
+	for _, c := range pending {
+		l.setEnd(c.fd, c)
+		l.conns[c] = struct{}{}
+		switch {
+		case l.shutdown && c.served > 0:
+			c.deadline = now // idle: closed at the next scan
+		case l.shutdown:
+			c.deadline = now.Add(newConnGrace)
+		case c.served > 0:
+			c.deadline = now.Add(l.idleTimeout) // back from a goroutine
+		default:
+			c.deadline = now.Add(l.headerTimeout)
+		}
+	}
+}
+
+// scan closes connections whose wait timed out and gives exchanges that
+// take long to a goroutine.
+func (l *evLoop) scan(now time.Time) {
+	for c := range l.conns {
+		switch c.state {
+		case lcWaiting:
+			if now.After(c.deadline) {
+				l.closeConn(c)
+			}
+		case lcSending, lcAwaiting:
+			if now.Sub(c.start) >= watchAfter {
+				l.continueElsewhere(c)
+			}
+		}
+	}
+}
+
+// beginShutdown closes idle connections and gives those that have sent
+// nothing yet a grace period; the others close after their response.
+func (l *evLoop) beginShutdown() {
+	now := time.Now()
+	for c := range l.conns {
+		if c.state != lcWaiting {
+			continue
+		}
+		if c.served > 0 && c.r == c.w {
+			l.closeConn(c)
+		} else if c.served == 0 {
+			c.deadline = now.Add(newConnGrace)
+		}
+	}
+}
+
+// closeAll closes everything the loop has; the loop is done.
+func (l *evLoop) closeAll() {
+	l.mu.Lock()
+	l.closed = true
+	pending := l.pending
+	l.pending = nil
+	l.mu.Unlock()
+	for _, c := range pending {
+		unix.Close(c.fd)
+		l.f.loopConnDone()
+	}
+	for c := range l.conns {
+		l.closeConn(c)
+	}
+	for _, ups := range l.idle {
+		for _, up := range ups {
+			l.closeUp(up)
+		}
+	}
+	unix.Close(l.wake)
+	l.ep.Close()
+}
+
+// event handles what epoll said about a client connection.
+func (c *loopConn) event(l *evLoop, ev uint32) {
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.hup = true // no edge comes for the EOF after the bytes before it
+	}
+	switch c.state {
+	case lcWaiting:
+		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.readable = true
+			l.readRequest(c)
+		}
+	case lcAnswering:
+		if ev&unix.EPOLLIN != 0 {
+			c.readable = true
+		}
+		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			l.answer(c)
+		}
+	default:
+		// The next request, or the client going away, is for later.
+		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.readable = true
+		}
+	}
+}
+
+// readRequest reads and serves the requests the client sent, until it
+// has to wait.
+func (l *evLoop) readRequest(c *loopConn) {
+	c.reading = true
+	defer func() { c.reading = false }()
+	for c.state == lcWaiting {
+		if c.r == c.w && c.readable {
+			c.r, c.w = 0, 0
+			n, err := rawRead(c.fd, c.in)
+			switch {
+			case err == unix.EAGAIN:
+				c.readable = false
+			case err != nil || n == 0:
+				l.closeConn(c) // closed, reset, or half-closed between requests
+				return
+			default:
+				c.w = n
+				c.readable = n == len(c.in) || c.hup
+			}
+		}
+		if c.r == c.w {
+			if l.f.shutting.Load() && c.served > 0 {
+				l.closeConn(c)
+				return
+			}
+			timeout := l.idleTimeout
+			if c.served == 0 {
+				timeout = l.headerTimeout
+			}
+			if !l.shutdown {
+				c.deadline = time.Now().Add(timeout)
+			}
+			return
+		}
+		l.serveRequest(c)
+	}
+}
+
+// serveRequest begins to serve the request at in[r:]: the loop sends it,
+// or a goroutine gets the connection.
+func (l *evLoop) serveRequest(c *loopConn) {
+	buf := c.in[c.r:c.w]
+	n := headEnd(buf, 0)
+	if n < 0 {
+		// In parts, or longer than the buffer: a goroutine reads it,
+		// with the slow path's timeouts and limits.
+		l.startOver(c)
+		return
+	}
+	h := &c.head
+	if !parseRequestHead(buf[:n], h) {
+		l.startOver(c)
+		return
+	}
+	a := l.f.routeBytes(h.host)
+	if a == nil || h.contentLength > int64(min(len(buf)-n, fastBodyMax)) || h.contentLength > a.config().RequestBuffer ||
+		(h.forwarded && a.trusted(c.ip)) {
+		l.startOver(c) // 404, a body still to read, or headers to extend
+		return
+	}
+	up := a.http.Load()
+	if up.sockaddr() == nil {
+		l.startOver(c)
+		return
+	}
+	inst := a.tryAcquire()
+	if inst == nil {
+		l.startOver(c) // held there until the app is ready
+		return
+	}
+	body := int(h.contentLength)
+	c.out = appendOutgoing(c.out[:0], buf[:n], h, c.ip)
+	c.out = append(c.out, buf[n:n+body]...)
+	c.headAt, c.headLen = c.r, n
+	c.r += n + body
+	c.a, c.inst, c.start = a, inst, time.Now()
+	c.closeAfter, c.retried, c.sent = h.close, false, 0
+	c.state = lcSending
+	l.busy++
+	if l.connect(c, up) {
+		l.send(c)
+	}
+}
+
+// connect gives c a connection to the app: a kept one, or a new one.
+func (l *evLoop) connect(c *loopConn, up *httpUpstream) bool {
+	gen := up.gen.Load()
+	ups := l.idle[up]
+	for len(ups) > 0 {
+		u := ups[len(ups)-1]
+		ups = ups[:len(ups)-1]
+		l.idle[up] = ups
+		if u.inst == c.inst && u.gen == gen && !u.eof && !u.hup {
+			u.c, u.reused, u.buf = c, true, u.buf[:0]
+			c.up = u
+			return true
+		}
+		l.closeUp(u)
+	}
+	if len(ups) == 0 {
+		delete(l.idle, up)
+	}
+	u, err := l.dial(up, c.inst, gen)
+	if err != nil {
+		l.sendElsewhere(c)
+		return false
+	}
+	u.c = c
+	c.up = u
+	return true
+}
+
+// dial opens a new connection to the app, without waiting for it.
+func (l *evLoop) dial(up *httpUpstream, inst *instance, gen uint64) (*loopUp, error) {
+	// A copy: connect(2) writes into it, and loops dial at once.
+	var sa unix.Sockaddr
+	family := unix.AF_INET
+	switch v := up.sockaddr().(type) {
+	case *unix.SockaddrInet4:
+		c := *v
+		sa = &c
+	case *unix.SockaddrInet6:
+		c := *v
+		sa, family = &c, unix.AF_INET6
+	case *unix.SockaddrUnix:
+		c := *v
+		sa, family = &c, unix.AF_UNIX
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if family != unix.AF_UNIX {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	u := &loopUp{fd: fd, upstream: up, inst: inst, gen: gen, buf: (*upBufs.Get().(*[]byte))[:0]}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: loopIOFlags, Fd: int32(fd)}); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	l.setEnd(fd, u)
+	return u, nil
+}
+
+// event handles what epoll said about a connection to an app.
+func (u *loopUp) event(l *evLoop, ev uint32) {
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		u.hup = true
+	}
+	c := u.c
+	if c == nil {
+		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 || (ev&unix.EPOLLIN != 0 && !u.quiet()) {
+			l.dropIdle(u) // a kept connection the app closed, or wrote to unasked
+		}
+		return
+	}
+	switch c.state {
+	case lcSending:
+		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			l.send(c)
+		}
+	case lcAwaiting:
+		l.receive(c)
+	}
+}
+
+// quiet reports whether a kept connection has nothing to read: an event
+// may come late, for bytes of the last response, read already.
+func (u *loopUp) quiet() bool {
+	var b [1]byte
+	_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(u.fd), uintptr(unsafe.Pointer(&b[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return e == unix.EAGAIN
+}
+
+// send writes the request to the app.
+func (l *evLoop) send(c *loopConn) {
+	u := c.up
+	// A connection still being made says EAGAIN to a write, and the
+	// error of a failed one.
+	for c.sent < len(c.out) {
+		n, err := rawWrite(u.fd, c.out[c.sent:])
+		if err == unix.EAGAIN {
+			return // on EPOLLOUT
+		}
+		if err != nil {
+			if c.sent > 0 {
+				u.eof = true
+				l.continueElsewhere(c) // reads the error there, as for any exchange
+				return
+			}
+			l.sendFailed(c)
+			return
+		}
+		c.sent += n
+	}
+	// The answer comes after the request, and with it an edge: no read
+	// until then.
+	c.state = lcAwaiting
+}
+
+// sendFailed handles a connection to the app that failed before any of the
+// request went: a kept one once more on a new connection, as net/http's
+// Transport does (the app most likely closed its kept connections, and
+// the others too); otherwise a goroutine starts over with the request.
+func (l *evLoop) sendFailed(c *loopConn) {
+	u := c.up
+	c.up = nil
+	l.closeUp(u)
+	if u.reused && !c.retried {
+		c.retried = true
+		l.dropAllIdle(u.upstream)
+		if nu, err := l.dial(u.upstream, c.inst, u.upstream.gen.Load()); err == nil {
+			nu.c, c.up = c, nu
+			l.send(c)
+			return
+		}
+	}
+	l.sendElsewhere(c)
+}
+
+// sendElsewhere gives the request, not sent, to a goroutine, which tries
+// again under the retry rules.
+func (l *evLoop) sendElsewhere(c *loopConn) {
+	l.release(c)
+	c.r = c.headAt
+	l.startOver(c)
+}
+
+// receive reads the app's response; it is passed on once whole.
+func (l *evLoop) receive(c *loopConn) {
+	u := c.up
+	for !u.eof && len(u.buf) < cap(u.buf) {
+		n, err := rawRead(u.fd, u.buf[len(u.buf):cap(u.buf)])
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil || n == 0 {
+			u.eof = true
+			break
+		}
+		u.buf = u.buf[:len(u.buf)+n]
+		if len(u.buf) < cap(u.buf) && !u.hup {
+			break // a short read: nothing more for now
+		}
+	}
+	if len(u.buf) == 0 {
+		if u.eof {
+			// Closed before answering: a kept connection's silent retry,
+			// and otherwise the rules for a failed exchange, are the
+			// goroutine's.
+			l.continueElsewhere(c)
+		}
+		return
+	}
+	var r respHead
+	from := 0
+	for {
+		n := headEnd(u.buf[from:], 0)
+		if n < 0 {
+			if u.eof || len(u.buf) == cap(u.buf) {
+				l.continueElsewhere(c) // a cut or long head: there
+			}
+			return
+		}
+		var ok bool
+		c.resp, ok = appendResponseHead(c.resp[:0], u.buf[from:from+n], &r)
+		if !ok || r.badLengths || r.status == 101 {
+			l.continueElsewhere(c)
+			return
+		}
+		from += n
+		if r.status >= 200 {
+			break
+		}
+		// 1xx interim responses are dropped, as net/http's Transport does.
+	}
+	if c.head.isHead() {
+		r.noBody = true
+	}
+	body := int64(0)
+	if !r.noBody {
+		if r.chunked || r.length < 0 || r.length > int64(cap(u.buf)-from) {
+			l.continueElsewhere(c) // streamed there, as it comes
+			return
+		}
+		body = r.length
+	}
+	if int64(len(u.buf)-from) < body {
+		if u.eof {
+			l.continueElsewhere(c) // cut short: the client must see that
+		}
+		return
+	}
+	end := from + int(body)
+	c.a.metrics.outcome(statusClass(r.status))
+	if c.closeAfter || l.f.shutting.Load() {
+		c.closeAfter = true
+		c.resp = append(c.resp, "Connection: close\r\n"...)
+	}
+	c.resp = append(c.resp, '\r', '\n')
+	c.resp = append(c.resp, u.buf[from:end]...)
+	c.up = nil
+	u.c = nil
+	if !r.close && !r.http10 && end == len(u.buf) && !u.eof && !u.hup {
+		l.keep(u)
+	} else {
+		l.closeUp(u)
+	}
+	l.release(c)
+	c.written = 0
+	c.state = lcAnswering
+	l.answer(c)
+}
+
+// answer writes the response to the client, then goes on to the next
+// request.
+func (l *evLoop) answer(c *loopConn) {
+	for c.written < len(c.resp) {
+		n, err := rawWrite(c.fd, c.resp[c.written:])
+		if err == unix.EAGAIN {
+			return // on EPOLLOUT
+		}
+		if err != nil {
+			l.closeConn(c)
+			return
+		}
+		c.written += n
+	}
+	c.served++
+	c.state = lcWaiting
+	if c.closeAfter {
+		l.closeConn(c)
+		return
+	}
+	if !c.reading {
+		l.readRequest(c) // else readRequest goes on with the next one
+	}
+}
+
+// release gives back the app's slot the request held.
+func (l *evLoop) release(c *loopConn) {
+	if c.inst != nil {
+		c.a.release(c.inst)
+		c.inst = nil
+		l.busy--
+	}
+}
+
+// keep keeps u for the next request to its app.
+func (l *evLoop) keep(u *loopUp) {
+	ups := l.idle[u.upstream]
+	if len(ups) >= maxIdleUpstream || u.upstream.retired.Load() {
+		l.closeUp(u)
+		return
+	}
+	l.idle[u.upstream] = append(ups, u)
+}
+
+// dropIdle closes a kept connection.
+func (l *evLoop) dropIdle(u *loopUp) {
+	ups := l.idle[u.upstream]
+	for i, v := range ups {
+		if v == u {
+			ups = append(ups[:i], ups[i+1:]...)
+			break
+		}
+	}
+	if len(ups) == 0 {
+		delete(l.idle, u.upstream)
+	} else {
+		l.idle[u.upstream] = ups
+	}
+	l.closeUp(u)
+}
+
+// dropAllIdle closes the kept connections to an app.
+func (l *evLoop) dropAllIdle(up *httpUpstream) {
+	for _, u := range l.idle[up] {
+		l.closeUp(u)
+	}
+	delete(l.idle, up)
+}
+
+func (l *evLoop) closeUp(u *loopUp) {
+	l.forget(u.fd)
+	unix.Close(u.fd)
+	b := u.buf[:0]
+	upBufs.Put(&b)
+	u.buf = nil
+}
+
+// forget unregisters fd, which is closed next.
+func (l *evLoop) forget(fd int) {
+	if fd < len(l.ends) {
+		l.ends[fd] = nil
+	}
+}
+
+// closeConn closes a client connection and whatever it had going.
+func (l *evLoop) closeConn(c *loopConn) {
+	if c.up != nil {
+		c.up.c = nil
+		l.closeUp(c.up)
+		c.up = nil
+	}
+	l.release(c)
+	c.state = lcGone
+	delete(l.conns, c)
+	l.forget(c.fd)
+	unix.Close(c.fd)
+	b := c.in
+	inBufs.Put(&b)
+	c.in = nil
+	l.f.loopConnDone()
+}
+
+// startOver gives the client connection to a goroutine, with the request
+// at in[r:] not yet sent: the goroutine serves it from the start.
+func (l *evLoop) startOver(c *loopConn) {
+	fc := l.leave(c, c.in[c.r:c.w])
+	if fc == nil {
+		return
+	}
+	fc.served = c.served
+	l.f.goServe(fc)
+}
+
+// continueElsewhere gives the client connection and the exchange in
+// progress to a goroutine: the request went to the app (all or part), and
+// the app's bytes read so far are read again there.
+func (l *evLoop) continueElsewhere(c *loopConn) {
+	u, a, inst, start := c.up, c.a, c.inst, c.start
+	c.up, c.inst = nil, nil
+	l.busy--
+	u.c = nil
+	fc := l.leave(c, c.in[c.r:c.w])
+	upc := l.toConn(u.fd)
+	if fc == nil || upc == nil {
+		if upc != nil {
+			upc.Close()
+		}
+		a.release(inst)
+		return
+	}
+	uc := &upConn{c: upc, inst: inst}
+	uc.br = bufio.NewReaderSize(prefixedReader(upc, u.buf), upReadBuffer)
+	if sc, ok := upc.(syscall.Conn); ok {
+		uc.raw, _ = sc.SyscallConn()
+	}
+	if u.reused {
+		uc.idleSince = start // not zero: the retry rules for a kept connection apply
+	}
+	fc.served = c.served
+	fc.out = append(fc.out[:0], c.out...)
+	head := append([]byte(nil), c.in[c.headAt:c.headAt+c.headLen]...)
+	parseRequestHead(head, &fc.head)
+	q := &fc.rq
+	q.a, q.held, q.resume, q.unsent = a, inst, uc, len(c.out)-c.sent
+	fc.start = start
+	l.f.goServe(fc)
+}
+
+// leave takes the client connection out of the loop and makes it a
+// frontConn that reads rest first; nil if that failed (the connection is
+// then closed).
+func (l *evLoop) leave(c *loopConn, rest []byte) *frontConn {
+	c.state = lcGone
+	delete(l.conns, c)
+	conn := l.toConn(c.fd)
+	if conn == nil {
+		l.f.loopConnDone()
+		return nil
+	}
+	if len(rest) > 0 {
+		conn = &prefixConn{Conn: conn, rest: rest}
+	}
+	return newFrontConn(l.f, conn)
+}
+
+// toConn makes fd, registered with the loop, a net.Conn in Go's netpoller
+// instead; fd is closed.
+func (l *evLoop) toConn(fd int) net.Conn {
+	l.forget(fd)
+	// Before the close: epoll drops a descriptor only when every one of
+	// its file is closed, and the net.Conn's is a copy.
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, &unix.EpollEvent{})
+	f := os.NewFile(uintptr(fd), "")
+	conn, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		l.f.log.Warn("event loop: socket to goroutine", "err", err)
+		return nil
+	}
+	return conn
+}
+
+// prefixConn is a connection whose first bytes were read already.
+type prefixConn struct {
+	net.Conn
+	rest []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.rest) > 0 {
+		n := copy(p, c.rest)
+		c.rest = c.rest[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite as frontConn's handedConn expects of a TCP connection.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func prefixedReader(c net.Conn, rest []byte) *prefixConn {
+	return &prefixConn{Conn: c, rest: rest}
+}
+
+func rawRead(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// sockaddr is the app's address for the event loop's connect(2); nil when
+// it is not a literal address (a name is left to net's resolver).
+func (up *httpUpstream) sockaddr() unix.Sockaddr {
+	up.saOnce.Do(func() {
+		switch up.network {
+		case "unix":
+			up.sa = &unix.SockaddrUnix{Name: up.address}
+		case "tcp", "tcp4", "tcp6":
+			ap, err := netip.ParseAddrPort(up.address)
+			if err != nil {
+				return
+			}
+			if ip := ap.Addr().Unmap(); ip.Is4() {
+				up.sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.As4()}
+			} else {
+				up.sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ip.As16()}
+			}
+		}
+	})
+	return up.sa
+}
+
+// loopCount is how many event loops a front may run: one per P.
+func loopCount() int { return runtime.GOMAXPROCS(0) }

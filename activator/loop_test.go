@@ -1,0 +1,156 @@
+package activator
+
+import (
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// loopState returns how many connections the front's event loops serve,
+// how many its goroutines serve, and how many loops run.
+func loopState(f *HTTPFront) (inLoops, onGoroutines, loops int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.loopConns, len(f.conns), len(f.loops)
+}
+
+// Plain requests with a whole response are served by the event loop, with
+// no goroutine per connection, pipelined ones in order.
+func TestLoopServesPlainRequests(t *testing.T) {
+	ta, hits := newHTTPTestApp(t, nil, nil)
+	var conns []*rawClient
+	for range 4 {
+		conns = append(conns, dialRaw(t, ta.addr))
+	}
+	for i := range 20 {
+		for _, rc := range conns {
+			rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+			if resp, body := rc.response("GET"); resp.StatusCode != 200 || !strings.Contains(body, "hello from") {
+				t.Fatalf("GET %d: %d %q", i, resp.StatusCode, body)
+			}
+		}
+	}
+	rc := conns[0]
+	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" +
+		"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "hello" {
+		t.Fatalf("pipelined POST: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := rc.response("HEAD"); resp.StatusCode != 200 || body != "" || resp.ContentLength <= 0 {
+		t.Fatalf("pipelined HEAD: %d %q, length %d", resp.StatusCode, body, resp.ContentLength)
+	}
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("pipelined GET: %d", resp.StatusCode)
+	}
+	// An exchange that took the app longer than watchAfter (a slow
+	// machine, the race detector) moved its connection to a goroutine.
+	inLoops, onGoroutines, loops := loopState(ta.front)
+	if inLoops == 0 || inLoops+onGoroutines != 4 || loops == 0 {
+		t.Errorf("%d connections in loops, %d on goroutines, %d loops; want most of 4 in loops", inLoops, onGoroutines, loops)
+	}
+	if n := hitCount(t, hits, "/"); n != 81 { // and the HEAD
+		t.Errorf("the app got %d requests for /, want 81", n)
+	}
+	if n := ta.front.handedOff.Load(); n != 0 {
+		t.Errorf("%d connections handed to net/http", n)
+	}
+}
+
+// An exchange the loop cannot finish at once (a slow app, a response
+// larger than its buffer or without a length) goes on on a goroutine,
+// without the request being sent twice; then the connection goes back to
+// the loop, and keeps working.
+func TestLoopHandsLongExchangesToAGoroutine(t *testing.T) {
+	ta, hits := newHTTPTestApp(t, nil, nil)
+	rc := dialRaw(t, ta.addr)
+	rc.send("GET /sleep?d=200ms HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("GET"); resp.StatusCode != 200 || body != "slept 200ms\n" {
+		t.Fatalf("slow GET: %d %q", resp.StatusCode, body)
+	}
+	if n := hitCount(t, hits, "/sleep"); n != 1 {
+		t.Errorf("the app got the slow request %d times, want 1", n)
+	}
+	// Once it is over, the connection is the loop's again.
+	waitFor(t, "the connection back in a loop", func() bool {
+		inLoops, onGoroutines, _ := loopState(ta.front)
+		return inLoops == 1 && onGoroutines == 0
+	})
+	for _, n := range []int{loopUpBuf - 100, 200 << 10} {
+		rc.send("GET /bytes?n=" + strconv.Itoa(n) + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != n {
+			t.Fatalf("GET %d bytes: %d, %d bytes", n, resp.StatusCode, len(body))
+		}
+	}
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET after: %d", resp.StatusCode)
+	}
+
+	// A large response on a connection still in the loop.
+	rc = dialRaw(t, ta.addr)
+	rc.send("GET /bytes?n=100000 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != 100000 {
+		t.Fatalf("large GET: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET pipelined behind a large one: %d", resp.StatusCode)
+	}
+}
+
+// The loop closes a connection that sends nothing within the header
+// timeout, and one idle between requests for longer than the idle timeout:
+// also one that came back from a goroutine (the first request started the
+// app, and waited for it there).
+func TestLoopTimesOutIdleConnections(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	f := ta.front
+	f.mu.Lock() // loops made after this see it (they are made under mu)
+	f.loopTimeouts.header = 200 * time.Millisecond
+	f.loopTimeouts.idle = 300 * time.Millisecond
+	f.mu.Unlock()
+
+	silent := dialRaw(t, ta.addr)
+	idle := dialRaw(t, ta.addr)
+	idle.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, _ := idle.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+	for name, rc := range map[string]*rawClient{"silent": silent, "idle": idle} {
+		start := time.Now()
+		rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := rc.br.Read(make([]byte, 1))
+		if n != 0 || err != io.EOF {
+			t.Errorf("%s connection: read %d bytes, %v; want it closed", name, n, err)
+		}
+		// A scan runs every scanIdle: the close comes up to that late.
+		if took := time.Since(start); took > 3*scanIdle {
+			t.Errorf("%s connection closed after %s", name, took)
+		}
+	}
+}
+
+// A loop with no connection left ends, so an unused front costs nothing;
+// the next connection gets a new one.
+func TestLoopEndsWhenUnused(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	rc := dialRaw(t, ta.addr)
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+	waitFor(t, "the loops ended", func() bool {
+		inLoops, _, loops := loopState(ta.front)
+		return inLoops == 0 && loops == 0
+	})
+	rc = dialRaw(t, ta.addr)
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET on a new loop: %d", resp.StatusCode)
+	}
+	if _, _, loops := loopState(ta.front); loops != 1 {
+		t.Errorf("%d loops, want 1", loops)
+	}
+}
