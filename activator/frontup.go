@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The front's side of an exchange with the app: keep-alive connections of
@@ -77,6 +79,32 @@ func (up *httpUpstream) get(ctx context.Context, inst *instance) (*upConn, error
 		uc.raw, _ = sc.SyscallConn()
 	}
 	return uc, nil
+}
+
+// takeIdleFD takes a kept connection to inst's process out of the pool and
+// out of Go's netpoller, for an event loop; -1 if there is none. A
+// connection an exchange moved from a loop to a goroutine comes back this
+// way, instead of the loop dialing anew.
+func (up *httpUpstream) takeIdleFD(inst *instance) int {
+	for {
+		up.pool.mu.Lock()
+		n := len(up.pool.idle)
+		if n == 0 {
+			up.pool.mu.Unlock()
+			return -1
+		}
+		uc := up.pool.idle[n-1]
+		up.pool.idle = up.pool.idle[:n-1]
+		up.pool.mu.Unlock()
+		fd := -1
+		if uc.inst == inst && uc.raw != nil && uc.br.Buffered() == 0 && (time.Since(uc.idleSince) < staleAfter || uc.alive()) {
+			uc.raw.Control(func(s uintptr) { fd, _ = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+		}
+		uc.c.Close()
+		if fd >= 0 {
+			return fd
+		}
+	}
 }
 
 // put keeps uc for the next request.

@@ -544,6 +544,13 @@ func (l *evLoop) connect(c *loopConn, up *httpUpstream) bool {
 	if len(ups) == 0 {
 		delete(l.idle, up)
 	}
+	if fd := up.takeIdleFD(c.inst); fd >= 0 {
+		if u, err := l.register(fd, up, c.inst, gen); err == nil {
+			u.c, u.reused = c, true
+			c.up = u
+			return true
+		}
+	}
 	u, err := l.dial(up, c.inst, gen)
 	if err != nil {
 		l.sendElsewhere(c)
@@ -577,15 +584,20 @@ func (l *evLoop) dial(up *httpUpstream, inst *instance, gen uint64) (*loopUp, er
 	if family != unix.AF_UNIX {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	u := &loopUp{fd: fd, upstream: up, inst: inst, gen: gen, buf: (*upBufs.Get().(*[]byte))[:0]}
 	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		return nil, err
 	}
+	return l.register(fd, up, inst, gen)
+}
+
+// register makes fd, a connection to the app, the loop's.
+func (l *evLoop) register(fd int, up *httpUpstream, inst *instance, gen uint64) (*loopUp, error) {
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: loopIOFlags, Fd: int32(fd)}); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
+	u := &loopUp{fd: fd, upstream: up, inst: inst, gen: gen, buf: (*upBufs.Get().(*[]byte))[:0]}
 	l.setEnd(fd, u)
 	return u, nil
 }
