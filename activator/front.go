@@ -147,16 +147,24 @@ func (f *HTTPFront) Serve() {
 func (f *HTTPFront) acceptLoop() {
 	if tl, ok := f.ln.(*net.TCPListener); ok {
 		if file, err := tl.File(); err == nil {
-			f.mu.Lock()
-			f.lnFile = file
-			f.mu.Unlock()
 			// Out of Go's netpoller, where it would wake Go for each
 			// connection too: file is the listener from now on.
 			tl.Close()
-			if next, err := rawAcceptor(file); err == nil && !f.shutting.Load() {
-				f.loopsOn.Store(true)
-				f.acceptToLoops(next)
+			f.mu.Lock()
+			f.lnFile = file
+			stopping := f.shutting.Load() // beginShutdown came before: it did not see file
+			f.mu.Unlock()
+			if stopping {
+				file.Close()
+				return
 			}
+			next, err := rawAcceptor(file)
+			if err != nil {
+				f.log.Error("accept", "addr", f.ln.Addr().String(), "err", err)
+				return
+			}
+			f.loopsOn.Store(true)
+			f.acceptToLoops(next) // until file is closed
 			return
 		}
 	}
@@ -191,27 +199,21 @@ func (f *HTTPFront) acceptToLoops(next func() (rawAccepted, error)) {
 		if !f.toLoop(c) {
 			unix.Close(c.fd)
 		}
-		if f.shutting.Load() {
-			return
-		}
 	}
 }
 
 // toLoop gives c to a loop; false if none would take it.
 func (f *HTTPFront) toLoop(c rawAccepted) bool {
 	for {
-		l, closed := f.loopFor()
+		l := f.loopFor()
 		if l == nil {
 			return false
 		}
 		if l.add(c) {
 			return true
 		}
-		f.loopConnDone()
-		if closed {
-			return false
-		}
 		// The loop ended for want of connections meanwhile: another.
+		f.loopConnDone()
 		f.loopEnded(l)
 	}
 }
@@ -229,12 +231,13 @@ func (f *HTTPFront) loopEnded(l *evLoop) {
 }
 
 // loopFor counts a new connection and picks the loop for it, making one
-// while there are fewer than loopCount; closed reports that the front is.
-func (f *HTTPFront) loopFor() (l *evLoop, closed bool) {
+// while there are fewer than loopCount; nil when the front is closed or no
+// loop could be made.
+func (f *HTTPFront) loopFor() *evLoop {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return nil, true
+		return nil
 	}
 	if len(f.loops) < loopCount() {
 		l, err := newEvLoop(f)
@@ -242,12 +245,12 @@ func (f *HTTPFront) loopFor() (l *evLoop, closed bool) {
 			f.loops = append(f.loops, l)
 		} else if len(f.loops) == 0 {
 			f.log.Warn("event loop", "err", err)
-			return nil, false
+			return nil
 		}
 	}
 	f.nextLoop = (f.nextLoop + 1) % len(f.loops)
 	f.loopConns++
-	return f.loops[f.nextLoop], false
+	return f.loops[f.nextLoop]
 }
 
 // loopConnDone forgets a connection a loop closed.

@@ -172,9 +172,8 @@ func (fc *frontConn) backToLoop(served int) bool {
 	if err != nil {
 		return false
 	}
-	fd := -1
-	rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
-	if err != nil || fd < 0 {
+	fd := dupFD(rc)
+	if fd < 0 {
 		return false
 	}
 	fc.close() // out of Go's netpoller: the copy is the connection now
@@ -440,8 +439,12 @@ type handedConn struct {
 func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // CloseWrite lets net/http half-close the connection as it does a TCP one.
-func (c *handedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+func (c *handedConn) CloseWrite() error { return halfClose(c.Conn) }
+
+// halfClose half-closes c if it can (unlike tcp.go's closeWrite, which
+// closes c if it cannot).
+func halfClose(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return nil

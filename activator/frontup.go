@@ -55,20 +55,8 @@ type upPool struct {
 
 // get returns an idle connection to inst's process, or dials a new one.
 func (up *httpUpstream) get(ctx context.Context, inst *instance) (*upConn, error) {
-	for {
-		up.pool.mu.Lock()
-		n := len(up.pool.idle)
-		if n == 0 {
-			up.pool.mu.Unlock()
-			break
-		}
-		uc := up.pool.idle[n-1]
-		up.pool.idle = up.pool.idle[:n-1]
-		up.pool.mu.Unlock()
-		if uc.inst == inst && (time.Since(uc.idleSince) < staleAfter || uc.alive()) {
-			return uc, nil
-		}
-		uc.c.Close()
+	if uc := up.popIdle(inst); uc != nil {
+		return uc, nil
 	}
 	c, err := up.dialer.DialContext(ctx, up.network, up.address)
 	if err != nil {
@@ -86,25 +74,49 @@ func (up *httpUpstream) get(ctx context.Context, inst *instance) (*upConn, error
 // connection an exchange moved from a loop to a goroutine comes back this
 // way, instead of the loop dialing anew.
 func (up *httpUpstream) takeIdleFD(inst *instance) int {
+	uc := up.popIdle(inst)
+	if uc == nil {
+		return -1
+	}
+	fd := -1
+	if uc.raw != nil && uc.br.Buffered() == 0 {
+		fd = dupFD(uc.raw)
+	}
+	uc.c.Close()
+	return fd
+}
+
+// popIdle takes the newest idle connection to inst's process that is still
+// open (see staleAfter), closing those that are not; nil if none is left.
+func (up *httpUpstream) popIdle(inst *instance) *upConn {
 	for {
 		up.pool.mu.Lock()
 		n := len(up.pool.idle)
 		if n == 0 {
 			up.pool.mu.Unlock()
-			return -1
+			return nil
 		}
 		uc := up.pool.idle[n-1]
 		up.pool.idle = up.pool.idle[:n-1]
 		up.pool.mu.Unlock()
-		fd := -1
-		if uc.inst == inst && uc.raw != nil && uc.br.Buffered() == 0 && (time.Since(uc.idleSince) < staleAfter || uc.alive()) {
-			uc.raw.Control(func(s uintptr) { fd, _ = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+		if uc.inst == inst && (time.Since(uc.idleSince) < staleAfter || uc.alive()) {
+			return uc
 		}
 		uc.c.Close()
-		if fd >= 0 {
-			return fd
-		}
 	}
+}
+
+// dupFD returns a copy of rc's descriptor (close-on-exec), -1 on failure:
+// closing rc's connection then takes it out of Go's netpoller, and leaves
+// the copy open.
+func dupFD(rc syscall.RawConn) int {
+	fd := -1
+	rc.Control(func(s uintptr) {
+		if d, err := unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			fd = d
+		}
+	})
+	return fd
 }
 
 // put keeps uc for the next request.
@@ -158,13 +170,19 @@ func (uc *upConn) alive() bool {
 	}
 	open := false
 	err := uc.raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		open = errno == syscall.EAGAIN // 0 bytes is EOF, and bytes are unasked for
+		open = quiet(fd)
 		return true
 	})
 	return err == nil && open
+}
+
+// quiet reports whether the socket fd is open and has nothing to read,
+// without blocking: 0 bytes is EOF, and bytes are unasked for.
+func quiet(fd uintptr) bool {
+	var b [1]byte
+	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return errno == syscall.EAGAIN
 }
 
 // exchange sends the request to the app over a keep-alive connection and

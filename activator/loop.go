@@ -65,7 +65,10 @@ type evLoop struct {
 	epfd int
 	ep   *os.File        // epfd, in Go's netpoller: the loop parks there
 	raw  syscall.RawConn // ep's
-	wake int             // eventfd: commands from other goroutines
+	// pollReady bound, and what it found.
+	pollFn func(uintptr) bool
+	polled int
+	wake   int // eventfd: commands from other goroutines
 
 	// As the front's net/http server has them (copied: tests change them).
 	headerTimeout, idleTimeout time.Duration
@@ -85,6 +88,7 @@ type evLoop struct {
 	nextScan   time.Time                   // when to scan, or see whether to end
 	emptySince time.Time                   // zero: the loop has connections
 	deadline   time.Time                   // ep's read deadline
+	now        time.Time                   // when the last wait ended: the clock of a round
 	shutdown   bool
 	evs        [loopEvents]unix.EpollEvent
 }
@@ -167,6 +171,7 @@ func newEvLoop(f *HTTPFront) (*evLoop, error) {
 		unix.Close(l.wake)
 		return nil, err
 	}
+	l.pollFn = l.pollReady
 	f.serving.Add(1)
 	go l.run()
 	return l, nil
@@ -220,6 +225,7 @@ func (l *evLoop) run() {
 	defer l.closeAll()
 	for {
 		n, err := l.wait()
+		l.now = time.Now()
 		if err != nil && !os.IsTimeout(err) {
 			l.f.log.Error("event loop", "err", err)
 			return
@@ -227,8 +233,8 @@ func (l *evLoop) run() {
 		if l.npending.Load() > 0 {
 			l.adopt()
 		}
-		if cmd := l.cmd.Swap(0); cmd != 0 {
-			if cmd&cmdClose != 0 {
+		if l.cmd.Load() != 0 {
+			if l.cmd.Swap(0)&cmdClose != 0 {
 				return
 			}
 			if !l.shutdown {
@@ -257,7 +263,7 @@ func (l *evLoop) run() {
 // returns false when the loop is to end: it has had no connection for
 // scanIdle, so it costs nothing while its front is unused.
 func (l *evLoop) schedule() bool {
-	now := time.Now()
+	now := l.now
 	if len(l.conns) == 0 {
 		if l.emptySince.IsZero() {
 			l.emptySince = now
@@ -300,11 +306,16 @@ func (l *evLoop) wait() (n int, err error) {
 		l.deadline = l.nextScan
 		l.ep.SetReadDeadline(l.deadline)
 	}
-	err = l.raw.Read(func(uintptr) bool {
-		n = l.poll()
-		return n > 0 || l.cmd.Load() != 0
-	})
-	return n, err
+	l.polled = 0
+	err = l.raw.Read(l.pollFn)
+	return l.polled, err
+}
+
+// pollReady is the raw read of wait: bound once (in newEvLoop), so that a
+// wait allocates nothing.
+func (l *evLoop) pollReady(uintptr) bool {
+	l.polled = l.poll()
+	return l.polled > 0 || l.cmd.Load() != 0
 }
 
 // poll takes the events there are, without blocking.
@@ -343,7 +354,7 @@ func (l *evLoop) adopt() {
 	l.pending = nil
 	l.npending.Store(0)
 	l.mu.Unlock()
-	now := time.Now()
+	now := l.now
 	for _, c := range pending {
 		l.setEnd(c.fd, c)
 		l.conns[c] = struct{}{}
@@ -380,7 +391,7 @@ func (l *evLoop) scan(now time.Time) {
 // beginShutdown closes idle connections and gives those that have sent
 // nothing yet a grace period; the others close after their response.
 func (l *evLoop) beginShutdown() {
-	now := time.Now()
+	now := l.now
 	for c := range l.conns {
 		if c.state != lcWaiting {
 			continue
@@ -472,7 +483,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 				timeout = l.headerTimeout
 			}
 			if !l.shutdown {
-				c.deadline = time.Now().Add(timeout)
+				c.deadline = l.now.Add(timeout)
 			}
 			return
 		}
@@ -517,7 +528,7 @@ func (l *evLoop) serveRequest(c *loopConn) {
 	c.out = append(c.out, buf[n:n+body]...)
 	c.headAt, c.headLen = c.r, n
 	c.r += n + body
-	c.a, c.inst, c.start = a, inst, time.Now()
+	c.a, c.inst, c.start = a, inst, l.now
 	c.closeAfter, c.retried, c.sent = h.close, false, 0
 	c.state = lcSending
 	l.busy++
@@ -529,20 +540,16 @@ func (l *evLoop) serveRequest(c *loopConn) {
 // connect gives c a connection to the app: a kept one, or a new one.
 func (l *evLoop) connect(c *loopConn, up *httpUpstream) bool {
 	gen := up.gen.Load()
-	ups := l.idle[up]
-	for len(ups) > 0 {
+	for ups := l.idle[up]; len(ups) > 0; {
 		u := ups[len(ups)-1]
 		ups = ups[:len(ups)-1]
-		l.idle[up] = ups
+		l.idle[up] = ups // kept even when empty: keep appends to it, allocating nothing
 		if u.inst == c.inst && u.gen == gen && !u.eof && !u.hup {
 			u.c, u.reused, u.buf = c, true, u.buf[:0]
 			c.up = u
 			return true
 		}
 		l.closeUp(u)
-	}
-	if len(ups) == 0 {
-		delete(l.idle, up)
 	}
 	if fd := up.takeIdleFD(c.inst); fd >= 0 {
 		if u, err := l.register(fd, up, c.inst, gen); err == nil {
@@ -626,12 +633,7 @@ func (u *loopUp) event(l *evLoop, ev uint32) {
 
 // quiet reports whether a kept connection has nothing to read: an event
 // may come late, for bytes of the last response, read already.
-func (u *loopUp) quiet() bool {
-	var b [1]byte
-	_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(u.fd), uintptr(unsafe.Pointer(&b[0])), 1,
-		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-	return e == unix.EAGAIN
-}
+func (u *loopUp) quiet() bool { return quiet(uintptr(u.fd)) }
 
 // send writes the request to the app.
 func (l *evLoop) send(c *loopConn) {
@@ -826,11 +828,7 @@ func (l *evLoop) dropIdle(u *loopUp) {
 			break
 		}
 	}
-	if len(ups) == 0 {
-		delete(l.idle, u.upstream)
-	} else {
-		l.idle[u.upstream] = ups
-	}
+	l.idle[u.upstream] = ups
 	l.closeUp(u)
 }
 
@@ -904,7 +902,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 		return
 	}
 	uc := &upConn{c: upc, inst: inst}
-	uc.br = bufio.NewReaderSize(prefixedReader(upc, u.buf), upReadBuffer)
+	uc.br = bufio.NewReaderSize(&prefixConn{Conn: upc, rest: u.buf}, upReadBuffer)
 	if sc, ok := upc.(syscall.Conn); ok {
 		uc.raw, _ = sc.SyscallConn()
 	}
@@ -970,17 +968,8 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// CloseWrite as frontConn's handedConn expects of a TCP connection.
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
-
-func prefixedReader(c net.Conn, rest []byte) *prefixConn {
-	return &prefixConn{Conn: c, rest: rest}
-}
+// CloseWrite as handedConn expects of a TCP connection.
+func (c *prefixConn) CloseWrite() error { return halfClose(c.Conn) }
 
 func rawRead(fd int, p []byte) (int, error) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
