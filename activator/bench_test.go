@@ -124,6 +124,43 @@ func BenchmarkHTTPKeepAlive(b *testing.B) {
 	b.ReportMetric(viaDirect.Seconds()/viaRouse.Seconds(), "ratio")
 }
 
+// BenchmarkHTTPNewConnection is a request per connection (Connection:
+// close), through rouse and straight to the app: what accepting, and
+// closing, cost on top of a request.
+func BenchmarkHTTPNewConnection(b *testing.B) {
+	ta := newTestApp(b, []string{"-proto", "http", "-plain"}, func(c *Config) { c.Mode = ModeHTTP })
+	direct := ta.config().UpstreamAddress
+	oneRequest(b, ta.addr) // starts the app
+	var viaRouse, viaDirect time.Duration
+	for b.Loop() {
+		viaRouse += oneRequest(b, ta.addr)
+		viaDirect += oneRequest(b, direct)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(viaRouse.Microseconds())/n, "rouse-µs/req")
+	b.ReportMetric(float64(viaDirect.Microseconds())/n, "direct-µs/req")
+	b.ReportMetric(viaDirect.Seconds()/viaRouse.Seconds(), "ratio")
+}
+
+// oneRequest connects, sends GET / with Connection: close and reads the
+// response to the end; it returns how long that took.
+func oneRequest(b *testing.B, addr string) time.Duration {
+	start := time.Now()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"); err != nil {
+		b.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.HasPrefix(got, []byte("HTTP/1.1 200 ")) {
+		b.Fatalf("response %q, %v", got, err)
+	}
+	return time.Since(start)
+}
+
 // httpConn is a minimal keep-alive client for GET /, allocation-free.
 type httpConn struct {
 	c   net.Conn

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -194,8 +195,6 @@ func (f *HTTPFront) acceptToLoops(next func() (rawAccepted, error)) {
 		if !ok {
 			return
 		}
-		// As net's accept does; no TCP keep-alive (see listeners.Options).
-		unix.SetsockoptInt(c.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		if !f.toLoop(c) {
 			unix.Close(c.fd)
 		}
@@ -300,40 +299,72 @@ func rawAcceptor(ln *os.File) (func() (rawAccepted, error), error) {
 	if err != nil {
 		return nil, err
 	}
-	return func() (rawAccepted, error) {
-		var c rawAccepted
-		var aerr error
-		err := rc.Read(func(fd uintptr) bool {
-			for {
-				nfd, sa, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-				switch err {
-				case unix.EINTR, unix.ECONNABORTED:
-					continue // as net's accept: the next one
-				case unix.EAGAIN:
-					return false
-				case nil:
-					c = rawAccepted{fd: nfd, ip: sockaddrIP(sa)}
-				default:
-					aerr = os.NewSyscallError("accept4", err)
-				}
-				return true
+	// As net's accept does, but once: accepted sockets inherit it. No TCP
+	// keep-alive (see listeners.Options).
+	rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
+	var ips clientIPs
+	var c rawAccepted
+	var aerr error
+	accept := func(fd uintptr) bool {
+		for {
+			nfd, ip, err := rawAccept(int(fd), &ips)
+			switch err {
+			case unix.EINTR, unix.ECONNABORTED:
+				continue // as net's accept: the next one
+			case unix.EAGAIN:
+				return false
+			case nil:
+				c, aerr = rawAccepted{fd: nfd, ip: ip}, nil
+			default:
+				aerr = os.NewSyscallError("accept4", err)
 			}
-		})
-		if err != nil {
-			return c, net.ErrClosed // the only way a wait on ln ends: it closed
+			return true
+		}
+	}
+	return func() (rawAccepted, error) {
+		if err := rc.Read(accept); err != nil {
+			return rawAccepted{}, net.ErrClosed // the only way a wait on ln ends: it closed
 		}
 		return c, aerr
 	}, nil
 }
 
-func sockaddrIP(sa unix.Sockaddr) string {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(sa.Addr).String()
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(sa.Addr).Unmap().String()
+// rawAccept is accept4(2) on the listening socket ln, as a raw system call
+// (it does not block), without the getsockopt(SO_PROTOCOL) x/sys/unix
+// makes on each to tell IPv4 from L2TP.
+func rawAccept(ln int, ips *clientIPs) (fd int, ip string, err error) {
+	var sa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(ln), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, "", e
 	}
-	return ""
+	return int(r), ips.of(&sa), nil
+}
+
+// clientIPs gives the text of a client's address, allocating it only when
+// it is not the address of the previous connection: those often come from
+// one address (a proxy in front, a load generator).
+type clientIPs struct {
+	last     netip.Addr
+	lastText string
+}
+
+func (c *clientIPs) of(sa *unix.RawSockaddrAny) string {
+	var ip netip.Addr
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		ip = netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr)
+	case unix.AF_INET6:
+		ip = netip.AddrFrom16((*unix.RawSockaddrInet6)(unsafe.Pointer(sa)).Addr).Unmap()
+	default:
+		return ""
+	}
+	if ip != c.last {
+		c.last, c.lastText = ip, ip.String()
+	}
+	return c.lastText
 }
 
 // pause waits d, or less when the front shuts down; it reports whether to

@@ -191,7 +191,7 @@ func (l *evLoop) add(a rawAccepted) bool {
 	l.npending.Add(1)
 	// Under mu: an event for fd finds c in pending. A new socket is
 	// writable, so the loop wakes at once and takes it.
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: loopIOFlags, Fd: int32(fd)}); err != nil {
+	if err := epollAdd(l.epfd, fd); err != nil {
 		l.pending = l.pending[:len(l.pending)-1]
 		l.npending.Add(-1)
 		return false
@@ -600,7 +600,7 @@ func (l *evLoop) dial(up *httpUpstream, inst *instance, gen uint64) (*loopUp, er
 
 // register makes fd, a connection to the app, the loop's.
 func (l *evLoop) register(fd int, up *httpUpstream, inst *instance, gen uint64) (*loopUp, error) {
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: loopIOFlags, Fd: int32(fd)}); err != nil {
+	if err := epollAdd(l.epfd, fd); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -842,7 +842,7 @@ func (l *evLoop) dropAllIdle(up *httpUpstream) {
 
 func (l *evLoop) closeUp(u *loopUp) {
 	l.forget(u.fd)
-	unix.Close(u.fd)
+	rawClose(u.fd)
 	b := u.buf[:0]
 	upBufs.Put(&b)
 	u.buf = nil
@@ -866,7 +866,7 @@ func (l *evLoop) closeConn(c *loopConn) {
 	c.state = lcGone
 	delete(l.conns, c)
 	l.forget(c.fd)
-	unix.Close(c.fd)
+	rawClose(c.fd)
 	b := c.in
 	inBufs.Put(&b)
 	c.in = nil
@@ -977,6 +977,22 @@ func rawRead(fd int, p []byte) (int, error) {
 		return 0, e
 	}
 	return int(n), nil
+}
+
+// rawClose closes a socket of the loop: it does not block (no SO_LINGER).
+func rawClose(fd int) {
+	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+// epollAdd watches fd, a socket of the loop, with the loop's epoll
+// instance epfd: edge-triggered, for reading and writing.
+func epollAdd(epfd, fd int) error {
+	ev := unix.EpollEvent{Events: loopIOFlags, Fd: int32(fd)}
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 func rawWrite(fd int, p []byte) (int, error) {
