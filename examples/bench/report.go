@@ -101,7 +101,9 @@ func (r *report) render(dir, rouse, self string) string {
 			"`procs` left at its default (half the CPUs: GOMAXPROCS %d on %d).\n", (runtime.NumCPU()+1)/2, runtime.NumCPU())
 		p("- nginx proxy: `worker_processes %s` (so it may use both cores, as rouse's Go runtime does), `keepalive 64` upstream connections with"+
 			" `proxy_http_version 1.1` and `Connection \"\"`, the same X-Forwarded-For/-Proto/-Host and Host as rouse sets, default buffering. The nginx backend runs 1 worker.\n", o.nginxWorkers)
-		p("- systemd-socket-proxyd: started as `systemd-socket-activate -l ADDR systemd-socket-proxyd BACKEND`, with SIGPIPE ignored as systemd does (IgnoreSIGPIPE=yes) by a wrapper that ignores it and execs. Checked: %s.\n", r.proxydSigpipe)
+		if r.proxydSigpipe != "" { // proxyd ran (the tcp group)
+			p("- systemd-socket-proxyd: started as `systemd-socket-activate -l ADDR systemd-socket-proxyd BACKEND`, with SIGPIPE ignored as systemd does (IgnoreSIGPIPE=yes) by a wrapper that ignores it and execs. Checked: %s.\n", r.proxydSigpipe)
+		}
 		if slices.ContainsFunc(r.tables, func(t *tableResult) bool { return t.group.key == "handoff" }) {
 			p("- handoff group: rouse passes its listening socket to the app (`mode = \"handoff\"`, the Go backend with `-listen-fds`), so only the Go backend can be used there;" +
 				" its direct contender is the same Go backend listening by itself. rouse's CPU there is what watching the app's connections costs.\n")
