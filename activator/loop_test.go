@@ -2,10 +2,16 @@ package activator
 
 import (
 	"io"
+	"net"
+	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // loopState returns how many connections the front's event loops serve,
@@ -152,5 +158,88 @@ func TestLoopEndsWhenUnused(t *testing.T) {
 	}
 	if _, _, loops := loopState(ta.front); loops != 1 {
 		t.Errorf("%d loops, want 1", loops)
+	}
+}
+
+// The front sets TCP_NODELAY once, on the listener; the sockets it
+// accepts inherit it, so a small response is not held back by Nagle's
+// algorithm waiting for the client's ACK.
+func TestLoopSocketsHaveNoDelay(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	var rc *rawClient
+	for range 2 {
+		// The first, held while the app starts, goes through a goroutine,
+		// where net sets TCP_NODELAY itself; the second stays in a loop.
+		rc = dialRaw(t, ta.addr)
+		rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+			t.Fatalf("GET: %d", resp.StatusCode)
+		}
+	}
+	// (Both come back to a loop between requests.)
+	waitFor(t, "the connections in loops", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 2 })
+	fd := acceptedSocket(t, rc.c.LocalAddr().(*net.TCPAddr))
+	if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v != 1 {
+		t.Errorf("rouse's socket of the connection: TCP_NODELAY %d, %v", v, err)
+	}
+}
+
+// acceptedSocket is the descriptor of this process whose peer is client:
+// the front's end of a connection the test made.
+func acceptedSocket(t *testing.T, client *net.TCPAddr) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if sa, err := unix.Getpeername(fd); err == nil {
+			if in, ok := sa.(*unix.SockaddrInet4); ok && in.Port == client.Port && net.IP(in.Addr[:]).Equal(client.IP) {
+				return fd
+			}
+		}
+	}
+	t.Fatalf("no socket of this process has the peer %s", client)
+	return -1
+}
+
+// clientIPs gives each address its own text, reusing the previous one's
+// only for the same address.
+func TestClientIPs(t *testing.T) {
+	v4 := func(a [4]byte) *unix.RawSockaddrAny {
+		var sa unix.RawSockaddrAny
+		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa))
+		in.Family, in.Addr = unix.AF_INET, a
+		return &sa
+	}
+	v6 := func(a string) *unix.RawSockaddrAny {
+		var sa unix.RawSockaddrAny
+		in := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sa))
+		in.Family, in.Addr = unix.AF_INET6, netip.MustParseAddr(a).As16()
+		return &sa
+	}
+	var unixSA unix.RawSockaddrAny
+	unixSA.Addr.Family = unix.AF_UNIX
+	var ips clientIPs
+	for _, c := range []struct {
+		sa   *unix.RawSockaddrAny
+		want string
+	}{
+		{v4([4]byte{127, 0, 0, 1}), "127.0.0.1"},
+		{v4([4]byte{127, 0, 0, 1}), "127.0.0.1"},
+		{v4([4]byte{10, 1, 2, 3}), "10.1.2.3"},
+		{v6("::1"), "::1"},
+		{v6("::ffff:10.1.2.3"), "10.1.2.3"}, // as net reports it
+		{v6("2001:db8::7"), "2001:db8::7"},
+		{&unixSA, ""},
+		{v4([4]byte{127, 0, 0, 1}), "127.0.0.1"},
+	} {
+		if got := ips.of(c.sa); got != c.want {
+			t.Errorf("address %v: %q, want %q", c.sa.Addr, got, c.want)
+		}
 	}
 }
