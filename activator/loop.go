@@ -48,12 +48,17 @@ const (
 	lcGone             // closed, or given to a goroutine
 )
 
-// Buffers of connections the loop closes; not those given to goroutines,
-// which read them still.
-var (
-	inBufs = sync.Pool{New: func() any { b := make([]byte, frontReadBuffer); return &b }}
-	upBufs = sync.Pool{New: func() any { b := make([]byte, 0, loopUpBuf); return &b }}
-)
+// Buffers of app connections the loop closes; not those given to
+// goroutines, which read them still.
+var upBufs = sync.Pool{New: func() any { b := make([]byte, 0, loopUpBuf); return &b }}
+
+// connBufs are what a client connection needs while it has a request in
+// progress. Between requests it holds none: an idle keep-alive connection
+// costs its loopConn and the kernel's socket, as in nginx, and not the
+// kilobytes a response left behind.
+type connBufs struct {
+	in, out, resp []byte
+}
 
 // loopEnd is what an epoll event can be for.
 type loopEnd interface{ event(l *evLoop, ev uint32) }
@@ -91,6 +96,14 @@ type evLoop struct {
 	now        time.Time                   // when the last wait ended: the clock of a round
 	shutdown   bool
 	evs        [loopEvents]unix.EpollEvent
+
+	// Buffers shed by connections between requests, and how many
+	// connections hold some: now (atomic for tests only), and at most
+	// since the last trim of spare.
+	spare        []connBufs
+	equipped     atomic.Int32
+	peakEquipped int32
+	trimmed      time.Time
 }
 
 const (
@@ -109,8 +122,9 @@ type loopConn struct {
 	deadline time.Time // lcWaiting: when the connection is closed
 	served   int
 
-	in   []byte // in[r:w] is read and not yet used
-	r, w int
+	in      []byte // in[r:w] is read and not yet used; nil between requests
+	r, w    int
+	hasBufs bool // in, out and resp: between equip and shed
 
 	// The request in progress.
 	head       reqHead
@@ -181,7 +195,7 @@ func newEvLoop(f *HTTPFront) (*evLoop, error) {
 // descriptor is then the caller's).
 func (l *evLoop) add(a rawAccepted) bool {
 	fd := a.fd
-	c := &loopConn{fd: fd, ip: a.ip, served: a.served, in: *inBufs.Get().(*[]byte), readable: true}
+	c := &loopConn{fd: fd, ip: a.ip, served: a.served, readable: true}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -374,6 +388,7 @@ func (l *evLoop) adopt() {
 // scan closes connections whose wait timed out and gives exchanges that
 // take long to a goroutine.
 func (l *evLoop) scan(now time.Time) {
+	l.trimSpare(now)
 	for c := range l.conns {
 		switch c.state {
 		case lcWaiting:
@@ -453,6 +468,52 @@ func (c *loopConn) event(l *evLoop, ev uint32) {
 	}
 }
 
+// equip gives c buffers for a request: those another connection shed, or
+// new ones.
+func (l *evLoop) equip(c *loopConn) {
+	if c.hasBufs {
+		return
+	}
+	if n := len(l.spare); n > 0 {
+		b := l.spare[n-1]
+		l.spare[n-1] = connBufs{}
+		l.spare = l.spare[:n-1]
+		c.in, c.out, c.resp = b.in, b.out, b.resp
+	}
+	if c.in == nil {
+		c.in = make([]byte, frontReadBuffer)
+	}
+	c.hasBufs = true
+	l.peakEquipped = max(l.peakEquipped, l.equipped.Add(1))
+}
+
+// shed takes c's buffers back, between requests or as c goes; in stays
+// with c when a goroutine reads the rest of it (hand nil then).
+func (l *evLoop) shed(c *loopConn) {
+	if !c.hasBufs {
+		return
+	}
+	l.spare = append(l.spare, connBufs{in: c.in, out: c.out[:0], resp: c.resp[:0]})
+	c.in, c.out, c.resp = nil, nil, nil
+	c.hasBufs = false
+	l.equipped.Add(-1)
+}
+
+// trimSpare lets go, at most once per scanIdle, of the spare buffers
+// beyond what the most connections served at once since last time needed.
+func (l *evLoop) trimSpare(now time.Time) {
+	if now.Sub(l.trimmed) < scanIdle {
+		return
+	}
+	l.trimmed = now
+	equipped := l.equipped.Load()
+	if keep := int(l.peakEquipped - equipped); len(l.spare) > keep {
+		clear(l.spare[keep:])
+		l.spare = l.spare[:keep]
+	}
+	l.peakEquipped = equipped
+}
+
 // readRequest reads and serves the requests the client sent, until it
 // has to wait.
 func (l *evLoop) readRequest(c *loopConn) {
@@ -461,6 +522,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 	for c.state == lcWaiting {
 		if c.r == c.w && c.readable {
 			c.r, c.w = 0, 0
+			l.equip(c)
 			n, err := rawRead(c.fd, c.in)
 			switch {
 			case err == unix.EAGAIN:
@@ -478,6 +540,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 				l.closeConn(c)
 				return
 			}
+			l.shed(c)
 			timeout := l.idleTimeout
 			if c.served == 0 {
 				timeout = l.headerTimeout
@@ -867,9 +930,7 @@ func (l *evLoop) closeConn(c *loopConn) {
 	delete(l.conns, c)
 	l.forget(c.fd)
 	rawClose(c.fd)
-	b := c.in
-	inBufs.Put(&b)
-	c.in = nil
+	l.shed(c)
 	l.f.loopConnDone()
 }
 
@@ -877,6 +938,8 @@ func (l *evLoop) closeConn(c *loopConn) {
 // at in[r:] not yet sent: the goroutine serves it from the start.
 func (l *evLoop) startOver(c *loopConn) {
 	fc := l.leave(c, c.in[c.r:c.w])
+	c.in = nil // fc reads the rest of it
+	l.shed(c)
 	if fc == nil {
 		return
 	}
@@ -895,10 +958,18 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	fc := l.leave(c, c.in[c.r:c.w])
 	upc := l.toConn(u.fd)
 	if fc == nil || upc == nil {
+		// (Out of descriptors, say.) The request went to the app: it is
+		// not sent again, and the client's connection is cut.
 		if upc != nil {
 			upc.Close()
 		}
+		if fc != nil {
+			fc.close()
+			l.f.loopConnDone()
+		}
 		a.release(inst)
+		c.in = nil
+		l.shed(c)
 		return
 	}
 	uc := &upConn{c: upc, inst: inst}
@@ -915,6 +986,8 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	parseRequestHead(head, &fc.head)
 	q := &fc.rq
 	q.a, q.held, q.resume, q.unsent = a, inst, uc, len(c.out)-c.sent
+	c.in = nil // fc reads the rest of it
+	l.shed(c)
 	fc.start = start
 	l.f.goServe(fc)
 }

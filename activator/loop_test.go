@@ -243,3 +243,77 @@ func TestClientIPs(t *testing.T) {
 		}
 	}
 }
+
+// Between requests a keep-alive connection holds no buffers: the
+// response it got last does not stay with it.
+func TestLoopIdleConnectionsHoldNoBuffers(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	var conns []*rawClient
+	for range 8 {
+		conns = append(conns, dialRaw(t, ta.addr))
+	}
+	for i := range 2 {
+		for _, rc := range conns {
+			rc.send("GET /bytes?n=12000 HTTP/1.1\r\nHost: x\r\n\r\n")
+			if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != 12000 {
+				t.Fatalf("GET %d: %d, %d bytes", i, resp.StatusCode, len(body))
+			}
+		}
+		waitFor(t, "every connection idle in a loop, without buffers", func() bool {
+			inLoops, _, _ := loopState(ta.front)
+			return inLoops == len(conns) && loopBuffers(ta.front) == 0
+		})
+	}
+}
+
+// loopBuffers is how many connections of the front's loops hold buffers.
+func loopBuffers(f *HTTPFront) (n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.loops {
+		n += int(l.equipped.Load())
+	}
+	return n
+}
+
+// Buffers shed between requests serve the next; those beyond what the
+// most connections at once needed since the last trim are let go.
+func TestLoopSpareBuffers(t *testing.T) {
+	var l evLoop
+	cs := make([]*loopConn, 5)
+	for i := range cs {
+		cs[i] = &loopConn{}
+		l.equip(cs[i])
+		cs[i].resp = append(cs[i].resp, "response"...)
+	}
+	for _, c := range cs {
+		l.shed(c)
+		if c.in != nil || c.resp != nil || c.hasBufs {
+			t.Fatal("a connection kept its buffers")
+		}
+	}
+	if len(l.spare) != 5 || l.equipped.Load() != 0 {
+		t.Fatalf("%d spare, %d equipped; want 5, 0", len(l.spare), l.equipped.Load())
+	}
+	in := &l.spare[4].in[0]
+	l.equip(cs[0])
+	if &cs[0].in[0] != in || len(cs[0].resp) != 0 || cap(cs[0].resp) == 0 {
+		t.Error("equip did not take the buffers shed last, emptied")
+	}
+	now := time.Now()
+	l.trimSpare(now) // the most at once was 5, 1 now: 4 spare kept
+	if len(l.spare) != 4 {
+		t.Fatalf("%d spare after the first trim, want 4", len(l.spare))
+	}
+	l.trimSpare(now.Add(scanIdle / 2)) // too soon: nothing
+	l.trimSpare(now.Add(scanIdle))     // nothing more than the 1 at once since
+	if len(l.spare) != 0 {
+		t.Fatalf("%d spare after the second trim, want 0", len(l.spare))
+	}
+	cs[0].in = nil // as when a goroutine reads the rest of it
+	l.shed(cs[0])
+	l.equip(cs[1])
+	if len(cs[1].in) != frontReadBuffer {
+		t.Errorf("a connection equipped without an input buffer: %d bytes", len(cs[1].in))
+	}
+}
