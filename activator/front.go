@@ -144,30 +144,20 @@ func (f *HTTPFront) Serve() {
 }
 
 // acceptLoop accepts connections until the listener is closed. Those of a
-// TCP listener go to the event loops.
+// TCP or Unix listener go to the event loops.
 func (f *HTTPFront) acceptLoop() {
-	if tl, ok := f.ln.(*net.TCPListener); ok {
-		if file, err := tl.File(); err == nil {
-			// Out of Go's netpoller, where it would wake Go for each
-			// connection too: file is the listener from now on.
-			tl.Close()
-			f.mu.Lock()
-			f.lnFile = file
-			stopping := f.shutting.Load() // beginShutdown came before: it did not see file
-			f.mu.Unlock()
-			if stopping {
-				file.Close()
-				return
-			}
-			next, err := rawAcceptor(file)
-			if err != nil {
-				f.log.Error("accept", "addr", f.ln.Addr().String(), "err", err)
-				return
-			}
-			f.loopsOn.Store(true)
-			f.acceptToLoops(next) // until file is closed
+	if file := f.takeListener(); file != nil {
+		next, err := rawAcceptor(file)
+		if err != nil {
+			f.log.Error("accept", "addr", f.ln.Addr().String(), "err", err)
 			return
 		}
+		f.loopsOn.Store(true)
+		f.acceptToLoops(next) // until file is closed
+		return
+	}
+	if f.shutting.Load() {
+		return
 	}
 	for {
 		c := accept(f.ln, f.log, f.pause)
@@ -186,6 +176,42 @@ func (f *HTTPFront) acceptLoop() {
 		f.mu.Unlock()
 		go fc.serve()
 	}
+}
+
+// takeListener returns a copy of the listening socket for the event loops
+// to accept on, or nil: the listener is neither TCP nor Unix, or the front
+// shuts down.
+func (f *HTTPFront) takeListener() *os.File {
+	var file *os.File
+	var err error
+	switch ln := f.ln.(type) {
+	case *net.TCPListener:
+		if file, err = ln.File(); err == nil {
+			// Out of Go's netpoller, where it would wake Go for each
+			// connection too: file is the listener from now on.
+			ln.Close()
+		}
+	case *net.UnixListener:
+		// Left open: its Close, at Shutdown, removes the socket's path
+		// if rouse made it. A connection readies it in the netpoller
+		// along with file: one wake-up, two events.
+		file, err = ln.File()
+	default:
+		return nil
+	}
+	if err != nil {
+		f.log.Warn("accept: event loops off", "addr", f.ln.Addr().String(), "err", err)
+		return nil
+	}
+	f.mu.Lock()
+	f.lnFile = file
+	stopping := f.shutting.Load() // beginShutdown came before: it did not see file
+	f.mu.Unlock()
+	if stopping {
+		file.Close()
+		return nil
+	}
+	return file
 }
 
 // acceptToLoops accepts connections for the event loops.

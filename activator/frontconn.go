@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -164,11 +165,11 @@ func (fc *frontConn) backToLoop(served int) bool {
 		}
 		conn = pc.Conn
 	}
-	tc, ok := conn.(*net.TCPConn)
+	sc, ok := conn.(syscall.Conn) // TCP or Unix
 	if !ok {
 		return false
 	}
-	rc, err := tc.SyscallConn()
+	rc, err := sc.SyscallConn()
 	if err != nil {
 		return false
 	}

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The event loop serves the common case of a TCP front: a plain request
-// whose whole response comes back at once. Its sockets are raw
+// The event loop serves the common case of a TCP or Unix-socket front: a
+// plain request whose whole response comes back at once. Its sockets are raw
 // non-blocking descriptors watched through an epoll instance of its own,
 // outside Go's netpoller: a goroutine per connection costs, per request, a
 // read that fails with EAGAIN and a park and a wake-up on each side, which

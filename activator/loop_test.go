@@ -1,10 +1,14 @@
 package activator
 
 import (
+	"bufio"
+	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -315,5 +319,58 @@ func TestLoopSpareBuffers(t *testing.T) {
 	l.equip(cs[1])
 	if len(cs[1].in) != frontReadBuffer {
 		t.Errorf("a connection equipped without an input buffer: %d bytes", len(cs[1].in))
+	}
+}
+
+// A front on a Unix socket (a proxy in front of rouse on the same box)
+// is served by the event loops as a TCP one is, and its socket file is
+// removed when it closes.
+func TestLoopServesAUnixSocketFront(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "front.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newTestAppNoListen(t, "u", nil, nil)
+	f, err := NewHTTPFront(ln, []*App{a}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Serve()
+	closed := false
+	defer func() {
+		if !closed {
+			f.Close()
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	rc := &rawClient{t: t, c: c, br: bufio.NewReader(c)}
+	for i, path := range []string{"/", "/headers", "/sleep?d=150ms", "/bytes?n=1048576", "/pid"} {
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+		resp, body := rc.response("GET")
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %q", path, resp.StatusCode, body)
+		}
+		if path == "/headers" && strings.Contains(body, "X-Forwarded-For") {
+			// No address to give for a Unix client, and the client's own
+			// claim is dropped, as on the goroutine path.
+			t.Errorf("request %d, from a Unix socket, reached the app with:\n%s", i, body)
+		}
+		if path == "/bytes?n=1048576" && len(body) != 1<<20 {
+			t.Errorf("1 MiB response: %d bytes", len(body))
+		}
+		// Cold start, a slow answer and a large one go through a
+		// goroutine; the connection comes back to a loop after each.
+		waitFor(t, "the connection back in a loop", func() bool { inLoops, _, _ := loopState(f); return inLoops == 1 })
+	}
+	f.Close()
+	closed = true
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the front's socket file after Close: %v", err)
 	}
 }
