@@ -85,7 +85,7 @@ daemon off;
 worker_processes %[3]s;
 pid %[1]s/%[2]s.pid;
 error_log %[1]s/%[2]s.err warn;
-events { worker_connections 4096; }
+events { worker_connections 16384; }
 http {
 	access_log off;
 	keepalive_requests 1000000;

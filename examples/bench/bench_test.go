@@ -1,8 +1,13 @@
 package main
 
 import (
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -121,5 +126,46 @@ func TestCPUTime(t *testing.T) {
 	}
 	if rssBytes(pid) <= 0 {
 		t.Error("no VmRSS")
+	}
+}
+
+// TestIdleConnMemory holds keep-alive connections to an in-process server
+// (the "proxy" is this process) and checks that each was answered and
+// held; a server that closes after its answer is an error, not a figure.
+func TestIdleConnMemory(t *testing.T) {
+	var held atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello")
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateIdle {
+			held.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	self := func() []int { return []int{os.Getpid()} }
+	c := &contender{name: "test", url: srv.URL, cpu: self}
+	res, err := idleConnMemory(t.Context(), c, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.n != 50 || res.before <= 0 || res.after <= 0 {
+		t.Errorf("result %+v", res)
+	}
+	// The server marks a connection idle just after its answer is out.
+	for deadline := time.Now().Add(10 * time.Second); held.Load() != 50; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections went idle on the server, want 50", held.Load())
+		}
+		time.Sleep(time.Millisecond) // polling interval, bounded by deadline
+	}
+	closing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, "bye")
+	}))
+	defer closing.Close()
+	if _, err := idleConnMemory(t.Context(), &contender{name: "closing", url: closing.URL, cpu: self}, 3); err == nil {
+		t.Error("a server that closes its connections: no error")
 	}
 }

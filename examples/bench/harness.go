@@ -101,7 +101,13 @@ func (h *harness) raiseNofile() error {
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return err
 	}
-	need := uint64(h.o.densityApps*2 + 1024)
+	need := uint64(1024)
+	if h.o.want("density") {
+		need += uint64(h.o.densityApps * 2)
+	}
+	if h.o.want("http") {
+		need = max(need, uint64(h.o.idleConns+1024))
+	}
 	if lim.Cur < lim.Max {
 		lim.Cur = lim.Max
 		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
@@ -109,8 +115,8 @@ func (h *harness) raiseNofile() error {
 		}
 	}
 	h.rep.nofile = lim.Cur
-	if lim.Cur < need && h.o.want("density") {
-		return fmt.Errorf("open files limit %d is below the %d the density run needs (-density-apps %d): raise ulimit -Hn", lim.Cur, need, h.o.densityApps)
+	if lim.Cur < need {
+		return fmt.Errorf("open files limit %d is below the %d this run needs (-density-apps %d, -idle-conns %d): raise ulimit -Hn", lim.Cur, need, h.o.densityApps, h.o.idleConns)
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ type report struct {
 	proxydSigpipe       string
 	tables              []*tableResult
 	rouseApps           []appStatus
+	idleConns           []*idleConnResult
 
 	cold           []*coldResult
 	late           []*lateResult
@@ -115,6 +116,7 @@ func (r *report) render(dir, rouse, self string) string {
 	p("- Loopback only (127.0.0.1); every process the harness starts runs in its own process group and is stopped at the end.\n\n")
 
 	r.renderTables(p)
+	r.renderIdleConns(p)
 	r.renderCold(p)
 	r.renderDensity(p)
 
@@ -228,6 +230,9 @@ func (r *report) renderSummary(p func(string, ...any)) {
 	for _, l := range r.late {
 		p("- Backend still booting (%s): via %s, %d of %d requests answered.\n", r.lateDelay, l.name, l.kinds["ok"], l.n)
 	}
+	if line := r.idleConnsSummary(); line != "" {
+		p("- %s\n", line)
+	}
 	for _, d := range r.density {
 		if d.apps > 1 {
 			p("- %d idle apps: rouse answers its control socket %s after exec, RSS %s (+ guard %s), CPU over %s idle: %s.\n",
@@ -235,6 +240,28 @@ func (r *report) renderSummary(p func(string, ...any)) {
 		}
 	}
 	p("\n")
+}
+
+// idleConnsSummary compares rouse's memory per idle connection with its
+// peer's (nginx), if both were measured.
+func (r *report) idleConnsSummary() string {
+	var rouse, peer *idleConnResult
+	for _, c := range r.idleConns {
+		switch c.name {
+		case "rouse http":
+			rouse = c
+		case "nginx":
+			peer = c
+		}
+	}
+	if rouse == nil {
+		return ""
+	}
+	line := fmt.Sprintf("%d idle keep-alive http connections: rouse **%.2f KiB** each", rouse.n, rouse.perConn()/1024)
+	if peer != nil {
+		line += fmt.Sprintf(", nginx %.2f KiB", peer.perConn()/1024)
+	}
+	return line + " (RSS growth ÷ connections)."
 }
 
 func goalMet(g *group, wl workload, rpsRatio, p99Ratio float64) string {
@@ -405,6 +432,19 @@ func (r *report) renderCold(p func(string, ...any)) {
 		}
 		p("\n")
 	}
+}
+
+func (r *report) renderIdleConns(p func(string, ...any)) {
+	if len(r.idleConns) == 0 {
+		return
+	}
+	p("### http: idle keep-alive connections\n\nThe memory of %d client connections that each sent `GET /` and then stay open, idle (browsers keep theirs):"+
+		" the RSS of each proxy's processes before the first connection and after the last, measured before the rounds above (on fresh processes).\n\n", r.idleConns[0].n)
+	p("| contender | connections | RSS before | RSS after | per connection |\n|---|---:|---:|---:|---:|\n")
+	for _, c := range r.idleConns {
+		p("| %s | %d | %s | %s | %.2f KiB |\n", c.name, c.n, mib(c.before), mib(c.after), c.perConn()/1024)
+	}
+	p("\n")
 }
 
 func (r *report) renderDensity(p func(string, ...any)) {

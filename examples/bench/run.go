@@ -23,6 +23,7 @@ type options struct {
 	backend      string // go | nginx | auto
 	nginxWorkers string
 	coldN        int
+	idleConns    int
 	coldDelay    time.Duration
 	densityApps  int
 	densityIdle  time.Duration
@@ -49,6 +50,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.conns, "conns", 32, "wrk connections (-c)")
 	fs.StringVar(&o.backend, "backend", "auto", "backend behind every contender: go (rouse __backend) | nginx (return 200) | auto (the faster)")
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "auto", "worker_processes of the nginx proxy contender")
+	fs.IntVar(&o.idleConns, "idle-conns", 4000, "idle keep-alive connections held to each http proxy to measure their memory (0: none)")
 	fs.IntVar(&o.coldN, "cold-n", 50, "cold starts per case")
 	fs.DurationVar(&o.coldDelay, "cold-delay", 500*time.Millisecond, "boot time of the late backend (proxyd vs rouse)")
 	fs.IntVar(&o.densityApps, "density-apps", 1000, "idle apps configured for the density run")
@@ -86,8 +88,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("-duration and -warmup are whole seconds (wrk -d takes seconds); -warmup 0 skips the warm-up")
 	}
 	switch {
-	case o.rounds < 1, o.duration < time.Second, o.threads < 1, o.conns < o.threads, o.coldN < 1, o.densityApps < 1:
-		return nil, errors.New("need -rounds >= 1, -duration >= 1s, -conns >= -threads >= 1, -cold-n >= 1, -density-apps >= 1")
+	case o.rounds < 1, o.duration < time.Second, o.threads < 1, o.conns < o.threads, o.coldN < 1, o.densityApps < 1, o.idleConns < 0:
+		return nil, errors.New("need -rounds >= 1, -duration >= 1s, -conns >= -threads >= 1, -cold-n >= 1, -density-apps >= 1, -idle-conns >= 0")
 	}
 	switch o.backend {
 	case "go", "nginx", "auto":
