@@ -27,8 +27,9 @@ type HTTPFront struct {
 	routes  atomic.Pointer[routes] // replaced whole on reload
 	log     *slog.Logger
 	loopsOn atomic.Bool // connections go to event loops
-	// handedOff counts the connections given to srv.
-	handedOff atomic.Int64
+	// handedOff counts the connections given to srv; leftLoops those an
+	// event loop gave to a goroutine.
+	handedOff, leftLoops atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool                    // Close began: no new handler or connection may join

@@ -373,8 +373,10 @@ func (q *rawRequest) taken() *instance {
 	return inst
 }
 
-func (q *rawRequest) path() string {
-	t := q.fc.head.target
+func (q *rawRequest) path() string { return targetPath(q.fc.head.target) }
+
+// targetPath is a request target without its query.
+func targetPath(t []byte) string {
 	for i, c := range t {
 		if c == '?' {
 			return string(t[:i])

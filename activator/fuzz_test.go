@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"os"
 	"regexp"
 	"strconv"
@@ -200,4 +201,105 @@ func FuzzH1Heads(f *testing.F) {
 			t.Fatalf("request %q sent as %q: X-Forwarded-For %q", head[:n], out, got)
 		}
 	})
+}
+
+// FuzzChunkScanner checks the loop's chunked-body follower: fed all at
+// once or in pieces it finds the same end; and every chunked body that
+// net/http's reader reads whole, followed by an empty trailer section, it
+// follows to exactly that end (it may accept more: bare LF after a chunk's
+// data, longer lines).
+func FuzzChunkScanner(f *testing.F) {
+	for _, seed := range []string{
+		"3\r\nabc\r\n0\r\n\r\n",
+		"3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\nnext",
+		"A\nabcdefghij\n0\n\n",
+		"0000000000000003\r\nabc\r\n0\r\n\r\n",
+		"3 \t;ext\r\nabc\r\n0\r\n\r\n",
+		"zz\r\n",
+		"3\r\nabcX",
+		"ffffffffffffffff\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		whole := feedPieces(p, len(p)+1)
+		for _, size := range []int{1, 3, 16} {
+			if got := feedPieces(p, size); got != whole {
+				t.Fatalf("%q in pieces of %d: %+v; whole: %+v", p, size, got, whole)
+			}
+		}
+		if whole.n > len(p) || (whole.done && whole.failed) {
+			t.Fatalf("%q: %+v", p, whole)
+		}
+		rd := bytes.NewReader(p)
+		br := bufio.NewReader(rd)
+		if _, err := io.Copy(io.Discard, httputil.NewChunkedReader(br)); err != nil {
+			return
+		}
+		end := len(p) - rd.Len() - br.Buffered() // past the last chunk's size line
+		if !bytes.HasPrefix(p[end:], []byte("\r\n")) {
+			return // trailers, or the body is not over: not compared
+		}
+		if !whole.done || whole.n != end+2 {
+			t.Fatalf("%q: net/http reads a body of %d bytes, the scanner %+v", p, end+2, whole)
+		}
+	})
+}
+
+type scanResult struct {
+	n            int
+	done, failed bool
+}
+
+// feedPieces feeds p to a chunkScanner size bytes at a time.
+func feedPieces(p []byte, size int) scanResult {
+	var s chunkScanner
+	var r scanResult
+	for len(p) > 0 {
+		k := min(size, len(p))
+		n, done, err := s.feed(p[:k])
+		r.n += n
+		if err != nil {
+			r.failed = true
+			return r
+		}
+		if done {
+			r.done = true
+			return r
+		}
+		p = p[k:]
+	}
+	return r
+}
+
+func TestChunkScanner(t *testing.T) {
+	for _, tc := range []struct {
+		body string
+		n    int // where the body ends, or fails; -1: not over
+		ok   bool
+	}{
+		{"3\r\nabc\r\n0\r\n\r\n", 13, true},
+		{"3\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK", 13, true}, // what follows is not the body's
+		{"3;name=\"v;x\"\r\nabc\r\n0\r\nX-Sum: 42\r\nX-B: 1\r\n\r\n", 43, true},
+		{"A\nabcdefghij\n0\n\n", 16, true},
+		{"0000000000000003\r\nabc\r\n0\r\n\r\n", 28, true},
+		{"3\r\nabc\r\n0\r\nX-Sum: 4", -1, true},
+		{"3\r\nab", -1, true},
+		{"", -1, true},
+		{"zz\r\n", 0, false},
+		{"3x\r\nabc\r\n", 1, false},
+		{"3\r\nabcX", 6, false},
+		{"00000000000000003\r\n", 16, false}, // 17 digits
+		{"3\r\nabc\r\n0\r\n" + strings.Repeat("X: y\r\n", maxChunkLine/6+1) + "\r\n", -2, false},
+	} {
+		got := feedPieces([]byte(tc.body), len(tc.body)+1)
+		switch {
+		case !tc.ok && !got.failed, tc.ok && got.failed:
+			t.Errorf("%.40q: %+v, want ok %v", tc.body, got, tc.ok)
+		case tc.n >= 0 && got.n != tc.n:
+			t.Errorf("%.40q: %+v, want n %d", tc.body, got, tc.n)
+		case tc.ok && got.done != (tc.n >= 0):
+			t.Errorf("%.40q: %+v, want done %v", tc.body, got, tc.n >= 0)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bytes"
+	"errors"
 	"strconv"
 	"strings"
 )
@@ -425,6 +426,128 @@ func nextLine(b []byte) (line, rest []byte) {
 	return line, rest
 }
 
+// errBadChunk is a chunked body the loop cannot follow.
+var errBadChunk = errors.New("malformed chunked body")
+
+// chunkScanner follows a chunked body as it passes through unchanged, to
+// find where it ends: chunk-size lines (extensions allowed), the data of
+// each chunk, and the trailer lines after the last, up to an empty one.
+// It is as lenient as parseChunkSize and nextLine: a bare LF ends a line.
+type chunkScanner struct {
+	state  int
+	size   int64 // csSize: the size so far; csData: bytes of the chunk still to come
+	digits int   // csSize: hex digits so far
+	ext    bool  // csSizeLine: past a ';'
+	line   int   // csSizeLine, csTrailer: bytes of the line so far, CR aside
+	crlf   bool  // csDataEnd: the CR came
+	trail  int   // csTrailer: bytes of the trailers so far
+}
+
+const (
+	csSize     = iota // hex digits of a chunk size
+	csSizeLine        // the rest of the size line: spaces, extensions
+	csData
+	csDataEnd // the line end after a chunk's data
+	csTrailer // lines after the last chunk, up to an empty one
+	csDone
+)
+
+const (
+	// maxChunkLine bounds a size line and the trailers, so that an
+	// endless one is an error rather than a response that never ends.
+	maxChunkLine = 64 << 10
+	// maxChunkSize keeps a size in an int64; 16 hex digits are allowed,
+	// as net/http reads them, leading zeros and all.
+	maxChunkSize = 1<<62 - 1
+)
+
+// feed takes the next bytes of the body; n of them belong to it, and done
+// says they end it (any after n are not the body's).
+func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
+	for n < len(p) {
+		b := p[n]
+		switch s.state {
+		case csSize:
+			if d, ok := hexDigit(b); ok {
+				if s.digits == 16 || s.size > maxChunkSize>>4 {
+					return n, false, errBadChunk
+				}
+				s.size, s.digits = s.size<<4|int64(d), s.digits+1
+				n++
+				continue
+			}
+			if s.digits == 0 {
+				return n, false, errBadChunk
+			}
+			s.state, s.ext, s.line = csSizeLine, false, 0
+		case csSizeLine:
+			n++
+			if s.line++; s.line > maxChunkLine {
+				return n, false, errBadChunk
+			}
+			switch {
+			case b == '\n':
+				if s.size == 0 {
+					s.state, s.line = csTrailer, 0
+				} else {
+					s.state = csData
+				}
+			case b == ';':
+				s.ext = true
+			case !s.ext && b != ' ' && b != '\t' && b != '\r':
+				return n - 1, false, errBadChunk
+			}
+		case csData:
+			k := min(int64(len(p)-n), s.size)
+			n += int(k)
+			if s.size -= k; s.size == 0 {
+				s.state, s.crlf = csDataEnd, false
+			}
+		case csDataEnd:
+			switch {
+			case b == '\r' && !s.crlf:
+				s.crlf = true
+			case b == '\n':
+				s.state, s.size, s.digits = csSize, 0, 0
+			default:
+				return n, false, errBadChunk
+			}
+			n++
+		case csTrailer:
+			n++
+			switch b {
+			case '\n':
+				if s.line == 0 {
+					s.state = csDone
+					return n, true, nil
+				}
+				s.line = 0
+			case '\r':
+			default:
+				s.line++
+			}
+			if s.trail++; s.trail > maxChunkLine {
+				return n, false, errBadChunk
+			}
+		case csDone:
+			return n, true, nil
+		}
+	}
+	return n, s.state == csDone, nil
+}
+
+func hexDigit(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
 // parseChunkSize parses a chunk-size line (without its ending): hex digits,
 // optionally followed by extensions.
 func parseChunkSize(line []byte) (int64, bool) {
@@ -437,15 +560,8 @@ func parseChunkSize(line []byte) (int64, bool) {
 	}
 	var n int64
 	for _, c := range line {
-		var d byte
-		switch {
-		case '0' <= c && c <= '9':
-			d = c - '0'
-		case 'a' <= c && c <= 'f':
-			d = c - 'a' + 10
-		case 'A' <= c && c <= 'F':
-			d = c - 'A' + 10
-		default:
+		d, ok := hexDigit(c)
+		if !ok {
 			return 0, false
 		}
 		n = n<<4 | int64(d)

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -37,6 +38,10 @@ const (
 	scanBusy    = watchAfter / 2 // how often exchanges are checked for taking too long
 	scanIdle    = time.Second    // how often idle connections are checked for timeouts
 	loopIOFlags = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	// A response with a longer Content-Length goes to a goroutine, which
+	// splices it from socket to socket; shorter ones, and chunked ones of
+	// any length, the loop passes on through its buffer.
+	relayMax = 256 << 10
 )
 
 // Client connection states in the loop.
@@ -45,6 +50,7 @@ const (
 	lcSending          // the request to the app
 	lcAwaiting         // the app's response
 	lcAnswering        // the response to the client
+	lcRelaying         // a response passed on as it comes from the app
 	lcGone             // closed, or given to a goroutine
 )
 
@@ -90,6 +96,7 @@ type evLoop struct {
 	conns      map[*loopConn]struct{}
 	idle       map[*httpUpstream][]*loopUp // kept connections to each app, newest last
 	busy       int                         // exchanges in flight
+	relaying   int                         // of them, passing a response on as it comes
 	nextScan   time.Time                   // when to scan, or see whether to end
 	emptySince time.Time                   // zero: the loop has connections
 	deadline   time.Time                   // ep's read deadline
@@ -139,7 +146,21 @@ type loopConn struct {
 	written    int    // of resp
 	start      time.Time
 	closeAfter bool
-	retried    bool // the one silent retry on a new connection was used
+	retried    bool       // the one silent retry on a new connection was used
+	relay      relayState // lcRelaying
+}
+
+// relayState is where a response the loop passes on as it comes stands.
+type relayState struct {
+	left      int64 // body bytes still to come: Content-Length; -1 until the app closes
+	chunked   bool
+	chunks    chunkScanner
+	done      bool // the app's last byte of the response was read
+	keep      bool // the app's connection can serve another request after
+	fromUp    bool // what is being written is up.buf, not resp
+	drained   bool // a short read from the app: wait for its next edge
+	blocked   bool // the client's socket is full: wait for its EPOLLOUT
+	keptBytes bool // the app sent bytes past the response's end
 }
 
 // loopUp is a connection of the loop to an app's process.
@@ -301,8 +322,8 @@ func (l *evLoop) schedule() bool {
 		l.nextScan = time.Time{}
 	}
 	every := scanIdle
-	if l.busy > 0 || l.shutdown {
-		every = scanBusy
+	if l.busy > l.relaying || l.shutdown {
+		every = scanBusy // a relayed response has no time limit: nothing to check
 	}
 	if l.nextScan.IsZero() || l.nextScan.Sub(now) > every {
 		l.nextScan = now.Add(every)
@@ -459,6 +480,20 @@ func (c *loopConn) event(l *evLoop, ev uint32) {
 		}
 		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			l.answer(c)
+		}
+	case lcRelaying:
+		if ev&unix.EPOLLIN != 0 {
+			c.readable = true
+		}
+		if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			// Gone, not just half-closed (that is EPOLLRDHUP alone): the
+			// app may be silent for long (a stream of events), so now.
+			l.closeConn(c)
+			return
+		}
+		if ev&unix.EPOLLOUT != 0 && c.relay.blocked {
+			c.relay.blocked = false
+			l.relayOn(c)
 		}
 	default:
 		// The next request, or the client going away, is for later.
@@ -691,6 +726,9 @@ func (u *loopUp) event(l *evLoop, ev uint32) {
 		}
 	case lcAwaiting:
 		l.receive(c)
+	case lcRelaying:
+		c.relay.drained = false
+		l.relayOn(c)
 	}
 }
 
@@ -805,8 +843,12 @@ func (l *evLoop) receive(c *loopConn) {
 	}
 	body := int64(0)
 	if !r.noBody {
-		if r.chunked || r.length < 0 || r.length > int64(cap(u.buf)-from) {
-			l.continueElsewhere(c) // streamed there, as it comes
+		switch {
+		case r.length > relayMax:
+			l.continueElsewhere(c) // spliced there
+			return
+		case r.chunked || r.bodyUntilClose() || r.length > int64(cap(u.buf)-from):
+			l.beginRelay(c, &r, from)
 			return
 		}
 		body = r.length
@@ -852,6 +894,11 @@ func (l *evLoop) answer(c *loopConn) {
 		}
 		c.written += n
 	}
+	l.answered(c)
+}
+
+// answered goes on to the next request, the response being sent.
+func (l *evLoop) answered(c *loopConn) {
 	c.served++
 	c.state = lcWaiting
 	if c.closeAfter {
@@ -861,6 +908,143 @@ func (l *evLoop) answer(c *loopConn) {
 	if !c.reading {
 		l.readRequest(c) // else readRequest goes on with the next one
 	}
+}
+
+// beginRelay sends the head of a response that does not come whole at
+// once (longer than the buffer, chunked, or until the app closes), with the
+// body bytes read so far, and passes the rest on as it comes. The client's
+// connection is cut if the app breaks the response halfway, as on the
+// goroutine path.
+func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
+	u := c.up
+	rs := &c.relay
+	*rs = relayState{left: r.length, chunked: r.chunked, keep: !r.close && !r.http10}
+	if r.bodyUntilClose() {
+		rs.left, rs.keep = -1, false
+	}
+	body := u.buf[from:]
+	n, done, err := rs.take(body)
+	if err != nil {
+		l.continueElsewhere(c) // nothing sent yet: the goroutine's rules for a malformed response
+		return
+	}
+	rs.done = done || (rs.left < 0 && !rs.chunked && u.eof)
+	rs.keptBytes = n < len(body)
+	c.a.metrics.outcome(statusClass(r.status))
+	if r.bodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
+		c.closeAfter = true
+		c.resp = append(c.resp, "Connection: close\r\n"...)
+	}
+	c.resp = append(c.resp, '\r', '\n')
+	c.resp = append(c.resp, body[:n]...)
+	// receive read until a short read, or until the buffer was full.
+	rs.drained = len(u.buf) < cap(u.buf) && !u.hup
+	u.buf = u.buf[:0]
+	c.written = 0
+	c.state = lcRelaying
+	l.relaying++
+	l.relayOn(c)
+}
+
+// take says how many of p, bytes the app sent after those already passed
+// on, belong to the response, and whether they end it.
+func (rs *relayState) take(p []byte) (n int, done bool, err error) {
+	switch {
+	case rs.chunked:
+		return rs.chunks.feed(p)
+	case rs.left < 0:
+		return len(p), false, nil // until the app closes
+	}
+	n = int(min(int64(len(p)), rs.left))
+	rs.left -= int64(n)
+	return n, rs.left == 0, nil
+}
+
+// relayOn writes what the client has not got yet, then reads on from the
+// app, until one of them has to be waited for or the response is through.
+func (l *evLoop) relayOn(c *loopConn) {
+	u, rs := c.up, &c.relay
+	for !rs.blocked {
+		out := c.resp
+		if rs.fromUp {
+			out = u.buf
+		}
+		for c.written < len(out) {
+			n, err := rawWrite(c.fd, out[c.written:])
+			if err == unix.EAGAIN {
+				rs.blocked = true
+				return // on the client's EPOLLOUT
+			}
+			if err != nil {
+				l.closeConn(c) // the client went away: the exchange ends
+				return
+			}
+			c.written += n
+		}
+		if rs.done {
+			l.endRelay(c)
+			return
+		}
+		if rs.drained {
+			return // on the app's next edge
+		}
+		u.buf = u.buf[:cap(u.buf)]
+		n, err := rawRead(u.fd, u.buf)
+		u.buf = u.buf[:0]
+		switch {
+		case err == unix.EAGAIN:
+			rs.drained = true
+			return
+		case err != nil || n == 0:
+			u.eof = true
+			if rs.left < 0 && !rs.chunked && err == nil {
+				rs.done = true // the end of a body read until the app closes
+				c.written = 0
+				continue
+			}
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			l.cutRelay(c, err)
+			return
+		}
+		rs.drained = n < cap(u.buf) && !u.hup
+		k, done, err := rs.take(u.buf[:n])
+		if err != nil {
+			l.cutRelay(c, err)
+			return
+		}
+		rs.keptBytes = rs.keptBytes || k < n
+		u.buf, rs.done, rs.fromUp, c.written = u.buf[:k], done, true, 0
+	}
+}
+
+// endRelay finishes an exchange whose response went through: the app's
+// connection is kept if it can serve another request.
+func (l *evLoop) endRelay(c *loopConn) {
+	u, rs := c.up, &c.relay
+	c.up, u.c = nil, nil
+	if rs.keep && !rs.keptBytes && !u.eof && !u.hup {
+		u.buf = u.buf[:0]
+		l.keep(u)
+	} else {
+		l.closeUp(u)
+	}
+	l.relaying--
+	l.release(c)
+	l.answered(c)
+}
+
+// cutRelay ends an exchange whose response the app broke halfway: the
+// client's connection is cut, so that it cannot take a short body for a
+// whole one, and the failure counts against the app.
+func (l *evLoop) cutRelay(c *loopConn, err error) {
+	if err == errBadChunk {
+		err = errBadResponse
+	}
+	c.a.failed(c.inst, err)
+	c.a.log.Info("response cut by the app", "method", string(c.head.method), "path", targetPath(c.head.target), "err", err)
+	l.closeConn(c)
 }
 
 // release gives back the app's slot the request held.
@@ -926,6 +1110,9 @@ func (l *evLoop) closeConn(c *loopConn) {
 		c.up = nil
 	}
 	l.release(c)
+	if c.state == lcRelaying {
+		l.relaying--
+	}
 	c.state = lcGone
 	delete(l.conns, c)
 	l.forget(c.fd)
@@ -996,6 +1183,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 // frontConn that reads rest first; nil if that failed (the connection is
 // then closed).
 func (l *evLoop) leave(c *loopConn, rest []byte) *frontConn {
+	l.f.leftLoops.Add(1)
 	c.state = lcGone
 	delete(l.conns, c)
 	conn := l.toConn(c.fd)

@@ -6,11 +6,13 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -373,4 +375,172 @@ func TestLoopServesAUnixSocketFront(t *testing.T) {
 	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the front's socket file after Close: %v", err)
 	}
+}
+
+// warmLoopConn starts the app of ta with a first request and returns a
+// connection to the front that is in an event loop.
+func warmLoopConn(t *testing.T, ta *testApp, dial func() *rawClient) *rawClient {
+	t.Helper()
+	rc := dial()
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n") // held while the app starts: via a goroutine
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("first GET: %d", resp.StatusCode)
+	}
+	waitFor(t, "the connection back in a loop", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 1 })
+	return rc
+}
+
+// A response that does not come whole at once (longer than the loop's
+// buffer, chunked, a stream of events, or until the app closes) is passed
+// on by the loop as it comes, without a goroutine; one with a
+// Content-Length beyond relayMax goes to a goroutine, which splices it.
+func TestLoopRelaysResponsesAsTheyCome(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	rc := warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
+	left := ta.front.leftLoops.Load()
+	for _, tc := range []struct {
+		path    string
+		n       int
+		chunked bool
+	}{
+		{"/bytes?n=20000", 20000, false},
+		{"/bytes?n=" + strconv.Itoa(relayMax), relayMax, false},
+		{"/bytes?n=20000&chunked=1", 20000, true},
+		{"/bytes?n=3000000&chunked=1", 3000000, true},
+	} {
+		rc.send("GET " + tc.path + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, body := rc.response("GET")
+		if resp.StatusCode != 200 || len(body) != tc.n || (resp.ContentLength < 0) != tc.chunked || resp.Close {
+			t.Fatalf("GET %s: %d, %d bytes, length %d, close %v", tc.path, resp.StatusCode, len(body), resp.ContentLength, resp.Close)
+		}
+	}
+	rc.send("GET /trailer HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("GET"); body != "part one, part two" || resp.Trailer.Get("X-Sum") != "42" {
+		t.Errorf("chunked with a trailer: %q, trailer %v", body, resp.Trailer)
+	}
+	rc.send("GET /sse?n=5 HTTP/1.1\r\nHost: x\r\n\r\n") // 5 events 20ms apart
+	if resp, body := rc.response("GET"); resp.StatusCode != 200 || body != "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n" {
+		t.Errorf("event stream: %d %q", resp.StatusCode, body)
+	}
+	rc.send("GET /bytes?n=40000&close=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != 40000 || !resp.Close || resp.ContentLength >= 0 {
+		t.Errorf("a body until the app closes: %d, %d bytes, close %v, length %d", resp.StatusCode, len(body), resp.Close, resp.ContentLength)
+	}
+	if n := ta.front.leftLoops.Load() - left; n != 0 {
+		t.Errorf("%d exchanges moved to a goroutine, want 0", n)
+	}
+
+	rc = warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
+	left = ta.front.leftLoops.Load()
+	rc.send("GET /bytes?n=" + strconv.Itoa(relayMax+1) + " HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != relayMax+1 {
+		t.Fatalf("GET beyond relayMax: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("the GET pipelined behind it: %d", resp.StatusCode)
+	}
+	if n := ta.front.leftLoops.Load() - left; n != 1 {
+		t.Errorf("%d exchanges moved to a goroutine, want 1", n)
+	}
+}
+
+// A client slower than the app: while its socket is full the loop stops
+// reading from the app, and nothing is lost; the app's connection serves
+// the next request.
+func TestLoopRelayFollowsASlowClient(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	dial := func() *rawClient {
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			// A small receive buffer: rouse's writes fill it at once.
+			return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<10) })
+		}}
+		c, err := d.Dial("tcp", ta.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		return &rawClient{t: t, c: c, br: bufio.NewReaderSize(c, 4<<10)}
+	}
+	rc := warmLoopConn(t, ta, dial)
+	left := ta.front.leftLoops.Load()
+	for _, tc := range []struct {
+		n       int
+		chunked string
+	}{{relayMax, ""}, {2 << 20, "&chunked=1"}} {
+		n := tc.n
+		path := "/bytes?n=" + strconv.Itoa(n) + tc.chunked
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, buf := 0, make([]byte, 4<<10)
+		for i := 0; ; i++ {
+			k, err := resp.Body.Read(buf)
+			got += k
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: after %d bytes: %v", path, got, err)
+			}
+			if i%64 == 0 {
+				time.Sleep(time.Millisecond) // the slow reader is the point of the test
+			}
+		}
+		if got != n {
+			t.Errorf("%s: %d bytes, want %d", path, got, n)
+		}
+	}
+	rc.send("GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Errorf("GET after: %d", resp.StatusCode)
+	}
+	if n := ta.front.leftLoops.Load() - left; n != 0 {
+		t.Errorf("%d exchanges moved to a goroutine, want 0", n)
+	}
+}
+
+// An app that breaks a response the loop is passing on: the client's
+// connection is cut, so that it cannot take the short body for a whole
+// one. A client that leaves in the middle of a stream ends the exchange:
+// the app's request ends, its slot is free.
+func TestLoopRelayCutShort(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	for _, path := range []string{"/bytes?n=100000&cut=30000", "/bytes?n=100000&chunked=1&cut=30000"} {
+		rc := warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
+		left := ta.front.leftLoops.Load()
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err == nil || len(b) != 30000 {
+			t.Errorf("%s: %d bytes, %v; want the 30000 sent, then an error", path, len(b), err)
+		}
+		if n := ta.front.leftLoops.Load() - left; n != 0 {
+			t.Errorf("%s: %d exchanges moved to a goroutine, want 0", path, n)
+		}
+		rc.c.Close()
+		waitFor(t, "the connection closed", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
+	}
+
+	rc := warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
+	rc.send("GET /sse?n=100000 HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if line != "data: 0\n" {
+		t.Fatalf("first event: %q, %v", line, err)
+	}
+	if c := ta.Status().Conns; c != 1 {
+		t.Errorf("%d requests in the app during the stream, want 1", c)
+	}
+	rc.c.Close()
+	waitFor(t, "the slot to be freed", func() bool { return ta.Status().Conns == 0 })
+	waitFor(t, "the connection gone", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
 }

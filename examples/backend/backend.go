@@ -268,22 +268,45 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bo
 		}
 		fmt.Fprintf(w, "slept %s\n", d)
 	})
-	// /bytes?n=N answers N bytes (benchmarks: large responses).
+	// /bytes?n=N answers N bytes (benchmarks: large responses), with a
+	// Content-Length, chunked with &chunked=1, or until the connection
+	// closes with &close=1. &cut=K breaks the response after K bytes: the
+	// connection closes (no last chunk).
 	chunk := make([]byte, 64<<10)
 	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
-		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		q := r.URL.Query()
+		n, err := strconv.ParseInt(q.Get("n"), 10, 64)
 		if err != nil || n < 0 || n > 1<<30 {
 			http.Error(w, "need ?n=BYTES, at most 1 GiB", http.StatusBadRequest)
 			return
 		}
+		cut := int64(-1)
+		if v := q.Get("cut"); v != "" {
+			if cut, err = strconv.ParseInt(v, 10, 64); err != nil || cut < 0 || cut >= n {
+				http.Error(w, "need &cut=K below n", http.StatusBadRequest)
+				return
+			}
+		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		switch {
+		case q.Get("close") != "":
+			w.Header().Set("Transfer-Encoding", "identity") // net/http: no framing, close after
+		case q.Get("chunked") == "":
+			w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		}
+		if cut >= 0 {
+			n = cut
+		}
 		for n > 0 {
 			k := min(n, int64(len(chunk)))
 			if _, err := w.Write(chunk[:k]); err != nil {
 				return
 			}
 			n -= k
+		}
+		if cut >= 0 {
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // net/http closes the connection as it is
 		}
 	})
 	// /raw?r=BYTES answers with exactly BYTES and closes the connection:
