@@ -8,15 +8,21 @@ import (
 	"strconv"
 )
 
-// bigSize is the size of the large responses: GET /bytes?n=1048576.
-const bigSize = 1 << 20
+// The sizes of the larger responses: GET /bytes?n=SIZE. 64 KiB is a web
+// page or an API answer, longer than rouse's event-loop buffer; 1 MiB a
+// download.
+const (
+	midSize = 64 << 10
+	bigSize = 1 << 20
+)
 
-// bigPath is the URL path of a bigSize response on either backend.
-var bigPath = "/bytes?n=" + strconv.Itoa(bigSize)
+// bytesPath is the URL path of an n-byte response on either backend.
+func bytesPath(n int) string { return "/bytes?n=" + strconv.Itoa(n) }
 
 // backendArgv returns the command of a backend of kind ("go" or "nginx")
 // listening on 127.0.0.1:port; both answer GET / with a short text and
-// GET /bytes?n=1048576 with 1 MiB. For nginx it writes the config file.
+// GET /bytes?n=SIZE with SIZE bytes, for midSize and bigSize, with a
+// Content-Length. For nginx it writes the config file.
 func (h *harness) backendArgv(kind string, port int) ([]string, error) {
 	switch kind {
 	case "go":
@@ -26,14 +32,16 @@ func (h *harness) backendArgv(kind string, port int) ([]string, error) {
 		if err := os.MkdirAll(www, 0o755); err != nil {
 			return nil, err
 		}
-		big := filepath.Join(www, "bytes")
-		if _, err := os.Stat(big); err != nil {
-			if err := os.WriteFile(big, bytes.Repeat([]byte("x"), bigSize), 0o644); err != nil {
-				return nil, err
+		for _, n := range []int{midSize, bigSize} {
+			file := filepath.Join(www, "bytes-"+strconv.Itoa(n))
+			if _, err := os.Stat(file); err != nil {
+				if err := os.WriteFile(file, bytes.Repeat([]byte("x"), n), 0o644); err != nil {
+					return nil, err
+				}
 			}
 		}
 		name := fmt.Sprintf("backend-%d", port)
-		conf := fmt.Sprintf(`# nginx as the backend: "return 200" and a static 1 MiB file
+		conf := fmt.Sprintf(`# nginx as the backend: "return 200" and static files of 64 KiB and 1 MiB
 daemon off;
 worker_processes 1;
 pid %[1]s/%[2]s.pid;
@@ -45,11 +53,11 @@ http {
 %[3]s
 	server {
 		listen 127.0.0.1:%[4]d backlog=4096;
-		location = /bytes { alias %[5]s; default_type application/octet-stream; }
+		location = /bytes { alias %[5]s/bytes-$arg_n; default_type application/octet-stream; }
 		location / { default_type text/plain; return 200 "hello from nginx\n"; }
 	}
 }
-`, h.dir, name, nginxTempPaths(h.dir, name), port, big)
+`, h.dir, name, nginxTempPaths(h.dir, name), port, www)
 		return h.nginxArgv(name, conf)
 	}
 	return nil, fmt.Errorf("unknown backend %q", kind)

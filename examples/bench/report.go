@@ -90,7 +90,7 @@ func (r *report) render(dir, rouse, self string) string {
 	if r.backend != "" {
 		p("- Backend: **%s** for every contender and workload, %s.", backendName(r.backend), r.backendWhy)
 		p(" rouse starts its own copy of it (that is its job; same program and flags, another port);" +
-			" every other contender reaches one copy the harness started. `GET /` answers a short text, `GET /bytes?n=1048576` 1 MiB.\n")
+			" every other contender reaches one copy the harness started. `GET /` answers a short text, `GET /bytes?n=65536` 64 KiB and `GET /bytes?n=1048576` 1 MiB, with a Content-Length.\n")
 		p("- Load: `wrk -t%d -c%d -d%s --timeout 5s --latency -s report.lua URL` (report.lua only adds a `done()` that prints JSON)."+
 			" One wrk thread and %d connections: with 2 cores, wrk, the proxy and the backend share them, and a second wrk thread would only take CPU from the proxy.\n",
 			o.threads, o.conns, o.duration, o.conns)
@@ -151,7 +151,7 @@ func (r *report) render(dir, rouse, self string) string {
 
 func backendName(kind string) string {
 	if kind == "nginx" {
-		return "nginx `return 200` (1 worker; /bytes is a static file)"
+		return "nginx `return 200` (1 worker; /bytes?n= are static files)"
 	}
 	return "Go (`rouse __backend -proto http`)"
 }

@@ -33,8 +33,20 @@ type workload struct {
 
 var workloads = []workload{
 	{key: "small", title: "small responses, keep-alive", path: "/"},
-	{key: "1mib", title: "1 MiB responses, keep-alive", path: bigPath, big: true},
+	{key: "64kib", title: "64 KiB responses, keep-alive", path: bytesPath(midSize), big: true},
+	{key: "1mib", title: "1 MiB responses, keep-alive", path: bytesPath(bigSize), big: true},
 	{key: "close", title: "a new connection per request (`Connection: close`)", path: "/", headers: []string{"Connection: close"}},
+}
+
+// pickWorkloads returns the workloads with these keys.
+func pickWorkloads(keys ...string) []workload {
+	var wls []workload
+	for _, wl := range workloads {
+		if slices.Contains(keys, wl.key) {
+			wls = append(wls, wl)
+		}
+	}
+	return wls
 }
 
 // group is a set of contenders measured together, interleaved.
@@ -212,7 +224,7 @@ func (h *harness) throughput(ctx context.Context) error {
 		h.rep.commands = append(h.rep.commands, [2]string{"Go backend (handoff group's direct)", shellJoin(argv)})
 		groups = append(groups, &group{key: "handoff", title: "handoff mode (the app accepts on rouse's socket itself)",
 			rouse: "rouse handoff", goal: "issue 7: handoff >= 0.97 × direct",
-			workloads: []workload{workloads[0], workloads[2]},
+			workloads: pickWorkloads("small", "close"),
 			contenders: []*contender{
 				{name: "direct", url: "http://" + addr(handoffDirect)},
 				{name: "rouse handoff", url: "http://" + addr(handoffPort), cpu: rousePIDs, perfPID: rd.pid()},
@@ -294,7 +306,7 @@ func (h *harness) throughput(ctx context.Context) error {
 	return nil
 }
 
-// checkContender makes sure c serves both routes right.
+// checkContender makes sure c serves every route right.
 func checkContender(ctx context.Context, c *contender) error {
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	defer client.CloseIdleConnections()
@@ -302,9 +314,12 @@ func checkContender(ctx context.Context, c *contender) error {
 	if err != nil || code != http.StatusOK {
 		return fmt.Errorf("GET /: %d %v", code, err)
 	}
-	code, n, err := fetch(ctx, client, c.url+bigPath)
-	if err != nil || code != http.StatusOK || n != bigSize {
-		return fmt.Errorf("GET %s: %d, %d bytes, %v", bigPath, code, n, err)
+	for _, size := range []int{midSize, bigSize} {
+		path := bytesPath(size)
+		code, n, err := fetch(ctx, client, c.url+path)
+		if err != nil || code != http.StatusOK || n != int64(size) {
+			return fmt.Errorf("GET %s: %d, %d bytes, %v", path, code, n, err)
+		}
 	}
 	return nil
 }
