@@ -17,7 +17,9 @@ import (
 )
 
 // The event loop serves the common case of a TCP or Unix-socket front: a
-// plain request whose whole response comes back at once. Its sockets are raw
+// plain request, and its response as it comes (whole at once, or passed on
+// through the app connection's buffer: longer, chunked, streamed, or until
+// the app closes; see beginRelay). Its sockets are raw
 // non-blocking descriptors watched through an epoll instance of its own,
 // outside Go's netpoller: a goroutine per connection costs, per request, a
 // read that fails with EAGAIN and a park and a wake-up on each side, which
@@ -26,15 +28,16 @@ import (
 // Everything else goes to a goroutine (frontConn) with what was read so far,
 // where the rules of the slower path apply unchanged: a request head in
 // parts or beyond the buffer, a body not yet all read, an app not ready (the
-// request is held), a response without a Content-Length or larger than the
-// buffer, and an exchange the app takes longer than watchAfter to answer
-// (the goroutine then times it out, or notices the client going away).
+// request is held), a response with a Content-Length above relayMax (it is
+// spliced there), and an exchange the app takes longer than watchAfter to
+// begin answering (the goroutine then times it out, or notices the client
+// going away).
 // Before the request reached the app, the goroutine starts over with it;
 // after, it continues the same exchange, with the app's bytes read so far.
 
 const (
 	loopEvents  = 128
-	loopUpBuf   = 16 << 10       // a response served by the loop fits here, head and body
+	loopUpBuf   = 16 << 10       // the app connection's buffer: a response within it goes in one write
 	scanBusy    = watchAfter / 2 // how often exchanges are checked for taking too long
 	scanIdle    = time.Second    // how often idle connections are checked for timeouts
 	loopIOFlags = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
