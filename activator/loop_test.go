@@ -377,6 +377,18 @@ func TestLoopServesAUnixSocketFront(t *testing.T) {
 	}
 }
 
+// movedFromLoops returns a func that checks how many exchanges the
+// front's loops gave to a goroutine since this call.
+func movedFromLoops(t *testing.T, f *HTTPFront) func(want int64) {
+	mark := f.leftLoops.Load()
+	return func(want int64) {
+		t.Helper()
+		if n := f.leftLoops.Load() - mark; n != want {
+			t.Errorf("%d exchanges moved from a loop to a goroutine, want %d", n, want)
+		}
+	}
+}
+
 // warmLoopConn starts the app of ta with a first request and returns a
 // connection to the front that is in an event loop.
 func warmLoopConn(t *testing.T, ta *testApp, dial func() *rawClient) *rawClient {
@@ -397,7 +409,7 @@ func warmLoopConn(t *testing.T, ta *testApp, dial func() *rawClient) *rawClient 
 func TestLoopRelaysResponsesAsTheyCome(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
 	rc := warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
-	left := ta.front.leftLoops.Load()
+	moved := movedFromLoops(t, ta.front)
 	for _, tc := range []struct {
 		path    string
 		n       int
@@ -426,12 +438,10 @@ func TestLoopRelaysResponsesAsTheyCome(t *testing.T) {
 	if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != 40000 || !resp.Close || resp.ContentLength >= 0 {
 		t.Errorf("a body until the app closes: %d, %d bytes, close %v, length %d", resp.StatusCode, len(body), resp.Close, resp.ContentLength)
 	}
-	if n := ta.front.leftLoops.Load() - left; n != 0 {
-		t.Errorf("%d exchanges moved to a goroutine, want 0", n)
-	}
+	moved(0)
 
 	rc = warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
-	left = ta.front.leftLoops.Load()
+	moved = movedFromLoops(t, ta.front)
 	rc.send("GET /bytes?n=" + strconv.Itoa(relayMax+1) + " HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, body := rc.response("GET"); resp.StatusCode != 200 || len(body) != relayMax+1 {
 		t.Fatalf("GET beyond relayMax: %d, %d bytes", resp.StatusCode, len(body))
@@ -439,9 +449,7 @@ func TestLoopRelaysResponsesAsTheyCome(t *testing.T) {
 	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
 		t.Fatalf("the GET pipelined behind it: %d", resp.StatusCode)
 	}
-	if n := ta.front.leftLoops.Load() - left; n != 1 {
-		t.Errorf("%d exchanges moved to a goroutine, want 1", n)
-	}
+	moved(1)
 }
 
 // A client slower than the app: while its socket is full the loop stops
@@ -463,7 +471,7 @@ func TestLoopRelayFollowsASlowClient(t *testing.T) {
 		return &rawClient{t: t, c: c, br: bufio.NewReaderSize(c, 4<<10)}
 	}
 	rc := warmLoopConn(t, ta, dial)
-	left := ta.front.leftLoops.Load()
+	moved := movedFromLoops(t, ta.front)
 	for _, tc := range []struct {
 		n       int
 		chunked string
@@ -497,9 +505,7 @@ func TestLoopRelayFollowsASlowClient(t *testing.T) {
 	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
 		t.Errorf("GET after: %d", resp.StatusCode)
 	}
-	if n := ta.front.leftLoops.Load() - left; n != 0 {
-		t.Errorf("%d exchanges moved to a goroutine, want 0", n)
-	}
+	moved(0)
 }
 
 // An app that breaks a response the loop is passing on: the client's
@@ -510,7 +516,7 @@ func TestLoopRelayCutShort(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
 	for _, path := range []string{"/bytes?n=100000&cut=30000", "/bytes?n=100000&chunked=1&cut=30000"} {
 		rc := warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
-		left := ta.front.leftLoops.Load()
+		moved := movedFromLoops(t, ta.front)
 		rc.send("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n")
 		resp, err := http.ReadResponse(rc.br, nil)
 		if err != nil {
@@ -520,9 +526,7 @@ func TestLoopRelayCutShort(t *testing.T) {
 		if err == nil || len(b) != 30000 {
 			t.Errorf("%s: %d bytes, %v; want the 30000 sent, then an error", path, len(b), err)
 		}
-		if n := ta.front.leftLoops.Load() - left; n != 0 {
-			t.Errorf("%s: %d exchanges moved to a goroutine, want 0", path, n)
-		}
+		moved(0)
 		rc.c.Close()
 		waitFor(t, "the connection closed", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
 	}
