@@ -30,6 +30,8 @@ type HTTPFront struct {
 	// handedOff counts the connections given to srv; leftLoops those an
 	// event loop gave to a goroutine.
 	handedOff, leftLoops atomic.Int64
+	// sendTimeout, in nanoseconds (tests shorten it; a loop reads it once).
+	sendTimeout atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool                    // Close began: no new handler or connection may join
@@ -91,6 +93,11 @@ func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
 	return r, nil
 }
 
+// sendTimeout cuts a client that takes none of its response for that long
+// (nginx's send_timeout): a reader that stops, or reads a byte a minute,
+// would hold the exchange, and the app's slot, for ever.
+const sendTimeout = 60 * time.Second
+
 // NewHTTPFront returns a front for apps on ln; at most one of them may have
 // no hosts (it gets every request no other app claims).
 func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, error) {
@@ -118,6 +125,7 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 		},
 	}
 	f.loopTimeouts.header, f.loopTimeouts.idle = f.srv.ReadHeaderTimeout, f.srv.IdleTimeout
+	f.sendTimeout.Store(int64(sendTimeout))
 	return f, nil
 }
 

@@ -79,7 +79,7 @@ func newFrontConn(f *HTTPFront, c net.Conn) *frontConn {
 	fc.br = readerPool.Get().(*bufio.Reader)
 	fc.br.Reset(c)
 	fc.bw = writerPool.Get().(*bufio.Writer)
-	fc.bw.Reset(c)
+	fc.bw.Reset(fc)
 	if t, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		fc.ip = t.IP.String()
 	}
@@ -283,7 +283,7 @@ func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 // handOff gives the connection, and what was read off it, to net/http's
 // server.
 func (fc *frontConn) handOff() {
-	fc.c.SetReadDeadline(time.Time{})
+	fc.c.SetDeadline(time.Time{}) // net/http sets its own, or none
 	fc.bw.Reset(nil)
 	writerPool.Put(fc.bw)
 	hc := &handedConn{Conn: fc.c, r: fc.br}
@@ -304,6 +304,13 @@ func (fc *frontConn) abandon() {
 		q.held = nil
 	}
 	fc.close()
+}
+
+// Write is where fc.bw's bytes go: to the client, which must take some
+// within sendTimeout.
+func (fc *frontConn) Write(p []byte) (int, error) {
+	fc.c.SetWriteDeadline(time.Now().Add(time.Duration(fc.f.sendTimeout.Load())))
+	return fc.c.Write(p)
 }
 
 // close closes the connection and recycles its buffers.

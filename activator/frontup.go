@@ -22,9 +22,10 @@ import (
 
 const (
 	upReadBuffer    = 16 << 10
-	maxIdleUpstream = 128      // kept per app; more are closed
-	maxResponseHead = 1 << 20  // as net/http's Transport, about
-	spliceMin       = 64 << 10 // body bytes left for which splice(2) pays
+	maxIdleUpstream = 128       // kept per app; more are closed
+	maxResponseHead = 1 << 20   // as net/http's Transport, about
+	spliceMin       = 64 << 10  // body bytes left for which splice(2) pays
+	spliceStep      = 256 << 10 // spliced at most at once: sendTimeout is per step
 	// staleAfter is how long an idle connection may wait before it is
 	// checked, when taken again, for having been closed by the app (a
 	// keep-alive timeout of the app's): a request sent on it would be
@@ -289,11 +290,14 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		err = fc.copyToEOF(uc)
 	}
 	if err != nil {
-		if !isWriteError(err) && !fc.gone() {
+		switch {
+		case !isWriteError(err) && !fc.gone():
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
 			a.failed(inst, err)
 			a.log.Info("response cut by the app", "method", fc.rq.method(), "path", fc.rq.path(), "err", err)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			a.log.Info("client cut: it took none of its response", "for", time.Duration(fc.f.sendTimeout.Load()), "client", fc.ip)
 		}
 		fc.cut = true
 		return exchangeResult{answered: true}, false
@@ -397,8 +401,20 @@ func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
 	}
 	uc.c.SetReadDeadline(time.Time{})
 	stop := fc.watch(uc.c)
-	src := &io.LimitedReader{R: uc.c, N: n}
-	_, err := dst.ReadFrom(src)
+	src := &io.LimitedReader{R: uc.c}
+	var err error
+	for n > 0 && err == nil {
+		// In steps, each with sendTimeout: a client that takes nothing
+		// for that long is cut, a slow one is not.
+		step := min(n, spliceStep)
+		src.N = step
+		dst.SetWriteDeadline(time.Now().Add(time.Duration(fc.f.sendTimeout.Load())))
+		_, err = dst.ReadFrom(src)
+		n -= step - src.N
+		if src.N > 0 {
+			break // the app closed early
+		}
+	}
 	stop()
 	switch {
 	case fc.gone():
@@ -407,7 +423,7 @@ func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
 		// The error does not say whose side failed: not counted against
 		// the app.
 		return writeError{err}
-	case src.N > 0:
+	case n > 0:
 		return io.ErrUnexpectedEOF // the app closed early
 	}
 	return nil

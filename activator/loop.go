@@ -84,8 +84,9 @@ type evLoop struct {
 	polled int
 	wake   int // eventfd: commands from other goroutines
 
-	// As the front's net/http server has them (copied: tests change them).
-	headerTimeout, idleTimeout time.Duration
+	// As the front's net/http server has them, and sendTimeout (copied:
+	// tests change them).
+	headerTimeout, idleTimeout, sendTimeout time.Duration
 
 	mu       sync.Mutex
 	closed   bool
@@ -129,7 +130,8 @@ type loopConn struct {
 	readable bool      // an edge came that was not read through yet
 	reading  bool      // in readRequest
 	hup      bool      // the client closed its side, or failed
-	deadline time.Time // lcWaiting: when the connection is closed
+	deadline time.Time // lcWaiting, and a response waiting for the client to take more: when the connection is closed
+	wrote    bool      // a write to the client made progress since deadline was set
 	served   int
 
 	in      []byte // in[r:w] is read and not yet used; nil between requests
@@ -185,7 +187,7 @@ func newEvLoop(f *HTTPFront) (*evLoop, error) {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
 	l := &evLoop{f: f, epfd: epfd, wake: -1, done: make(chan struct{}),
-		headerTimeout: f.loopTimeouts.header, idleTimeout: f.loopTimeouts.idle,
+		headerTimeout: f.loopTimeouts.header, idleTimeout: f.loopTimeouts.idle, sendTimeout: time.Duration(f.sendTimeout.Load()),
 		conns: make(map[*loopConn]struct{}), idle: make(map[*httpUpstream][]*loopUp)}
 	fail := func(what string, err error) (*evLoop, error) {
 		if l.wake >= 0 {
@@ -422,6 +424,11 @@ func (l *evLoop) scan(now time.Time) {
 		case lcSending, lcAwaiting:
 			if now.Sub(c.start) >= watchAfter {
 				l.continueElsewhere(c)
+			}
+		case lcAnswering, lcRelaying:
+			if (c.state == lcAnswering || c.relay.blocked) && now.After(c.deadline) {
+				c.a.log.Info("client cut: it took none of its response", "for", l.sendTimeout, "client", c.ip)
+				l.closeConn(c)
 			}
 		}
 	}
@@ -878,7 +885,7 @@ func (l *evLoop) receive(c *loopConn) {
 		l.closeUp(u)
 	}
 	l.release(c)
-	c.written = 0
+	c.written, c.wrote = 0, true // (a first wait starts the send timeout)
 	c.state = lcAnswering
 	l.answer(c)
 }
@@ -889,6 +896,7 @@ func (l *evLoop) answer(c *loopConn) {
 	for c.written < len(c.resp) {
 		n, err := rawWrite(c.fd, c.resp[c.written:])
 		if err == unix.EAGAIN {
+			l.waitClient(c)
 			return // on EPOLLOUT
 		}
 		if err != nil {
@@ -896,8 +904,17 @@ func (l *evLoop) answer(c *loopConn) {
 			return
 		}
 		c.written += n
+		c.wrote = true
 	}
 	l.answered(c)
+}
+
+// waitClient starts, or goes on with, a wait for the client to take more
+// of its response: sendTimeout from the last write that took anything.
+func (l *evLoop) waitClient(c *loopConn) {
+	if c.wrote {
+		c.deadline, c.wrote = l.now.Add(l.sendTimeout), false
+	}
 }
 
 // answered goes on to the next request, the response being sent.
@@ -943,7 +960,7 @@ func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
 	// receive read until a short read, or until the buffer was full.
 	rs.drained = len(u.buf) < cap(u.buf) && !u.hup
 	u.buf = u.buf[:0]
-	c.written = 0
+	c.written, c.wrote = 0, true
 	c.state = lcRelaying
 	l.relaying++
 	l.relayOn(c)
@@ -976,6 +993,7 @@ func (l *evLoop) relayOn(c *loopConn) {
 			n, err := rawWrite(c.fd, out[c.written:])
 			if err == unix.EAGAIN {
 				rs.blocked = true
+				l.waitClient(c)
 				return // on the client's EPOLLOUT
 			}
 			if err != nil {
@@ -983,6 +1001,7 @@ func (l *evLoop) relayOn(c *loopConn) {
 				return
 			}
 			c.written += n
+			c.wrote = true
 		}
 		if rs.done {
 			l.endRelay(c)

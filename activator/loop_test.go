@@ -457,20 +457,7 @@ func TestLoopRelaysResponsesAsTheyCome(t *testing.T) {
 // the next request.
 func TestLoopRelayFollowsASlowClient(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
-	dial := func() *rawClient {
-		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			// A small receive buffer: rouse's writes fill it at once.
-			return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<10) })
-		}}
-		c, err := d.Dial("tcp", ta.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		return &rawClient{t: t, c: c, br: bufio.NewReaderSize(c, 4<<10)}
-	}
-	rc := warmLoopConn(t, ta, dial)
+	rc := warmLoopConn(t, ta, func() *rawClient { return dialSmallWindow(t, ta.addr) })
 	moved := movedFromLoops(t, ta.front)
 	for _, tc := range []struct {
 		n       int
@@ -506,6 +493,76 @@ func TestLoopRelayFollowsASlowClient(t *testing.T) {
 		t.Errorf("GET after: %d", resp.StatusCode)
 	}
 	moved(0)
+}
+
+// dialSmallWindow connects with a small receive buffer: rouse's writes
+// fill it at once, and wait for the client to read.
+func dialSmallWindow(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<10) })
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawClient{t: t, c: c, br: bufio.NewReaderSize(c, 4<<10)}
+}
+
+// A client that takes none of its response for the send timeout is cut,
+// on both paths (the loop passing a response on, a goroutine splicing
+// one), and the app's slot is freed; one that reads slowly but keeps
+// reading is not.
+func TestSendTimeoutCutsAClientThatTakesNothing(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	ta.front.sendTimeout.Store(int64(timeout))                            // before the first loop is made
+	paths := []string{"/bytes?n=50000000&chunked=1", "/bytes?n=50000000"} // relayed; spliced
+	for _, path := range paths {
+		rc := warmLoopConn(t, ta, func() *rawClient { return dialSmallWindow(t, ta.addr) })
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		start := time.Now()
+		waitFor(t, "the client cut and the slot freed", func() bool { return ta.Status().Conns == 0 })
+		if took := time.Since(start); took < timeout {
+			t.Errorf("%s: cut after %s, before the send timeout", path, took)
+		}
+		if n, err := io.Copy(io.Discard, resp.Body); err == nil {
+			t.Errorf("%s: read %d bytes and a clean end", path, n)
+		}
+		rc.c.Close()
+		waitFor(t, "the connection gone", func() bool { inLoops, onGoroutines, _ := loopState(ta.front); return inLoops+onGoroutines == 0 })
+	}
+	for _, n := range []int{100 << 10, relayMax + 1} {
+		rc := warmLoopConn(t, ta, func() *rawClient { return dialSmallWindow(t, ta.addr) })
+		rc.send("GET /bytes?n=" + strconv.Itoa(n) + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, buf := 0, make([]byte, 4<<10)
+		for {
+			k, err := resp.Body.Read(buf)
+			got += k
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%d bytes, read slowly: cut after %d: %v", n, got, err)
+			}
+			time.Sleep(timeout / 15) // a slow reader, never idle for the timeout: the point of the test
+		}
+		if got != n {
+			t.Errorf("read slowly: %d bytes, want %d", got, n)
+		}
+		rc.c.Close()
+		waitFor(t, "the connection gone", func() bool { inLoops, onGoroutines, _ := loopState(ta.front); return inLoops+onGoroutines == 0 })
+	}
 }
 
 // An app that breaks a response the loop is passing on: the client's
