@@ -324,3 +324,42 @@ func TestFrontDropsKeptConnectionsAfterOneFails(t *testing.T) {
 		t.Errorf("%d failures counted against the app, want 0: the app did nothing wrong", n)
 	}
 }
+
+// A chunked response on the goroutine path (here: to the request that
+// starts the app, held there) passes unchanged, as in the loop, its large
+// chunks spliced; one the app cuts halfway cuts the client's connection.
+func TestFrontChunkedResponsesOnAGoroutine(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, nil)
+	for _, tc := range []struct {
+		path, body, trailer string
+		n                   int
+		cut                 bool
+	}{
+		{path: "/bytes?n=600000&chunked=1&write=262144", n: 600000}, // chunks long enough to splice
+		{path: "/trailer", body: "part one, part two", trailer: "42"},
+		{path: "/bytes?n=300000&chunked=1&cut=100000", n: 100000, cut: true},
+	} {
+		if err := ta.Stop(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		moved := movedFromLoops(t, ta.front)
+		rc := dialRaw(t, ta.addr)
+		rc.send("GET " + tc.path + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.path, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		switch {
+		case tc.cut && err == nil, !tc.cut && err != nil:
+			t.Errorf("%s: read %d bytes, %v; want a cut: %v", tc.path, len(b), err, tc.cut)
+		case resp.ContentLength >= 0:
+			t.Errorf("%s: Content-Length %d, want chunked", tc.path, resp.ContentLength)
+		case tc.body != "" && string(b) != tc.body, tc.n > 0 && len(b) != tc.n:
+			t.Errorf("%s: %d bytes %.40q", tc.path, len(b), b)
+		case resp.Trailer.Get("X-Sum") != tc.trailer:
+			t.Errorf("%s: trailer %v", tc.path, resp.Trailer)
+		}
+		moved(1) // the held request
+	}
+}

@@ -2,7 +2,6 @@ package activator
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -443,71 +442,35 @@ func (fc *frontConn) copyToEOF(uc *upConn) error {
 	}
 }
 
-// copyChunked passes on a chunked body, chunk by chunk, trailers included.
+// copyChunked passes on a chunked body as it comes, unchanged, trailers
+// included: chunkScanner finds its end, as in the event loop. The data of
+// a large chunk goes with copyN (spliced).
 func (fc *frontConn) copyChunked(uc *upConn) error {
+	var s chunkScanner
 	for {
-		line, err := fc.upLine(uc)
-		if err != nil {
-			return err
-		}
-		size, ok := parseChunkSize(line)
-		if !ok {
-			return errBadResponse
-		}
-		if err := fc.writeLine(line); err != nil {
-			return err
-		}
-		if size == 0 {
-			for { // trailers, up to the empty line
-				line, err := fc.upLine(uc)
-				if err != nil {
-					return err
-				}
-				if err := fc.writeLine(line); err != nil || len(line) == 0 {
-					return err
-				}
+		if n := s.dataLeft(); n >= spliceMin && uc.br.Buffered() == 0 {
+			if err := fc.copyN(uc, n); err != nil {
+				return err
 			}
+			s.passed(n)
 		}
-		if err := fc.copyN(uc, size); err != nil {
-			return err
-		}
-		if line, err := fc.upLine(uc); err != nil {
-			return err
-		} else if len(line) > 0 {
-			return errBadResponse
-		}
-		if err := fc.writeLine(nil); err != nil {
-			return err
-		}
-	}
-}
-
-func (fc *frontConn) writeLine(line []byte) error {
-	fc.bw.Write(line)
-	if _, err := fc.bw.WriteString("\r\n"); err != nil {
-		return writeError{err}
-	}
-	return nil
-}
-
-// upLine reads a line from the app, without its ending.
-func (fc *frontConn) upLine(uc *upConn) ([]byte, error) {
-	for {
-		buf, _ := uc.br.Peek(uc.br.Buffered())
-		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
-			line, _ := nextLine(buf[:i+1])
-			fc.line = append(fc.line[:0], line...)
-			uc.br.Discard(i + 1)
-			return fc.line, nil
-		}
-		if len(buf) == uc.br.Size() {
-			return nil, errBadResponse
-		}
-		if err := fc.fill(uc, len(buf)+1, time.Time{}); err != nil {
+		if err := fc.fill(uc, 1, time.Time{}); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return nil, err
+			return err
+		}
+		p, _ := uc.br.Peek(uc.br.Buffered())
+		n, done, err := s.feed(p)
+		if _, werr := fc.bw.Write(p[:n]); werr != nil {
+			return writeError{werr}
+		}
+		uc.br.Discard(n)
+		switch {
+		case err != nil:
+			return errBadResponse
+		case done:
+			return nil
 		}
 	}
 }

@@ -426,13 +426,14 @@ func nextLine(b []byte) (line, rest []byte) {
 	return line, rest
 }
 
-// errBadChunk is a chunked body the loop cannot follow.
+// errBadChunk is a chunked body rouse cannot follow.
 var errBadChunk = errors.New("malformed chunked body")
 
 // chunkScanner follows a chunked body as it passes through unchanged, to
 // find where it ends: chunk-size lines (extensions allowed), the data of
 // each chunk, and the trailer lines after the last, up to an empty one.
-// It is as lenient as parseChunkSize and nextLine: a bare LF ends a line.
+// Both the event loop and the goroutine path pass chunked bodies with it.
+// As nextLine, it takes a bare LF for a line end.
 type chunkScanner struct {
 	state  int
 	size   int64 // csSize: the size so far; csData: bytes of the chunk still to come
@@ -500,9 +501,7 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 		case csData:
 			k := min(int64(len(p)-n), s.size)
 			n += int(k)
-			if s.size -= k; s.size == 0 {
-				s.state, s.crlf = csDataEnd, false
-			}
+			s.passed(k)
 		case csDataEnd:
 			switch {
 			case b == '\r' && !s.crlf:
@@ -536,6 +535,21 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 	return n, s.state == csDone, nil
 }
 
+// dataLeft is how many bytes of the current chunk's data are still to
+// come; passed says n of them went by some other way (copyN).
+func (s *chunkScanner) dataLeft() int64 {
+	if s.state != csData {
+		return 0
+	}
+	return s.size
+}
+
+func (s *chunkScanner) passed(n int64) {
+	if s.size -= n; s.size == 0 {
+		s.state, s.crlf = csDataEnd, false
+	}
+}
+
 func hexDigit(c byte) (byte, bool) {
 	switch {
 	case '0' <= c && c <= '9':
@@ -546,25 +560,4 @@ func hexDigit(c byte) (byte, bool) {
 		return c - 'A' + 10, true
 	}
 	return 0, false
-}
-
-// parseChunkSize parses a chunk-size line (without its ending): hex digits,
-// optionally followed by extensions.
-func parseChunkSize(line []byte) (int64, bool) {
-	if i := bytes.IndexByte(line, ';'); i >= 0 {
-		line = line[:i]
-	}
-	line = bytes.TrimRight(line, " \t")
-	if len(line) == 0 || len(line) > 15 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range line {
-		d, ok := hexDigit(c)
-		if !ok {
-			return 0, false
-		}
-		n = n<<4 | int64(d)
-	}
-	return n, true
 }

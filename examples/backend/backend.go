@@ -271,14 +271,22 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bo
 	// /bytes?n=N answers N bytes (benchmarks: large responses), with a
 	// Content-Length, chunked with &chunked=1, or until the connection
 	// closes with &close=1. &cut=K breaks the response after K bytes: the
-	// connection closes (no last chunk).
-	chunk := make([]byte, 64<<10)
+	// connection closes (no last chunk). &write=W writes W bytes at a time
+	// (64 KiB, at most 256 KiB): with chunked=1, chunks of W bytes.
+	chunk := make([]byte, 256<<10)
 	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		n, err := strconv.ParseInt(q.Get("n"), 10, 64)
 		if err != nil || n < 0 || n > 1<<30 {
 			http.Error(w, "need ?n=BYTES, at most 1 GiB", http.StatusBadRequest)
 			return
+		}
+		write := int64(64 << 10)
+		if v := q.Get("write"); v != "" {
+			if write, err = strconv.ParseInt(v, 10, 64); err != nil || write < 1 || write > int64(len(chunk)) {
+				http.Error(w, "need &write=W, 1 to 256 KiB", http.StatusBadRequest)
+				return
+			}
 		}
 		cut := int64(-1)
 		if v := q.Get("cut"); v != "" {
@@ -298,7 +306,7 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bo
 			n = cut
 		}
 		for n > 0 {
-			k := min(n, int64(len(chunk)))
+			k := min(n, write)
 			if _, err := w.Write(chunk[:k]); err != nil {
 				return
 			}
