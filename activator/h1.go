@@ -2,7 +2,6 @@ package activator
 
 import (
 	"bytes"
-	"errors"
 	"strconv"
 	"strings"
 )
@@ -426,9 +425,6 @@ func nextLine(b []byte) (line, rest []byte) {
 	return line, rest
 }
 
-// errBadChunk is a chunked body rouse cannot follow.
-var errBadChunk = errors.New("malformed chunked body")
-
 // chunkScanner follows a chunked body as it passes through unchanged, to
 // find where it ends: chunk-size lines (extensions allowed), the data of
 // each chunk, and the trailer lines after the last, up to an empty one.
@@ -471,20 +467,20 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 		case csSize:
 			if d, ok := hexDigit(b); ok {
 				if s.digits == 16 || s.size > maxChunkSize>>4 {
-					return n, false, errBadChunk
+					return n, false, errBadResponse
 				}
 				s.size, s.digits = s.size<<4|int64(d), s.digits+1
 				n++
 				continue
 			}
 			if s.digits == 0 {
-				return n, false, errBadChunk
+				return n, false, errBadResponse
 			}
 			s.state, s.ext, s.line = csSizeLine, false, 0
 		case csSizeLine:
 			n++
 			if s.line++; s.line > maxChunkLine {
-				return n, false, errBadChunk
+				return n, false, errBadResponse
 			}
 			switch {
 			case b == '\n':
@@ -496,7 +492,7 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 			case b == ';':
 				s.ext = true
 			case !s.ext && b != ' ' && b != '\t' && b != '\r':
-				return n - 1, false, errBadChunk
+				return n - 1, false, errBadResponse
 			}
 		case csData:
 			k := min(int64(len(p)-n), s.size)
@@ -509,7 +505,7 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 			case b == '\n':
 				s.state, s.size, s.digits = csSize, 0, 0
 			default:
-				return n, false, errBadChunk
+				return n, false, errBadResponse
 			}
 			n++
 		case csTrailer:
@@ -526,7 +522,7 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 				s.line++
 			}
 			if s.trail++; s.trail > maxChunkLine {
-				return n, false, errBadChunk
+				return n, false, errBadResponse
 			}
 		case csDone:
 			return n, true, nil

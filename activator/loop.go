@@ -132,6 +132,7 @@ type loopConn struct {
 	hup      bool      // the client closed its side, or failed
 	deadline time.Time // lcWaiting, and a response waiting for the client to take more: when the connection is closed
 	wrote    bool      // a write to the client made progress since deadline was set
+	blocked  bool      // lcAnswering, lcRelaying: the client's socket is full, until its EPOLLOUT
 	served   int
 
 	in      []byte // in[r:w] is read and not yet used; nil between requests
@@ -164,7 +165,6 @@ type relayState struct {
 	keep      bool // the app's connection can serve another request after
 	fromUp    bool // what is being written is up.buf, not resp
 	drained   bool // a short read from the app: wait for its next edge
-	blocked   bool // the client's socket is full: wait for its EPOLLOUT
 	keptBytes bool // the app sent bytes past the response's end
 }
 
@@ -426,7 +426,7 @@ func (l *evLoop) scan(now time.Time) {
 				l.continueElsewhere(c)
 			}
 		case lcAnswering, lcRelaying:
-			if (c.state == lcAnswering || c.relay.blocked) && now.After(c.deadline) {
+			if c.blocked && now.After(c.deadline) {
 				c.a.log.Info("client cut: it took none of its response", "for", l.sendTimeout, "client", c.ip)
 				l.closeConn(c)
 			}
@@ -489,6 +489,7 @@ func (c *loopConn) event(l *evLoop, ev uint32) {
 			c.readable = true
 		}
 		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.blocked = false
 			l.answer(c)
 		}
 	case lcRelaying:
@@ -501,8 +502,8 @@ func (c *loopConn) event(l *evLoop, ev uint32) {
 			l.closeConn(c)
 			return
 		}
-		if ev&unix.EPOLLOUT != 0 && c.relay.blocked {
-			c.relay.blocked = false
+		if ev&unix.EPOLLOUT != 0 && c.blocked {
+			c.blocked = false
 			l.relayOn(c)
 		}
 	default:
@@ -870,12 +871,7 @@ func (l *evLoop) receive(c *loopConn) {
 		return
 	}
 	end := from + int(body)
-	c.a.metrics.outcome(statusClass(r.status))
-	if c.closeAfter || l.f.shutting.Load() {
-		c.closeAfter = true
-		c.resp = append(c.resp, "Connection: close\r\n"...)
-	}
-	c.resp = append(c.resp, '\r', '\n')
+	l.endHead(c, &r)
 	c.resp = append(c.resp, u.buf[from:end]...)
 	c.up = nil
 	u.c = nil
@@ -893,28 +889,43 @@ func (l *evLoop) receive(c *loopConn) {
 // answer writes the response to the client, then goes on to the next
 // request.
 func (l *evLoop) answer(c *loopConn) {
-	for c.written < len(c.resp) {
-		n, err := rawWrite(c.fd, c.resp[c.written:])
+	if l.writeClient(c, c.resp) {
+		l.answered(c)
+	}
+}
+
+// endHead counts the response whose head is in resp and ends the head,
+// telling the client the connection closes after it if it must.
+func (l *evLoop) endHead(c *loopConn, r *respHead) {
+	c.a.metrics.outcome(statusClass(r.status))
+	if r.bodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
+		c.closeAfter = true
+		c.resp = append(c.resp, "Connection: close\r\n"...)
+	}
+	c.resp = append(c.resp, '\r', '\n')
+}
+
+// writeClient writes out[c.written:] to the client; false when it has to
+// wait for the client's EPOLLOUT (sendTimeout from the last write that
+// took anything), or the client went away and the connection is closed.
+func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
+	for c.written < len(out) {
+		n, err := rawWrite(c.fd, out[c.written:])
 		if err == unix.EAGAIN {
-			l.waitClient(c)
-			return // on EPOLLOUT
+			c.blocked = true
+			if c.wrote {
+				c.deadline, c.wrote = l.now.Add(l.sendTimeout), false
+			}
+			return false
 		}
 		if err != nil {
-			l.closeConn(c)
-			return
+			l.closeConn(c) // the exchange, if any, ends with it
+			return false
 		}
 		c.written += n
 		c.wrote = true
 	}
-	l.answered(c)
-}
-
-// waitClient starts, or goes on with, a wait for the client to take more
-// of its response: sendTimeout from the last write that took anything.
-func (l *evLoop) waitClient(c *loopConn) {
-	if c.wrote {
-		c.deadline, c.wrote = l.now.Add(l.sendTimeout), false
-	}
+	return true
 }
 
 // answered goes on to the next request, the response being sent.
@@ -950,12 +961,7 @@ func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
 	}
 	rs.done = done || (rs.left < 0 && !rs.chunked && u.eof)
 	rs.keptBytes = n < len(body)
-	c.a.metrics.outcome(statusClass(r.status))
-	if r.bodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
-		c.closeAfter = true
-		c.resp = append(c.resp, "Connection: close\r\n"...)
-	}
-	c.resp = append(c.resp, '\r', '\n')
+	l.endHead(c, r)
 	c.resp = append(c.resp, body[:n]...)
 	// receive read until a short read, or until the buffer was full.
 	rs.drained = len(u.buf) < cap(u.buf) && !u.hup
@@ -984,24 +990,13 @@ func (rs *relayState) take(p []byte) (n int, done bool, err error) {
 // app, until one of them has to be waited for or the response is through.
 func (l *evLoop) relayOn(c *loopConn) {
 	u, rs := c.up, &c.relay
-	for !rs.blocked {
+	for !c.blocked {
 		out := c.resp
 		if rs.fromUp {
 			out = u.buf
 		}
-		for c.written < len(out) {
-			n, err := rawWrite(c.fd, out[c.written:])
-			if err == unix.EAGAIN {
-				rs.blocked = true
-				l.waitClient(c)
-				return // on the client's EPOLLOUT
-			}
-			if err != nil {
-				l.closeConn(c) // the client went away: the exchange ends
-				return
-			}
-			c.written += n
-			c.wrote = true
+		if !l.writeClient(c, out) {
+			return // on the client's EPOLLOUT, or closed
 		}
 		if rs.done {
 			l.endRelay(c)
@@ -1061,9 +1056,6 @@ func (l *evLoop) endRelay(c *loopConn) {
 // client's connection is cut, so that it cannot take a short body for a
 // whole one, and the failure counts against the app.
 func (l *evLoop) cutRelay(c *loopConn, err error) {
-	if err == errBadChunk {
-		err = errBadResponse
-	}
 	c.a.failed(c.inst, err)
 	c.a.log.Info("response cut by the app", "method", string(c.head.method), "path", targetPath(c.head.target), "err", err)
 	l.closeConn(c)
