@@ -32,6 +32,7 @@ type App struct {
 	probe procman.Probe          // set by the mode (handoff); else derived from the config at each start
 	now   func() time.Time
 	http  atomic.Pointer[httpUpstream] // http mode: the transport to the app
+	gate  *dialGate                    // paces new connections to the process (http, tcp)
 
 	shim    []string // handoff and inetd modes: Options.ExecShim
 	handoff *handoff // handoff mode: the sockets handed to the app
@@ -56,7 +57,7 @@ type App struct {
 	backoffTimer *time.Timer
 	backoffUntil time.Time
 	consecutive  int         // failures in a row, for the back-off
-	fails        []time.Time // request-level failures while ready, within FailTimeout
+	fails        []time.Time // refused dials while ready, within FailTimeout
 	starts       int
 	failures     int
 	lastStart    time.Duration
@@ -109,11 +110,12 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		changed: make(chan struct{}),
 		conns:   make(map[net.Conn]struct{}),
 		metrics: newMetrics(),
+		gate:    newDialGate(),
 	}
 	cfg.Process.Notify = cfg.Ready.Kind == "notify" // readiness is the app's READY=1
 	a.cfgp.Store(&cfg)
 	if cfg.Mode == ModeHTTP {
-		a.http.Store(newHTTPUpstream(cfg))
+		a.http.Store(newHTTPUpstream(cfg, a.gate))
 	}
 	if err := a.setupShimmed(opts.ExecShim); err != nil {
 		return nil, fmt.Errorf("app %s: %w", cfg.Name, err)
@@ -336,6 +338,7 @@ func (a *App) ready(inst *instance, took time.Duration) {
 		return
 	}
 	a.metrics.started(took)
+	a.gate.reset()
 	a.setState(Ready)
 	a.log.Info("ready", "state", Ready, "pid", inst.proc.Pid(), "took", took.Round(time.Microsecond))
 	if a.active == 0 && a.queued == 0 {
@@ -376,8 +379,9 @@ func (a *App) finish(inst *instance, err error, kind string) {
 		pid = p.Pid()
 	}
 	// An app may exit by itself when it has nothing to do (as systemd
-	// socket-activated services do); that is not a failure.
-	if err != nil && inst.why == "" && p != nil && p.Err() == nil && a.state == Ready && a.active == 0 {
+	// socket-activated services do); that is not a failure. With a
+	// connection waiting for it, it is: that start served nothing.
+	if err != nil && inst.why == "" && p != nil && p.Err() == nil && a.state == Ready && a.active == 0 && a.queued == 0 {
 		a.log.Info("exited by itself while idle", "pid", pid)
 		err = nil
 	}
@@ -614,23 +618,18 @@ func (a *App) release(inst *instance, conns ...io.Closer) {
 	}
 }
 
-// failed records a request-level failure (refused or reset by the app) of
-// inst; max_fails of them within fail_timeout restart the app.
-func (a *App) failed(inst *instance, err error) {
+// failed records evidence that inst's process is unhealthy (see blame): a
+// connection it refused or did not accept in time. max_fails of them
+// within fail_timeout restart the app.
+func (a *App) failed(inst *instance, kind string, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.inst != inst || a.state != Ready {
 		return
 	}
-	if localError(err) {
-		// rouse itself is short of something (fds, memory, ports): not
-		// the app's fault, so not counted against it.
-		a.log.Warn("connection to the app failed on rouse's side", "err", err)
-		return
-	}
 	now := a.now()
-	a.log.Debug("connection failed", "err", err)
-	a.metrics.failure(FailRefused)
+	a.log.Debug("connection failed", "kind", kind, "err", err)
+	a.metrics.failure(kind)
 	if a.config().MaxFails <= 0 {
 		return
 	}
@@ -644,6 +643,28 @@ func (a *App) failed(inst *instance, err error) {
 	if len(a.fails) >= a.config().MaxFails {
 		a.stopLocked("failures", fmt.Errorf("%d failures within %s, last: %w", len(a.fails), a.config().FailTimeout, err))
 	}
+}
+
+// replaced reports whether inst is no longer the app's serving process:
+// it stopped (failures restarted it, or it crashed) or is stopping.
+func (a *App) replaced(inst *instance) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inst != inst || a.state != Ready
+}
+
+// retryPause is the wait before attempt try+1 after a failed one: 10 ms,
+// doubling, at most 320 ms, so that an app that closed its listener is
+// given the time to be restarted rather than spent in a few milliseconds.
+func retryPause(try int) time.Duration {
+	return 10 * time.Millisecond << min(max(try-1, 0), 5)
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // adopt registers the ends of a connection handed to inst, so that they

@@ -54,13 +54,24 @@ type upPool struct {
 }
 
 // get returns an idle connection to inst's process, or dials a new one.
+// New connections are paced (see dialGate); a request waiting for its turn
+// to dial takes a kept connection that comes back meanwhile.
 func (up *httpUpstream) get(ctx context.Context, inst *instance) (*upConn, error) {
-	if uc := up.popIdle(inst); uc != nil {
-		return uc, nil
-	}
-	c, err := up.dialer.DialContext(ctx, up.network, up.address)
-	if err != nil {
-		return nil, err
+	var c net.Conn
+	for c == nil {
+		if uc := up.popIdle(inst); uc != nil {
+			return uc, nil
+		}
+		slot, err := up.gate.enter(ctx)
+		if err != nil {
+			return nil, dialError{err}
+		}
+		if !slot {
+			continue
+		}
+		if c, err = up.gate.dial(ctx, up.network, up.address); err != nil {
+			return nil, err
+		}
 	}
 	uc := &upConn{c: c, br: bufio.NewReaderSize(c, upReadBuffer), inst: inst}
 	if sc, ok := c.(syscall.Conn); ok {
@@ -130,7 +141,9 @@ func (up *httpUpstream) put(uc *upConn) {
 	up.pool.mu.Unlock()
 	if uc != nil {
 		uc.c.Close()
+		return
 	}
+	up.gate.kick()
 }
 
 // closeIdle closes every idle connection to the app: those of the front
@@ -214,7 +227,7 @@ func (q *rawRequest) exchange(inst *instance) exchangeResult {
 func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
 	uc, err := q.a.http.Load().get(q.fc.ctx, inst)
 	if err != nil {
-		return exchangeResult{err: err}, false
+		return exchangeResult{err: err, stage: stageDial}, false
 	}
 	return q.finish(uc, 0), !uc.idleSince.IsZero()
 }
@@ -231,7 +244,7 @@ func (q *rawRequest) finish(uc *upConn, from int) (res exchangeResult) {
 	if err != nil {
 		// Nothing written means the app had closed the connection before:
 		// it cannot have seen the request.
-		res = exchangeResult{err: err, sent: from+n > 0}
+		res = exchangeResult{err: err, sent: from+n > 0, stage: stageConnected}
 	} else {
 		res, keep = fc.relay(a, uc.inst, uc)
 	}
@@ -254,12 +267,12 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 	for {
 		if err := fc.readResponseHead(uc, hard); err != nil {
 			timeout := errors.Is(err, os.ErrDeadlineExceeded) && !fc.gone()
-			return exchangeResult{err: err, sent: true, timeout: timeout}, false
+			return exchangeResult{err: err, sent: true, timeout: timeout, stage: stageConnected}, false
 		}
 		var ok bool
 		fc.resp, ok = appendResponseHead(fc.resp[:0], fc.line, &r)
 		if !ok || r.badLengths || r.status == 101 {
-			return exchangeResult{err: errBadResponse, sent: true}, false
+			return exchangeResult{err: errBadResponse, sent: true, stage: stageConnected}, false
 		}
 		if r.status >= 200 {
 			break
@@ -293,7 +306,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		case !isWriteError(err) && !fc.gone():
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.failed(inst, err)
+			a.judge(inst, err, blame(err, stageConnected, false))
 			a.log.Info("response cut by the app", "method", fc.rq.method(), "path", fc.rq.path(), "err", err)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			a.log.Info("client cut: it took none of its response", "for", time.Duration(fc.f.sendTimeout.Load()), "client", fc.ip)

@@ -25,7 +25,7 @@ import (
 type httpUpstream struct {
 	transport *http.Transport // for what net/http's server reads
 	// For what the front reads itself (see frontConn).
-	dialer           *net.Dialer
+	gate             *dialGate // the app's
 	network, address string
 	pool             upPool
 	// For the event loops, which keep connections of their own: gen
@@ -41,21 +41,22 @@ type httpUpstream struct {
 	buffers sync.Pool
 }
 
-func newHTTPUpstream(cfg Config) *httpUpstream {
-	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1} // loopback to a process rouse watches: no TCP keep-alive
+func newHTTPUpstream(cfg Config, gate *dialGate) *httpUpstream {
 	network, address := cfg.UpstreamNetwork, cfg.UpstreamAddress
-	return &httpUpstream{dialer: d, network: network, address: address,
-		buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}, transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return d.DialContext(ctx, network, address)
-			},
-			MaxIdleConns:          1024,
-			MaxIdleConnsPerHost:   1024,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: cfg.ResponseTimeout,
-			DisableCompression:    true,
-			ExpectContinueTimeout: 0,
-		}}
+	up := &httpUpstream{gate: gate, network: network, address: address,
+		buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+	up.transport = &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return gate.open(ctx, network, address)
+		},
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.ResponseTimeout,
+		DisableCompression:    true,
+		ExpectContinueTimeout: 0,
+	}
+	return up
 }
 
 // ServeHTTP proxies one request that came through net/http's server (the
@@ -141,17 +142,22 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 			return true
 		}
 		lastErr = res.err
+		v := blame(res.err, res.stage, ctx.Err() != nil)
+		a.judge(inst, res.err, v)
 		switch {
 		case ctx.Err() != nil:
 			// The client went away, or half-closed its side, which
 			// cannot be told apart: no answer, cut the connection.
 			return false
+		case res.stage == stageRejected:
+			a.writeError(rq.errorWriter(), http.StatusBadRequest, 0, "http_request_error",
+				fmt.Sprintf("rouse cannot forward this request: %v", res.err))
+			return true
 		case res.timeout:
 			a.writeError(rq.errorWriter(), http.StatusGatewayTimeout, 0, "http_response_timeout",
 				fmt.Sprintf("the app did not answer within %s", cfg.ResponseTimeout))
 			return true
 		}
-		a.failed(inst, res.err)
 		if res.sent && !a.replayable(rq) {
 			a.log.Info("request failed, not replayed", "method", rq.method(), "path", rq.path(), "err", res.err)
 			a.writeError(rq.errorWriter(), http.StatusBadGateway, 0, "connection_terminated",
@@ -159,18 +165,24 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 			return true
 		}
 		if try >= cfg.RetryTries || !a.now().Before(retryDeadline) {
-			if res.sent {
-				a.writeError(rq.errorWriter(), http.StatusBadGateway, 0, "connection_terminated",
-					fmt.Sprintf("the app broke the connection %d times", try))
-			} else {
-				a.writeError(rq.errorWriter(), http.StatusServiceUnavailable, time.Second, "connection_refused",
-					fmt.Sprintf("the app refused the connection %d times", try))
+			if !v.unhealthy || !a.replaced(inst) {
+				if res.sent {
+					a.writeError(rq.errorWriter(), http.StatusBadGateway, 0, "connection_terminated",
+						fmt.Sprintf("the app broke the connection %d times", try))
+				} else {
+					a.writeError(rq.errorWriter(), http.StatusServiceUnavailable, time.Second, "connection_refused",
+						fmt.Sprintf("the app refused the connection %d times", try))
+				}
+				return true
 			}
-			return true
+			// The refusals restarted the app: the request is held for
+			// its next process, as a new arrival would be, within
+			// queue_timeout.
+			try, retryDeadline = 0, later(start.Add(cfg.QueueTimeout), retryDeadline)
 		}
 		a.log.Debug("retrying request", "method", rq.method(), "path", rq.path(), "try", try, "err", res.err)
 		deadline = retryDeadline
-		if !a.pause(time.Duration(try) * 10 * time.Millisecond) {
+		if !a.pause(retryPause(try)) {
 			return a.refuse(rq, ErrClosing, lastErr)
 		}
 	}
@@ -227,18 +239,31 @@ type exchangeResult struct {
 	answered bool  // the client got a response (or part of one): never retry
 	sent     bool  // request bytes reached the app
 	timeout  bool  // the app was too slow to answer
+	stage    attemptStage
 }
 
 // exchange sends r to the app once and copies the response back.
 func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, body *requestBody) exchangeResult {
-	var sent atomic.Bool
-	trace := &httptrace.ClientTrace{WroteHeaders: func() { sent.Store(true) }}
+	var sent, connected atomic.Bool
+	trace := &httptrace.ClientTrace{
+		GotConn:      func(httptrace.GotConnInfo) { connected.Store(true) },
+		WroteHeaders: func() { sent.Store(true) },
+	}
 	out := a.outgoing(r, body, httptrace.WithClientTrace(r.Context(), trace))
 	resp, err := a.http.Load().transport.RoundTrip(out)
 	if err != nil {
-		var ne net.Error
-		timeout := errors.As(err, &ne) && ne.Timeout() && r.Context().Err() == nil
-		return exchangeResult{err: err, sent: sent.Load(), timeout: timeout}
+		// No connection and no dial error: the Transport refused the
+		// request itself (no Host, a malformed header...).
+		stage := stageRejected
+		var de dialError
+		switch {
+		case connected.Load():
+			stage = stageConnected
+		case errors.As(err, &de):
+			stage = stageDial
+		}
+		timeout := stage == stageConnected && isTimeout(err) && r.Context().Err() == nil
+		return exchangeResult{err: err, sent: sent.Load(), timeout: timeout, stage: stage}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -270,7 +295,7 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 		if r.Context().Err() == nil && !isWriteError(err) {
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.failed(inst, err)
+			a.judge(inst, err, blame(err, stageConnected, false))
 			a.log.Info("response cut by the app", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		panic(http.ErrAbortHandler)

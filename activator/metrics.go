@@ -12,7 +12,7 @@ const (
 	FailExit     = "exit_before_ready" // it exited before it was ready
 	FailNotReady = "not_ready"         // not ready within start_timeout
 	FailCrash    = "crash"             // it exited while ready, unasked
-	FailRefused  = "refused"           // the app refused or reset a connection
+	FailRefused  = "refused"           // the app refused a connection it should have accepted
 	FailTooMany  = "max_fails"         // max_fails within fail_timeout: restarted
 )
 
@@ -64,6 +64,7 @@ type Metrics struct {
 	Failures  map[string]uint64 // by kind (Fail*)
 	Stops     map[string]uint64 // by reason: idle, lru, reload, shutdown, asked, failures
 	Outcomes  map[string]uint64 // by outcome (Outcome*, status class, rouse_5xx)
+	Errors    map[string]uint64 // request-level errors by kind (ErrKind*): not the process's fault
 	BytesIn   uint64            // from clients to the app (tcp)
 	BytesOut  uint64            // from the app to clients (tcp)
 	ColdStart Histogram         // spawn -> ready, seconds
@@ -80,6 +81,7 @@ func newMetrics() *metrics {
 		Failures:  make(map[string]uint64),
 		Stops:     make(map[string]uint64),
 		Outcomes:  make(map[string]uint64),
+		Errors:    make(map[string]uint64),
 		ColdStart: newHistogram(ColdStartBuckets),
 		QueueWait: newHistogram(QueueWaitBuckets),
 	}}
@@ -94,6 +96,9 @@ func (m *metrics) update(f func(*Metrics)) {
 func (m *metrics) failure(kind string) { m.update(func(x *Metrics) { x.Failures[kind]++ }) }
 func (m *metrics) stop(why string)     { m.update(func(x *Metrics) { x.Stops[why]++ }) }
 func (m *metrics) outcome(o string)    { m.update(func(x *Metrics) { x.Outcomes[o]++ }) }
+func (m *metrics) requestError(kind string) {
+	m.update(func(x *Metrics) { x.Errors[kind]++ })
+}
 func (m *metrics) started(took time.Duration) {
 	m.update(func(x *Metrics) { x.ColdStart.observe(took.Seconds()) })
 }
@@ -111,6 +116,7 @@ func (m *metrics) snapshot() Metrics {
 	s.Failures = cloneMap(s.Failures)
 	s.Stops = cloneMap(s.Stops)
 	s.Outcomes = cloneMap(s.Outcomes)
+	s.Errors = cloneMap(s.Errors)
 	s.ColdStart = s.ColdStart.clone()
 	s.QueueWait = s.QueueWait.clone()
 	return s

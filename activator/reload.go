@@ -30,7 +30,7 @@ func (a *App) Reconfigure(cfg Config) string {
 	a.cfgp.Store(&cfg)
 	upstream := old.UpstreamNetwork != cfg.UpstreamNetwork || old.UpstreamAddress != cfg.UpstreamAddress
 	if cfg.Mode == ModeHTTP && (upstream || old.ResponseTimeout != cfg.ResponseTimeout) {
-		if prev := a.http.Swap(newHTTPUpstream(cfg)); prev != nil {
+		if prev := a.http.Swap(newHTTPUpstream(cfg, a.gate)); prev != nil {
 			prev.retire()
 		}
 	}

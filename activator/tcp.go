@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"syscall"
 	"time"
 )
 
@@ -100,8 +99,10 @@ func (a *App) serveConn(c net.Conn) {
 	defer up.Close()
 	in, out, err := proxy(c, up)
 	a.metrics.bytes(in, out)
-	if err != nil && resetBy(err, up) {
-		a.failed(inst, err)
+	if err != nil {
+		// Whichever side broke it, the app had accepted the connection:
+		// never evidence against its process.
+		a.judge(inst, err, verdict{kind: ErrKindReset})
 	}
 }
 
@@ -121,7 +122,7 @@ func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn
 			}
 			return nil, nil, err
 		}
-		up, err := a.dial(ctx)
+		up, err := a.gate.open(ctx, a.config().UpstreamNetwork, a.config().UpstreamAddress)
 		if err == nil {
 			if a.adopt(inst, client, up) {
 				return inst, up, nil
@@ -130,23 +131,24 @@ func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn
 			err = errors.New("the app's process ended")
 		}
 		a.release(inst)
-		a.failed(inst, err)
+		v := blame(err, stageDial, ctx.Err() != nil)
+		a.judge(inst, err, v)
 		lastErr = err
 		if try >= a.config().RetryTries || !a.now().Before(retryDeadline) {
-			return nil, nil, err
+			if !v.unhealthy || !a.replaced(inst) {
+				return nil, nil, err
+			}
+			// The refusals restarted the app: hold the connection for
+			// its next process, within queue_timeout.
+			try, retryDeadline = 0, later(start.Add(a.config().QueueTimeout), retryDeadline)
 		}
 		// The app refused: give it a moment (it may be restarting) and
 		// wait for ready again, no longer than the retry budget.
 		deadline = retryDeadline
-		if !a.pause(time.Duration(try) * 10 * time.Millisecond) {
+		if !a.pause(retryPause(try)) {
 			return nil, nil, ErrClosing
 		}
 	}
-}
-
-func (a *App) dial(ctx context.Context) (net.Conn, error) {
-	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1} // loopback to a process rouse watches: no TCP keep-alive
-	return d.DialContext(ctx, a.config().UpstreamNetwork, a.config().UpstreamAddress)
 }
 
 // proxy copies both ways until both directions are done, passing each
@@ -186,14 +188,4 @@ func closeWrite(c net.Conn) {
 		return
 	}
 	c.Close()
-}
-
-// resetBy reports whether err is a reset of connection c by its peer: a
-// reset by the app counts toward max_fails, one by the client does not.
-func resetBy(err error, c net.Conn) bool {
-	var op *net.OpError
-	if !errors.As(err, &op) || op.Addr == nil {
-		return false
-	}
-	return errors.Is(err, syscall.ECONNRESET) && op.Addr.String() == c.RemoteAddr().String()
 }

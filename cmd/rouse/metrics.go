@@ -31,6 +31,7 @@ type appCollector struct {
 	budget int64 // [rouse].memory_budget in bytes, 0 = none
 
 	state, starts, failures, stops, requests, bytes *prometheus.Desc
+	reqErrors                                       *prometheus.Desc
 	coldStart, queueWait                            *prometheus.Desc
 	rss, cpu, conns, queued                         *prometheus.Desc
 	apps, running, memUsed, memBudget, lruStops     *prometheus.Desc
@@ -40,6 +41,7 @@ type appCollector struct {
 	// outcome such as "1xx" or "rouse_400") are reported as they come.
 	states                    []activator.State
 	failureKinds, stopReasons []string
+	errorKinds                []string
 	httpOutcomes, tcpOutcomes []string
 }
 
@@ -55,14 +57,16 @@ func newAppCollector(sup *activator.Supervisor, memoryBudget int64) *appCollecto
 		budget: memoryBudget,
 
 		states:       []activator.State{activator.Idle, activator.Starting, activator.Ready, activator.Stopping, activator.Backoff},
-		failureKinds: []string{activator.FailSpawn, activator.FailExit, activator.FailNotReady, activator.FailCrash, activator.FailRefused, activator.FailTooMany},
+		failureKinds: []string{activator.FailSpawn, activator.FailExit, activator.FailNotReady, activator.FailCrash, activator.FailRefused, activator.FailDialTimeout, activator.FailTooMany},
+		errorKinds:   []string{activator.ErrKindAppClosed, activator.ErrKindBadResponse, activator.ErrKindClient, activator.ErrKindUnforwardable, activator.ErrKindLocal, activator.ErrKindBacklog},
 		stopReasons:  []string{"idle", "lru", "reload", "shutdown", "asked", "failures"},
 		httpOutcomes: []string{"2xx", "3xx", "4xx", "5xx", "rouse_502", "rouse_503", "rouse_504"},
 		tcpOutcomes:  []string{activator.OutcomeServed, activator.OutcomeRefused},
 
 		state:     app("rouse_app_state", "Whether the app is in this state (1) or not (0): idle, starting, ready, stopping, backoff.", "state"),
 		starts:    app("rouse_app_starts_total", "Processes rouse spawned for the app."),
-		failures:  app("rouse_app_failures_total", "Failures rouse observed, by kind: spawn, exit_before_ready, not_ready, crash, refused, max_fails.", "kind"),
+		failures:  app("rouse_app_failures_total", "Evidence that the app's process is unhealthy, by kind: spawn, exit_before_ready, not_ready, crash, refused, dial_timeout, max_fails.", "kind"),
+		reqErrors: app("rouse_app_request_errors_total", "Requests or connections that failed without it being the process's fault, by kind: app_closed (accepted, then closed or reset before a whole response), bad_response, client, unforwardable (400 from rouse), local (rouse short of fds or memory), backlog_full. Never counted toward max_fails.", "kind"),
 		stops:     app("rouse_app_stops_total", "Processes rouse stopped on purpose, by reason: idle, lru, reload, shutdown, asked, failures.", "reason"),
 		requests:  app("rouse_app_requests_total", `Requests (http) or connections (tcp) by outcome: the status class of the app's answer ("2xx".."5xx"), rouse's own answer ("rouse_502", "rouse_503", "rouse_504"), or for tcp "served" and "refused".`, "outcome"),
 		bytes:     app("rouse_app_bytes_total", `Bytes proxied for tcp apps: direction="in" from clients to the app, "out" from the app to clients.`, "direction"),
@@ -84,7 +88,7 @@ func newAppCollector(sup *activator.Supervisor, memoryBudget int64) *appCollecto
 // Describe sends every Desc the collector uses.
 func (c *appCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.state, c.starts, c.failures, c.stops, c.requests, c.bytes,
+		c.state, c.starts, c.failures, c.reqErrors, c.stops, c.requests, c.bytes,
 		c.coldStart, c.queueWait, c.rss, c.cpu, c.conns, c.queued,
 		c.apps, c.running, c.memUsed, c.memBudget, c.lruStops,
 	} {
@@ -122,6 +126,7 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.starts, m.Starts)
 		byLabel(c.failures, m.Failures, c.failureKinds)
+		byLabel(c.reqErrors, m.Errors, c.errorKinds)
 		byLabel(c.stops, m.Stops, c.stopReasons)
 		// Zeros only for the modes that count outcomes (http, tcp); the
 		// others report what the activator counts for them, if anything.
