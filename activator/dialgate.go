@@ -21,7 +21,8 @@ import (
 //   - at most window of them are in flight at once; window starts small
 //     for each new process and grows by one with each dial that completes
 //     (as TCP's slow start), and halves when one stalls;
-//   - a dial that has not completed within dialStall has most likely lost
+//   - a dial that has not completed within a few times the usual (see
+//     stall) has most likely lost
 //     its SYN to a full backlog (on loopback, connect(2) otherwise
 //     completes at once): it is abandoned and made again on a new
 //     connection as soon as it gets a slot, not after the kernel's second;
@@ -31,9 +32,14 @@ import (
 // refused, or not completed within dialBound, is (see blame).
 
 const (
-	gateInitial  = 4   // dials in flight to a process that just became ready
-	gateMax      = 256 // at most, however well it takes them
-	dialStall    = 50 * time.Millisecond
+	gateInitial = 4   // dials in flight to a process that just became ready
+	gateMax     = 256 // at most, however well it takes them
+	// A dial is taken for stalled after 4 times the recent time dials
+	// took to complete, within these bounds: on loopback connect(2)
+	// completes in microseconds unless its SYN was dropped, but a loaded
+	// machine may take a while to tell.
+	dialStallMin = 2 * time.Millisecond
+	dialStallMax = 100 * time.Millisecond
 	dialBound    = 5 * time.Second  // without any dial completing: a timeout
 	dialPatience = 30 * time.Second // while others complete: the app is busy
 	// backlogPause is the wait before dialing again a Unix socket whose
@@ -53,16 +59,19 @@ type dialGate struct {
 	mu        sync.Mutex
 	window    int
 	inflight  int
-	waiters   []chan bool // FIFO; true hands over a slot, false says "look again"
-	completed time.Time   // when a dial last completed
+	waiters   []chan bool   // FIFO; true hands over a slot, false says "look again"
+	completed time.Time     // when a dial last completed
+	threshold int           // window size from which it grows slowly (TCP's ssthresh)
+	acked     int           // dials completed since the window last grew, above threshold
+	rtt       time.Duration // how long dials take to complete, averaged
 }
 
-func newDialGate() *dialGate { return &dialGate{window: gateInitial} }
+func newDialGate() *dialGate { return &dialGate{window: gateInitial, threshold: gateMax} }
 
 // reset starts the window small again: a new process is ready.
 func (g *dialGate) reset() {
 	g.mu.Lock()
-	g.window = gateInitial
+	g.window, g.threshold, g.acked = gateInitial, gateMax, 0
 	g.mu.Unlock()
 }
 
@@ -104,10 +113,16 @@ func (g *dialGate) leave(grow int) {
 	g.inflight--
 	switch {
 	case grow > 0:
-		g.window = min(g.window+1, gateMax)
 		g.completed = time.Now()
+		if g.window < g.threshold {
+			g.window++ // slow start
+		} else if g.acked++; g.acked >= g.window {
+			g.window, g.acked = g.window+1, 0 // then one more per window
+		}
+		g.window = min(g.window, gateMax)
 	case grow < 0:
 		g.window = max(g.window/2, 1)
+		g.threshold, g.acked = g.window, 0
 	}
 	for g.inflight < g.window && len(g.waiters) > 0 {
 		g.inflight++
@@ -153,10 +168,12 @@ func (g *dialGate) dial(ctx context.Context, network, address string) (net.Conn,
 	start := time.Now()
 	stalls := 0
 	for {
-		d := net.Dialer{Timeout: dialStall, KeepAlive: -1} // loopback to a process rouse watches: no TCP keep-alive
+		d := net.Dialer{Timeout: g.stall(), KeepAlive: -1} // loopback to a process rouse watches: no TCP keep-alive
+		t0 := time.Now()
 		c, err := d.DialContext(ctx, network, address)
 		switch {
 		case err == nil:
+			g.took(time.Since(t0))
 			g.leave(1)
 			return c, nil
 		case ctx.Err() != nil:
@@ -185,6 +202,21 @@ func (g *dialGate) dial(ctx context.Context, network, address string) (net.Conn,
 			g.kick() // this dial has no use for a kept connection
 		}
 	}
+}
+
+// stall is how long a dial may take before it is taken for stalled.
+func (g *dialGate) stall() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return min(max(4*g.rtt, dialStallMin), dialStallMax)
+}
+
+// took notes how long a dial took to complete (an average of the last
+// few, as TCP's SRTT).
+func (g *dialGate) took(d time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.rtt += (d - g.rtt) / 8
 }
 
 // progressSince reports whether a dial to the app completed after t.

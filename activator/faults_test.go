@@ -883,3 +883,84 @@ func TestFaultForkingAppGroupCleanedUp(t *testing.T) {
 		}
 	})
 }
+
+// Hostile and clumsy clients never take a healthy app down: requests rouse
+// cannot forward, clients that reset mid-request or mid-response, and a
+// route that drops its connection, all at once against a Python app with
+// max_fails = 1, while a bystander's GETs are all served by the same
+// process from start to end.
+func TestFaultHostileClientsSameProcess(t *testing.T) {
+	const rounds, workers = 150, 6
+	ta := newPyApp(t, "http", nil, func(c *Config) { c.MaxFails = 1 })
+	client := newClient(t)
+	if resp, body := get(t, client, "http://"+ta.addr+"/"); resp.StatusCode != 200 {
+		t.Fatalf("first request: %s %q", resp.Status, body)
+	}
+	first := onePid(t, ta)
+	hostile := []func() error{
+		func() error { _, err := rawHTTP(t, ta.addr, "GET / HTTP/1.0\r\n\r\n"); return err },
+		func() error { _, err := rawHTTP(t, ta.addr, "GET / HTTP/1.1\r\nHost:\r\n\r\n"); return err },
+		func() error { _, err := rawHTTP(t, ta.addr, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"); return err },
+		func() error {
+			_, err := rawHTTP(t, ta.addr, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nContent-Length: 9\r\n\r\n")
+			return err
+		},
+		func() error { _, err := rawHTTP(t, ta.addr, "GET /drop HTTP/1.1\r\nHost: x\r\n\r\n"); return err },
+		func() error { // a reset right after the request
+			c, err := net.Dial("tcp", ta.addr)
+			if err != nil {
+				return err
+			}
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+			c.(*net.TCPConn).SetLinger(0)
+			return c.Close()
+		},
+		func() error { // a reset halfway through a request head
+			c, err := net.Dial("tcp", ta.addr)
+			if err != nil {
+				return err
+			}
+			io.WriteString(c, "GET / HTTP/1.1\r\nHo")
+			c.(*net.TCPConn).SetLinger(0)
+			return c.Close()
+		},
+	}
+	var res tally
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range rounds {
+				if err := hostile[(w+i)%len(hostile)](); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+					res.add("hostile error", err.Error())
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range rounds {
+			resp, err := client.Get("http://" + ta.addr + "/")
+			if err != nil {
+				res.add("bystander error", err.Error())
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if pid, _ := strconv.Atoi(strings.TrimSpace(string(body))); resp.StatusCode != 200 || pid != first {
+				res.add("bystander not served by the first process", fmt.Sprintf("%s %q", resp.Status, body))
+				continue
+			}
+			res.add("bystander served", "")
+		}
+	})
+	wg.Wait()
+	t.Logf("%s", &res)
+	if got := res.get("bystander served"); got != rounds {
+		t.Errorf("bystander served %d of %d: %s", got, rounds, &res)
+	}
+	if res.get("hostile error") > 0 {
+		t.Errorf("hostile clients saw errors: %s", &res)
+	}
+	onePid(t, ta)
+	checkNoFailures(t, ta)
+	t.Logf("request errors by kind: %v", ta.Metrics().Errors)
+}

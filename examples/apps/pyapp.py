@@ -17,7 +17,7 @@ examples/bench use it; nothing here is needed to run rouse.
     pyapp.py stream --port N [--size BYTES]
         tcp: sends BYTES bytes to every connection, then closes it
 --starts FILE appends "PID UNIXNANO" to FILE at start (as rouse's Go test
-backend does); --boot S sleeps S seconds before listening (a slow boot); with
+backend does), --listening FILE appends UNIXNANO once it listens; --boot S sleeps S seconds before listening (a slow boot); with
 --exit-after-ready S the process exits with status 0, S seconds after it
 began to listen, whatever it is doing.
 """
@@ -88,6 +88,7 @@ def main():
     p.add_argument("--exit-after-ready", type=float, default=-1)
     p.add_argument("--size", type=int, default=8 << 20)
     p.add_argument("--starts", help='append "PID UNIXNANO" to this file at start')
+    p.add_argument("--listening", help="append UNIXNANO to this file once it listens")
     a = p.parse_args()
     if a.starts:
         with open(a.starts, "a") as f:
@@ -98,6 +99,9 @@ def main():
     else:
         srv = ThreadingTCP(("127.0.0.1", a.port), Stream)
         srv.size = a.size
+    if a.listening:
+        with open(a.listening, "a") as f:
+            f.write("%d\n" % time.time_ns())
     if a.exit_after_ready >= 0:
         threading.Timer(a.exit_after_ready, lambda: os._exit(0)).start()
     try:

@@ -108,6 +108,9 @@ func (h *harness) raiseNofile() error {
 	if h.o.want("http") {
 		need = max(need, uint64(h.o.idleConns+1024))
 	}
+	if h.o.want("burst") {
+		need = max(need, uint64(4*h.o.burstN+1024)) // client, rouse's two ends, the app
+	}
 	if lim.Cur < lim.Max {
 		lim.Cur = lim.Max
 		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
@@ -164,6 +167,9 @@ func (h *harness) run(ctx context.Context) (string, error) {
 	}
 	if h.o.want("cold") {
 		secs = append(secs, section{"cold start", h.coldStart}, section{"late backend", h.lateBackend})
+	}
+	if h.o.want("burst") {
+		secs = append(secs, section{"burst", h.burst})
 	}
 	if h.o.want("density") {
 		secs = append(secs, section{"density", h.density})

@@ -34,6 +34,9 @@ type report struct {
 	lateDelay      time.Duration
 	lateBackendCmd string
 
+	bursts   []*burstResult
+	burstCmd string
+
 	density       []*densityResult
 	densityConfig string
 }
@@ -118,6 +121,7 @@ func (r *report) render(dir, rouse, self string) string {
 	r.renderTables(p)
 	r.renderIdleConns(p)
 	r.renderCold(p)
+	r.renderBurst(p)
 	r.renderDensity(p)
 
 	p("## Caveats\n\n")
@@ -190,7 +194,7 @@ func (t *tableResult) p99Ratio(a, b string) (float64, bool) {
 }
 
 func (r *report) renderSummary(p func(string, ...any)) {
-	if len(r.tables) == 0 && len(r.cold) == 0 && len(r.density) == 0 {
+	if len(r.tables) == 0 && len(r.cold) == 0 && len(r.density) == 0 && len(r.bursts) == 0 {
 		return
 	}
 	p("## Summary\n\n")
@@ -229,6 +233,9 @@ func (r *report) renderSummary(p func(string, ...any)) {
 	}
 	for _, l := range r.late {
 		p("- Backend still booting (%s): via %s, %d of %d requests answered.\n", r.lateDelay, l.name, l.kinds["ok"], l.n)
+	}
+	if line := r.burstSummary(); line != "" {
+		p("- %s\n", line)
 	}
 	if line := r.idleConnsSummary(); line != "" {
 		p("- %s\n", line)

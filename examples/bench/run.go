@@ -25,6 +25,8 @@ type options struct {
 	coldN        int
 	idleConns    int
 	coldDelay    time.Duration
+	burstN       int
+	burstRounds  int
 	densityApps  int
 	densityIdle  time.Duration
 	only         []string
@@ -37,7 +39,7 @@ type options struct {
 
 func (o *options) want(section string) bool { return slices.Contains(o.only, section) }
 
-var sections = []string{"tcp", "http", "handoff", "cold", "density"}
+var sections = []string{"tcp", "http", "handoff", "cold", "burst", "density"}
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	o := &options{args: args}
@@ -53,6 +55,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.idleConns, "idle-conns", 4000, "idle keep-alive connections held to each http proxy to measure their memory (0: none)")
 	fs.IntVar(&o.coldN, "cold-n", 50, "cold starts per case")
 	fs.DurationVar(&o.coldDelay, "cold-delay", 500*time.Millisecond, "boot time of the late backend (proxyd vs rouse)")
+	fs.IntVar(&o.burstN, "burst-n", 1000, "concurrent first requests of the burst section")
+	fs.IntVar(&o.burstRounds, "burst-rounds", 3, "rounds of the burst section")
 	fs.IntVar(&o.densityApps, "density-apps", 1000, "idle apps configured for the density run")
 	fs.DurationVar(&o.densityIdle, "density-idle", time.Minute, "how long the density run stays idle to measure CPU")
 	only := fs.String("only", strings.Join(sections, ","), "sections to run: "+strings.Join(sections, ","))
@@ -60,7 +64,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.out, "out", "", "write the report to this file (default: stdout)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, logs)")
 	fs.StringVar(&o.rouseBin, "rouse", "", "benchmark this rouse binary instead of building ./cmd/rouse (it must have the __backend verb)")
-	quick := fs.Bool("quick", false, "short run: -rounds 2 -duration 2s -warmup 500ms -cold-n 10 -density-idle 5s, unless given")
+	quick := fs.Bool("quick", false, "short run: -rounds 2 -duration 2s -warmup 500ms -cold-n 10 -density-idle 5s -burst-rounds 1, unless given")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -70,7 +74,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		quickDefaults := map[string]string{"rounds": "2", "duration": "2s", "cold-n": "10", "density-idle": "5s"}
+		quickDefaults := map[string]string{"rounds": "2", "duration": "2s", "cold-n": "10", "density-idle": "5s", "burst-rounds": "1"}
 		for name, v := range quickDefaults {
 			if !set[name] {
 				fs.Set(name, v)
@@ -88,8 +92,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("-duration and -warmup are whole seconds (wrk -d takes seconds); -warmup 0 skips the warm-up")
 	}
 	switch {
-	case o.rounds < 1, o.duration < time.Second, o.threads < 1, o.conns < o.threads, o.coldN < 1, o.densityApps < 1, o.idleConns < 0:
-		return nil, errors.New("need -rounds >= 1, -duration >= 1s, -conns >= -threads >= 1, -cold-n >= 1, -density-apps >= 1, -idle-conns >= 0")
+	case o.rounds < 1, o.duration < time.Second, o.threads < 1, o.conns < o.threads, o.coldN < 1, o.densityApps < 1, o.idleConns < 0, o.burstN < 1, o.burstRounds < 1:
+		return nil, errors.New("need -rounds >= 1, -duration >= 1s, -conns >= -threads >= 1, -cold-n >= 1, -density-apps >= 1, -idle-conns >= 0, -burst-n >= 1, -burst-rounds >= 1")
 	}
 	switch o.backend {
 	case "go", "nginx", "auto":
