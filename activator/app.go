@@ -38,7 +38,7 @@ type App struct {
 
 	metrics *metrics
 	pool    *pool         // shared capacity; nil when no limit is set
-	rssSeen atomic.Uint64 // the largest RSS seen of the last run: what a start will need
+	rssSeen atomic.Uint64 // the largest RSS seen of the last run sampled: what a start will need
 
 	wg sync.WaitGroup // every goroutine the app starts
 
@@ -64,6 +64,8 @@ type App struct {
 	lastUsed     time.Time // when the last connection ended, for LRU
 	crashed      bool      // the back-off follows a crash of a ready app, not a failed start
 	asked        bool      // Start was called and waits for the pool to grant a start
+	refusals     int       // starts the pool refused (capacity.go): a waiter that saw fewer gets refusal
+	refusal      error
 }
 
 // instance is one start of the app's process. Its fields other than gen,
@@ -80,6 +82,7 @@ type instance struct {
 	pooled   bool                   // holds a run slot of the pool
 	booting  bool                   // holds a start slot of the pool
 	retiring bool                   // a reload changed the command: hand it nothing new, stop it when done
+	rssPeak  uint64                 // the largest RSS sampled of this process
 }
 
 // Options are the app's collaborators, shared by all apps of a daemon.
@@ -211,7 +214,7 @@ func (a *App) startLocked(why string) {
 func (a *App) grant() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Idle || a.closing || (a.queued == 0 && !a.config().KeepWarm && !a.asked) {
+	if !a.wantsStartLocked() {
 		return false
 	}
 	a.spawnLocked("capacity freed")
@@ -536,11 +539,13 @@ type heldWait struct {
 	arrived time.Time
 	waiting bool
 	timer   *time.Timer
+	refSeen int // a.refusals when it began to wait
 }
 
 // wait holds the connection (ErrQueueFull when max_queued are held
 // already) until the app's state changes, the deadline passes
-// (ErrQueueTimeout) or ctx ends; it unlocks mu meanwhile.
+// (ErrQueueTimeout) or ctx ends; it unlocks mu meanwhile. A start the
+// pool refused meanwhile is the error (a *BudgetError).
 func (w *heldWait) wait(ctx context.Context, deadline time.Time) error {
 	a := w.a
 	if !w.waiting {
@@ -549,6 +554,9 @@ func (w *heldWait) wait(ctx context.Context, deadline time.Time) error {
 		}
 		a.queued++
 		w.waiting = true
+		w.refSeen = a.refusals
+	} else if a.refusals != w.refSeen {
+		return a.refusal
 	}
 	if w.timer == nil {
 		w.timer = time.NewTimer(deadline.Sub(a.now()))
@@ -575,6 +583,9 @@ func (w *heldWait) done() {
 		w.a.queued--
 		if w.a.draining {
 			w.a.broadcast() // Close may be waiting for the queue to empty
+		}
+		if w.a.queued == 0 && w.a.pool != nil {
+			w.a.pool.wake() // it may want a start no more
 		}
 	}
 }
@@ -690,10 +701,16 @@ func (a *App) Start(ctx context.Context) error {
 	if a.state == Backoff {
 		a.endBackoffLocked()
 	}
+	refusals := a.refusals
 	a.mu.Unlock()
 	deadline := a.now().Add(a.config().StartTimeout + a.config().Process.StopTimeout + 10*time.Second)
 	for {
 		a.mu.Lock()
+		if a.refusals != refusals {
+			err := a.refusal
+			a.mu.Unlock()
+			return fmt.Errorf("start %s: %w", a.config().Name, err)
+		}
 		switch a.state {
 		case Ready:
 			a.mu.Unlock()
@@ -848,9 +865,10 @@ func (a *App) stopFor(why string) bool {
 // rss samples the RSS of the app's processes; 0 when it does not run.
 func (a *App) rss() uint64 {
 	a.mu.Lock()
+	inst := a.inst
 	var p *procman.Process
-	if a.inst != nil {
-		p = a.inst.proc
+	if inst != nil {
+		p = inst.proc
 	}
 	a.mu.Unlock()
 	if p == nil {
@@ -860,14 +878,18 @@ func (a *App) rss() uint64 {
 	if err != nil {
 		return 0
 	}
-	if st.RSS > a.rssSeen.Load() {
-		a.rssSeen.Store(st.RSS)
+	a.mu.Lock()
+	inst.rssPeak = max(inst.rssPeak, st.RSS)
+	if a.inst == inst {
+		a.rssSeen.Store(inst.rssPeak)
 	}
+	a.mu.Unlock()
 	return st.RSS
 }
 
-// lastRSS is the largest RSS seen of the app: the pool's estimate of what
-// starting it will take.
+// lastRSS is the largest RSS seen of the app's last run (sampled): the
+// pool's estimate of what starting it will take. One large run does not
+// mark the app large for ever: its next run sampled replaces it.
 func (a *App) lastRSS() uint64 { return a.rssSeen.Load() }
 
 // localError reports whether err is rouse running short of a resource
