@@ -36,6 +36,8 @@ type App struct {
 	shim    []string // handoff and inetd modes: Options.ExecShim
 	handoff *handoff // handoff mode: the sockets handed to the app
 
+	movePort func(name string, taken int) (Config, error) // Options.MovePort
+
 	metrics *metrics
 	pool    *pool         // shared capacity; nil when no limit is set
 	rssSeen atomic.Uint64 // the largest RSS seen of the last run sampled: what a start will need
@@ -66,6 +68,7 @@ type App struct {
 	asked        bool      // Start was called and waits for the pool to grant a start
 	refusals     int       // starts the pool refused (capacity.go): a waiter that saw fewer gets refusal
 	refusal      error
+	portMoves    int // failed starts in a row put down to another process holding the port (port.go)
 }
 
 // instance is one start of the app's process. Its fields other than gen,
@@ -92,6 +95,11 @@ type Options struct {
 	// ExecShim is the argv that runs ExecMain, e.g. rouse's hidden verb
 	// ["/proc/self/exe", "__exec"]; handoff and inetd apps need it.
 	ExecShim []string
+	// MovePort gives the app called name, whose Config.PickedPort taken
+	// is held by another process, the config it has with another picked
+	// port ({port} and $PORT substituted anew). nil: ports never move. It
+	// is called with no lock of the app held.
+	MovePort func(name string, taken int) (Config, error)
 }
 
 // New returns an app that serves on lns once Serve is called. It takes
@@ -113,6 +121,7 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		conns:   make(map[net.Conn]struct{}),
 		metrics: newMetrics(),
 	}
+	a.movePort = opts.MovePort
 	cfg.Process.Notify = cfg.Ready.Kind == "notify" // readiness is the app's READY=1
 	a.cfgp.Store(&cfg)
 	if cfg.Mode == ModeHTTP {
@@ -257,6 +266,9 @@ func (a *App) run(inst *instance) {
 	defer a.wg.Done()
 	defer inst.stop()
 	cfg := a.config() // this start runs with the settings in force now
+	if a.portTaken(cfg) {
+		cfg = a.movePortOff(cfg, "before start")
+	}
 	spec := cfg.Process
 	spec.Name = cfg.Name
 	spec.Guard = a.guard
@@ -282,6 +294,12 @@ func (a *App) run(inst *instance) {
 		}
 		p.Kill()
 		<-p.Done()
+		if a.portTaken(cfg) && a.movedOff() {
+			// Not the app's failure: start again at once, elsewhere.
+			a.movePortOff(cfg, "start failed")
+			a.finish(inst, nil, "")
+			return
+		}
 		kind := FailNotReady
 		if errors.Is(err, procman.ErrExited) {
 			kind = FailExit
@@ -329,6 +347,7 @@ func (a *App) ready(inst *instance, took time.Duration) {
 		return
 	}
 	inst.readyAt = a.now()
+	a.portMoves = 0
 	a.lastStart = took
 	if inst.booting {
 		inst.booting = false
