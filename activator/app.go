@@ -37,9 +37,11 @@ type App struct {
 	shim    []string // handoff and inetd modes: Options.ExecShim
 	handoff *handoff // handoff mode: the sockets handed to the app
 
+	movePort func(name string, taken int) (Config, error) // Options.MovePort
+
 	metrics *metrics
 	pool    *pool         // shared capacity; nil when no limit is set
-	rssSeen atomic.Uint64 // the largest RSS seen of the last run: what a start will need
+	rssSeen atomic.Uint64 // the largest RSS seen of the last run sampled: what a start will need
 
 	wg sync.WaitGroup // every goroutine the app starts
 
@@ -65,6 +67,9 @@ type App struct {
 	lastUsed     time.Time // when the last connection ended, for LRU
 	crashed      bool      // the back-off follows a crash of a ready app, not a failed start
 	asked        bool      // Start was called and waits for the pool to grant a start
+	refusals     int       // starts the pool refused (capacity.go): a waiter that saw fewer gets refusal
+	refusal      error
+	portMoves    int // failed starts in a row put down to another process holding the port (port.go)
 }
 
 // instance is one start of the app's process. Its fields other than gen,
@@ -81,6 +86,7 @@ type instance struct {
 	pooled   bool                   // holds a run slot of the pool
 	booting  bool                   // holds a start slot of the pool
 	retiring bool                   // a reload changed the command: hand it nothing new, stop it when done
+	rssPeak  uint64                 // the largest RSS sampled of this process
 }
 
 // Options are the app's collaborators, shared by all apps of a daemon.
@@ -90,6 +96,11 @@ type Options struct {
 	// ExecShim is the argv that runs ExecMain, e.g. rouse's hidden verb
 	// ["/proc/self/exe", "__exec"]; handoff and inetd apps need it.
 	ExecShim []string
+	// MovePort gives the app called name, whose Config.PickedPort taken
+	// is held by another process, the config it has with another picked
+	// port ({port} and $PORT substituted anew). nil: ports never move. It
+	// is called with no lock of the app held.
+	MovePort func(name string, taken int) (Config, error)
 }
 
 // New returns an app that serves on lns once Serve is called. It takes
@@ -112,6 +123,7 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		metrics: newMetrics(),
 		gate:    newDialGate(),
 	}
+	a.movePort = opts.MovePort
 	cfg.Process.Notify = cfg.Ready.Kind == "notify" // readiness is the app's READY=1
 	a.cfgp.Store(&cfg)
 	if cfg.Mode == ModeHTTP {
@@ -213,7 +225,7 @@ func (a *App) startLocked(why string) {
 func (a *App) grant() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Idle || a.closing || (a.queued == 0 && !a.config().KeepWarm && !a.asked) {
+	if !a.wantsStartLocked() {
 		return false
 	}
 	a.spawnLocked("capacity freed")
@@ -256,6 +268,9 @@ func (a *App) run(inst *instance) {
 	defer a.wg.Done()
 	defer inst.stop()
 	cfg := a.config() // this start runs with the settings in force now
+	if a.portTaken(cfg) {
+		cfg = a.movePortOff(cfg, "before start")
+	}
 	spec := cfg.Process
 	spec.Name = cfg.Name
 	spec.Guard = a.guard
@@ -281,6 +296,12 @@ func (a *App) run(inst *instance) {
 		}
 		p.Kill()
 		<-p.Done()
+		if a.portTaken(cfg) && a.movedOff() {
+			// Not the app's failure: start again at once, elsewhere.
+			a.movePortOff(cfg, "start failed")
+			a.finish(inst, nil, "")
+			return
+		}
 		kind := FailNotReady
 		if errors.Is(err, procman.ErrExited) {
 			kind = FailExit
@@ -328,6 +349,7 @@ func (a *App) ready(inst *instance, took time.Duration) {
 		return
 	}
 	inst.readyAt = a.now()
+	a.portMoves = 0
 	a.lastStart = took
 	if inst.booting {
 		inst.booting = false
@@ -540,11 +562,13 @@ type heldWait struct {
 	arrived time.Time
 	waiting bool
 	timer   *time.Timer
+	refSeen int // a.refusals when it began to wait
 }
 
 // wait holds the connection (ErrQueueFull when max_queued are held
 // already) until the app's state changes, the deadline passes
-// (ErrQueueTimeout) or ctx ends; it unlocks mu meanwhile.
+// (ErrQueueTimeout) or ctx ends; it unlocks mu meanwhile. A start the
+// pool refused meanwhile is the error (a *BudgetError).
 func (w *heldWait) wait(ctx context.Context, deadline time.Time) error {
 	a := w.a
 	if !w.waiting {
@@ -553,6 +577,9 @@ func (w *heldWait) wait(ctx context.Context, deadline time.Time) error {
 		}
 		a.queued++
 		w.waiting = true
+		w.refSeen = a.refusals
+	} else if a.refusals != w.refSeen {
+		return a.refusal
 	}
 	if w.timer == nil {
 		w.timer = time.NewTimer(deadline.Sub(a.now()))
@@ -579,6 +606,9 @@ func (w *heldWait) done() {
 		w.a.queued--
 		if w.a.draining {
 			w.a.broadcast() // Close may be waiting for the queue to empty
+		}
+		if w.a.queued == 0 && w.a.pool != nil {
+			w.a.pool.wake() // it may want a start no more
 		}
 	}
 }
@@ -711,10 +741,16 @@ func (a *App) Start(ctx context.Context) error {
 	if a.state == Backoff {
 		a.endBackoffLocked()
 	}
+	refusals := a.refusals
 	a.mu.Unlock()
 	deadline := a.now().Add(a.config().StartTimeout + a.config().Process.StopTimeout + 10*time.Second)
 	for {
 		a.mu.Lock()
+		if a.refusals != refusals {
+			err := a.refusal
+			a.mu.Unlock()
+			return fmt.Errorf("start %s: %w", a.config().Name, err)
+		}
 		switch a.state {
 		case Ready:
 			a.mu.Unlock()
@@ -869,9 +905,10 @@ func (a *App) stopFor(why string) bool {
 // rss samples the RSS of the app's processes; 0 when it does not run.
 func (a *App) rss() uint64 {
 	a.mu.Lock()
+	inst := a.inst
 	var p *procman.Process
-	if a.inst != nil {
-		p = a.inst.proc
+	if inst != nil {
+		p = inst.proc
 	}
 	a.mu.Unlock()
 	if p == nil {
@@ -881,14 +918,18 @@ func (a *App) rss() uint64 {
 	if err != nil {
 		return 0
 	}
-	if st.RSS > a.rssSeen.Load() {
-		a.rssSeen.Store(st.RSS)
+	a.mu.Lock()
+	inst.rssPeak = max(inst.rssPeak, st.RSS)
+	if a.inst == inst {
+		a.rssSeen.Store(inst.rssPeak)
 	}
+	a.mu.Unlock()
 	return st.RSS
 }
 
-// lastRSS is the largest RSS seen of the app: the pool's estimate of what
-// starting it will take.
+// lastRSS is the largest RSS seen of the app's last run (sampled): the
+// pool's estimate of what starting it will take. One large run does not
+// mark the app large for ever: its next run sampled replaces it.
 func (a *App) lastRSS() uint64 { return a.rssSeen.Load() }
 
 // localError reports whether err is rouse running short of a resource

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -26,8 +27,10 @@ const budgetCheck = 2 * time.Second
 // app's, never before, and the manager goroutine (run) calls into apps
 // holding no lock at all: it grants slots to waiting apps in order and,
 // when none is free, stops the least recently used app that has nothing in
-// flight ("lru"), one at a time. A start that cannot be granted leaves the
-// app's connections held; queue_timeout answers them (503 in http mode).
+// flight ("lru"), one at a time. A start that cannot be granted yet leaves
+// the app's connections held; queue_timeout answers them (503 in http
+// mode). One that can never fit while others wait is refused at once
+// (BudgetError), so that the queue always moves (see settle).
 type pool struct {
 	limits Capacity
 	apps   func() []*App
@@ -39,6 +42,28 @@ type pool struct {
 	waiting  []*App // apps that want to start, in order
 	evicting *App   // the app being stopped to make room, if any
 }
+
+// BudgetError is what the connections waiting for an app get when the app
+// cannot start within memory_budget even with every other app that may be
+// stopped stopped, and other apps wait to start: the pool grants those
+// instead. Alone, such an app is started anyway, the others stopped first.
+type BudgetError struct {
+	App    string
+	Need   uint64 // bytes: the largest RSS of its last run
+	Budget int64  // memory_budget
+	Pinned uint64 // RSS of the keep_warm apps, which are never stopped for it
+}
+
+func (e *BudgetError) Error() string {
+	kept := ""
+	if e.Pinned > 0 {
+		kept = fmt.Sprintf(" with %s held by keep_warm apps", mib(e.Pinned))
+	}
+	return fmt.Sprintf("%s needs about %s (its last run), more than memory_budget %s allows%s, and other apps are waiting to start",
+		e.App, mib(e.Need), mib(uint64(e.Budget)), kept)
+}
+
+func mib(n uint64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
 
 func newPool(limits Capacity, apps func() []*App) *pool {
 	return &pool{limits: limits, apps: apps, kick: make(chan struct{}, 1)}
@@ -140,7 +165,12 @@ func (p *pool) run(ctx context.Context) {
 	}
 }
 
-// settle grants what it can and makes room for the rest.
+// settle grants what it can and makes room for the rest. The head of the
+// queue always leaves it: granted (after making room), dropped when it no
+// longer wants to start, or, when it cannot fit within the budget even
+// alone and others wait behind it, refused. An app that does not fit even
+// alone is started when no other app waits, once every app that may be
+// stopped is: the budget degrades, it never wedges the queue.
 func (p *pool) settle() {
 	for {
 		p.mu.Lock()
@@ -149,25 +179,37 @@ func (p *pool) settle() {
 			return // wait until that app is stopped
 		}
 		var next *App
+		var behind []*App
 		if len(p.waiting) > 0 {
-			next = p.waiting[0]
+			next, behind = p.waiting[0], p.waiting[1:]
 		}
 		countsFit := p.countsFitLocked()
 		startingFull := p.limits.MaxStarting > 0 && p.starting >= p.limits.MaxStarting
+		running := p.running
 		p.mu.Unlock()
 
 		if next == nil {
-			if p.overBudget(0) {
+			// Stopping the only app that runs makes room for nobody.
+			if running > 1 && p.usage().over(p.limits.MemoryBudget, 0) {
 				p.evict(nil)
 			}
 			return
 		}
+		if !next.wantsStart() {
+			p.dropHead()
+			continue
+		}
 		if startingFull {
 			return // a spawn in progress will end and wake us
 		}
-		if countsFit && !p.overBudget(next.lastRSS()) {
+		u := p.usage()
+		need := next.lastRSS()
+		oversize := p.limits.MemoryBudget > 0 && u.pinned+need > uint64(p.limits.MemoryBudget)
+		switch {
+		case countsFit && !u.over(p.limits.MemoryBudget, need),
+			countsFit && oversize && running == u.pinnedRunning && !anyWants(behind):
+			p.dropHead()
 			p.mu.Lock()
-			p.waiting = p.waiting[1:]
 			p.running++
 			p.starting++
 			p.mu.Unlock()
@@ -178,6 +220,10 @@ func (p *pool) settle() {
 				p.mu.Unlock()
 			}
 			continue
+		case oversize && anyWants(behind):
+			p.dropHead()
+			next.refuseStart(&BudgetError{App: next.Name(), Need: need, Budget: p.limits.MemoryBudget, Pinned: u.pinned})
+			continue
 		}
 		if !p.evict(next) {
 			return // nothing can be stopped now; a release will wake us
@@ -185,17 +231,50 @@ func (p *pool) settle() {
 	}
 }
 
-// overBudget reports whether the running apps' RSS plus extra exceeds the
-// memory budget. It reads /proc for running apps only.
-func (p *pool) overBudget(extra uint64) bool {
+// dropHead takes the head off the queue; only settle removes from it, so
+// the head is the one settle looked at.
+func (p *pool) dropHead() {
+	p.mu.Lock()
+	p.waiting = p.waiting[1:]
+	p.mu.Unlock()
+}
+
+func anyWants(apps []*App) bool {
+	for _, a := range apps {
+		if a.wantsStart() {
+			return true
+		}
+	}
+	return false
+}
+
+// usage is what the running apps hold, sampled from /proc.
+type usage struct {
+	used          uint64 // RSS of all running apps
+	pinned        uint64 // of those that are keep_warm: never stopped to make room
+	pinnedRunning int    // how many keep_warm apps hold a run slot
+}
+
+func (p *pool) usage() usage {
+	var u usage
 	if p.limits.MemoryBudget <= 0 {
-		return false
+		return u
 	}
-	used := extra
 	for _, a := range p.apps() {
-		used += a.rss()
+		rss := a.rss()
+		u.used += rss
+		if a.pinned() {
+			u.pinned += rss
+			u.pinnedRunning++
+		}
 	}
-	return used > uint64(p.limits.MemoryBudget)
+	return u
+}
+
+// over reports whether extra more bytes would take the apps past budget
+// (0: no budget).
+func (u usage) over(budget int64, extra uint64) bool {
+	return budget > 0 && u.used+extra > uint64(budget)
 }
 
 // evict stops the least recently used app that has nothing in flight and
@@ -224,4 +303,36 @@ func (p *pool) evict(forApp *App) bool {
 		return true // it got busy meanwhile: look again
 	}
 	return true
+}
+
+// wantsStart reports whether the app still waits for the pool to grant it
+// a start: idle with connections held, keep_warm, or asked by Start.
+func (a *App) wantsStart() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.wantsStartLocked()
+}
+
+func (a *App) wantsStartLocked() bool {
+	return a.state == Idle && !a.closing && (a.queued > 0 || a.config().KeepWarm || a.asked)
+}
+
+// pinned reports whether the app holds a run slot that the pool may never
+// take back: a keep_warm app that runs.
+func (a *App) pinned() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inst != nil && a.config().KeepWarm
+}
+
+// refuseStart answers what waits for a start the pool will not grant: the
+// connections held and a Start get err (503 in http mode).
+func (a *App) refuseStart(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refusals++
+	a.refusal = err
+	a.asked = false
+	a.log.Warn("not started", "state", a.state, "err", err)
+	a.broadcast()
 }

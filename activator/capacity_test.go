@@ -1,9 +1,16 @@
 package activator
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -187,5 +194,191 @@ func TestStartWaitsForRoom(t *testing.T) {
 	}
 	if st := apps[1].Status(); st.State != Ready {
 		t.Errorf("after Start: %s", st.State)
+	}
+}
+
+// python3 returns the python3 the tests run apps with: Debian's when it is
+// there (CI may have no other), else the first on PATH.
+func python3(t testing.TB) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
+	path, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("python3 is not installed (run .ci/deps)")
+		}
+		t.Skip("python3 is not installed (run .ci/deps)")
+	}
+	return path
+}
+
+// allocApp is an http app run by testdata/allocapp.py: it holds mib MiB
+// and takes delay to start.
+func allocApp(py string, mib int, delay time.Duration, edit func(*Config)) appSpec {
+	return appSpec{edit: func(c *Config) {
+		_, port, _ := net.SplitHostPort(c.UpstreamAddress)
+		script, _ := filepath.Abs(filepath.Join("testdata", "allocapp.py"))
+		c.Process.Argv = []string{py, script, port, strconv.Itoa(mib), startsFile(c.Process.Argv), strconv.FormatFloat(delay.Seconds(), 'f', 3, 64)}
+		c.Mode = ModeHTTP
+		c.ResponseTimeout = 30 * time.Second
+		if edit != nil {
+			edit(c)
+		}
+	}}
+}
+
+// answer is one request's outcome, timed.
+type answer struct {
+	code int
+	body string
+	took time.Duration
+}
+
+func getAsync(client *http.Client, url string) <-chan answer {
+	ch := make(chan answer, 1)
+	go func() {
+		t0 := time.Now()
+		resp, err := client.Get(url)
+		if err != nil {
+			ch <- answer{body: err.Error(), took: time.Since(t0)}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		ch <- answer{resp.StatusCode, string(b), time.Since(t0)}
+	}()
+	return ch
+}
+
+// inQueue reports whether ta waits in its pool's queue.
+func inQueue(ta *testApp) bool {
+	ta.pool.mu.Lock()
+	defer ta.pool.mu.Unlock()
+	return slices.Contains(ta.pool.waiting, ta.App)
+}
+
+// An app that once ran past memory_budget (and was stopped to make room)
+// never wedges the pool: asked for while others wait behind it, it gets an
+// honest 503 at once and leaves the queue, and they are granted in the
+// order they asked; asked for alone, it starts once the others are idle
+// and stopped. No request waits beyond queue_timeout, and the other apps
+// are served throughout. The apps are Python, holding known amounts.
+func TestMemoryBudgetOversizeAppNeverWedges(t *testing.T) {
+	py := python3(t)
+	const budget = 160 << 20 // small apps hold about 40 MiB each, the big one about 220
+	const queueTimeout = 8 * time.Second
+	queue := func(c *Config) { c.QueueTimeout = queueTimeout }
+	apps := newTestApps(t, Capacity{MemoryBudget: budget, MaxStarting: 1},
+		allocApp(py, 20, 300*time.Millisecond, queue), // a
+		allocApp(py, 20, 300*time.Millisecond, queue), // b
+		allocApp(py, 20, 0, queue),                    // c: kept busy
+		allocApp(py, 200, 0, queue))                   // x: bigger than the budget alone
+	a, b, c, x := apps[0], apps[1], apps[2], apps[3]
+	client := newClient(t)
+	url := func(ta *testApp, path string) string { return "http://" + ta.addr + path }
+	served := func(what string, ch <-chan answer) {
+		t.Helper()
+		ans := <-ch
+		if ans.code != http.StatusOK {
+			t.Errorf("%s: %d %q after %s, want 200", what, ans.code, ans.body, ans.took)
+		}
+		if ans.took > queueTimeout {
+			t.Errorf("%s took %s, more than queue_timeout", what, ans.took)
+		}
+	}
+
+	// x runs alone, past the budget, then is stopped to make room for a.
+	served("x alone", getAsync(client, url(x, "/")))
+	waitFor(t, "x's RSS past the budget", func() bool { return x.rss() > budget })
+	served("a, stopping x", getAsync(client, url(a, "/")))
+	if st := x.Status(); st.State != Idle || x.Metrics().Stops["lru"] != 1 {
+		t.Fatalf("x is %s with stops %v, want stopped once for room", st.State, x.Metrics().Stops)
+	}
+
+	// c is busy for a while: no room for x while it is.
+	slow := getAsync(client, url(c, "/slow/4000"))
+	waitFor(t, "c's request in flight", func() bool { return c.Status().Conns == 1 })
+	xFirst := getAsync(client, url(x, "/"))
+	waitFor(t, "x at the head of the queue", func() bool { return inQueue(x) && a.State() == Idle })
+	// b asks: x leaves the queue with a 503 that says why, b is granted.
+	bAns := getAsync(client, url(b, "/"))
+	ans := <-xFirst
+	if ans.code != http.StatusServiceUnavailable || !strings.Contains(ans.body, "memory_budget") || ans.took > queueTimeout {
+		t.Errorf("x with b waiting: %d %q after %s, want a 503 naming memory_budget", ans.code, ans.body, ans.took)
+	}
+	waitFor(t, "b starting", func() bool { return b.State() == Starting })
+	// While b starts (max_starting 1), a and then x ask: a is granted
+	// next, then x alone, once b, a and c are idle and stopped.
+	aAns := getAsync(client, url(a, "/"))
+	waitFor(t, "a queued", func() bool { return inQueue(a) })
+	xAgain := getAsync(client, url(x, "/"))
+	waitFor(t, "x queued behind a", func() bool { return inQueue(x) })
+	served("b", bAns)
+	served("a again", aAns)
+	served("c's slow request", slow)
+	served("x alone again", xAgain)
+	for _, ta := range []*testApp{a, b, c} {
+		if st := ta.State(); st != Idle {
+			t.Errorf("%s is %s while x runs, want stopped for it", ta.Name(), st)
+		}
+	}
+	last := func(ta *testApp) time.Time { s := ta.startLines(); return s[len(s)-1].at }
+	if !(last(b).Before(last(a)) && last(a).Before(last(x))) {
+		t.Errorf("granted b at %s, a at %s, x at %s: want that order",
+			last(b).Format(time.StampMicro), last(a).Format(time.StampMicro), last(x).Format(time.StampMicro))
+	}
+
+	// And the others keep being served: b makes room again, then `rouse
+	// start x` stops it and starts x, without hanging.
+	served("b after x", getAsync(client, url(b, "/")))
+	ctx, cancel := context.WithTimeout(t.Context(), queueTimeout)
+	defer cancel()
+	if err := x.Start(ctx); err != nil {
+		t.Fatalf("Start x: %v", err)
+	}
+	if st := b.State(); st != Idle {
+		t.Errorf("b is %s after Start x, want stopped for it", st)
+	}
+}
+
+// Start of an app too big for the budget while another waits to start
+// returns the refusal at once instead of hanging.
+func TestMemoryBudgetStartOfOversizeAppIsRefusedNotHung(t *testing.T) {
+	py := python3(t)
+	const budget = 100 << 20
+	apps := newTestApps(t, Capacity{MemoryBudget: budget},
+		allocApp(py, 20, 0, nil), allocApp(py, 20, 0, nil), allocApp(py, 150, 0, nil))
+	busy, other, x := apps[0], apps[1], apps[2]
+	client := newClient(t)
+	// x's size is learnt from a first run.
+	if err := x.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "x's RSS past the budget", func() bool { return x.rss() > budget })
+	if err := x.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	slow := getAsync(client, "http://"+busy.addr+"/slow/3000")
+	waitFor(t, "a request in flight", func() bool { return busy.Status().Conns == 1 })
+	started := make(chan error, 1)
+	go func() { started <- x.Start(t.Context()) }()
+	waitFor(t, "x waiting for room", func() bool { return inQueue(x) })
+	otherAns := getAsync(client, "http://"+other.addr+"/")
+	select {
+	case err := <-started:
+		var be *BudgetError
+		if !errors.As(err, &be) || be.App != x.Name() || be.Need <= budget {
+			t.Errorf("Start x with another app waiting: %v, want a BudgetError", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Start x hangs")
+	}
+	if ans := <-otherAns; ans.code != http.StatusOK {
+		t.Errorf("other app: %d %q", ans.code, ans.body)
+	}
+	if ans := <-slow; ans.code != http.StatusOK {
+		t.Errorf("busy app: %d %q", ans.code, ans.body)
 	}
 }

@@ -35,6 +35,7 @@ type Config struct {
 
 	UpstreamNetwork string // "tcp" or "unix"
 	UpstreamAddress string // host:port or socket path
+	PickedPort      int    // the port rouse picked for the app (port = 0), which may move (Options.MovePort); 0 = fixed or none
 	Ready           Readiness
 
 	StartTimeout time.Duration // spawn -> ready, else a failure and the process is killed

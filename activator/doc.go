@@ -12,6 +12,11 @@
 //     put the app in back-off (1s, 2s, 4s ... backoff_max).
 //   - A connection that arrives while the app stops is held and starts it
 //     again: an idle stop never loses a connection.
+//   - The capacity queue always moves: its head is granted, dropped when
+//     nothing waits for it any more, or refused (BudgetError) when it cannot
+//     fit even alone and others wait behind it.
+//   - A picked port (Config.PickedPort) that another process holds is not
+//     the app's failure: it moves to another (Options.MovePort) and starts.
 //   - Close returns only when every goroutine and process of the app is gone.
 //
 // Modes handoff and inetd spawn through the exec shim (Options.ExecShim,

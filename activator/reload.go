@@ -25,16 +25,8 @@ func (a *App) stopAccepting() {
 // and starts again with the new settings. Nothing is refused. It returns
 // what it did, for the log.
 func (a *App) Reconfigure(cfg Config) string {
-	cfg.Process.Notify = cfg.Ready.Kind == "notify"
-	old := a.config()
-	a.cfgp.Store(&cfg)
-	upstream := old.UpstreamNetwork != cfg.UpstreamNetwork || old.UpstreamAddress != cfg.UpstreamAddress
-	if cfg.Mode == ModeHTTP && (upstream || old.ResponseTimeout != cfg.ResponseTimeout) {
-		if prev := a.http.Swap(newHTTPUpstream(cfg, a.gate)); prev != nil {
-			prev.retire()
-		}
-	}
-	o, n := old.Process, cfg.Process
+	old, upstream := a.storeConfig(cfg)
+	o, n := old.Process, a.config().Process
 	restart := upstream || o.Shell != n.Shell || o.Dir != n.Dir || o.User != n.User ||
 		!slices.Equal(o.Argv, n.Argv) || !slices.Equal(o.Env, n.Env)
 
@@ -51,6 +43,22 @@ func (a *App) Reconfigure(cfg Config) string {
 		a.stopLocked("reload", nil)
 	}
 	return "restarting with the new command once its connections are done"
+}
+
+// storeConfig makes cfg the app's settings, with a new transport for an
+// http app whose upstream changed; it returns the old settings and
+// whether the upstream changed.
+func (a *App) storeConfig(cfg Config) (old *Config, upstream bool) {
+	cfg.Process.Notify = cfg.Ready.Kind == "notify"
+	old = a.config()
+	a.cfgp.Store(&cfg)
+	upstream = old.UpstreamNetwork != cfg.UpstreamNetwork || old.UpstreamAddress != cfg.UpstreamAddress
+	if cfg.Mode == ModeHTTP && (upstream || old.ResponseTimeout != cfg.ResponseTimeout) {
+		if prev := a.http.Swap(newHTTPUpstream(cfg, a.gate)); prev != nil {
+			prev.retire()
+		}
+	}
+	return old, upstream
 }
 
 // retireIfDoneLocked stops a retiring instance once nothing is handed to

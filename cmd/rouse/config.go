@@ -34,7 +34,10 @@ type Config struct {
 	DrainTimeout time.Duration // [rouse].drain_timeout, default 10s: how long shutdown waits for open connections
 	Procs        int           // [rouse].procs, 0 = half the CPUs: see setProcs
 	LogLevel     slog.Level    // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
+	PortRange    portRange     // [rouse].port_range: where port = 0 picks app ports
 	Apps         []App         // sorted by name
+
+	picker portPicker // picks ports in PortRange: at load, and when an app's port must move
 }
 
 // App is one [apps.NAME] table with [defaults] applied and every
@@ -44,14 +47,20 @@ type App struct {
 	Addrs            []listeners.Addr // parsed listen addresses, same order as Listen
 	Port             int              // the app's port ({port}, $PORT): as written, picked when 0 and needed, or 0
 	Source           string           // "file:line" of its [apps.NAME] table
+
+	tmpl portTemplate // what holds {port}, to move the app to another picked port
 }
 
 // LoadOptions are what Load needs from its caller besides the file.
 type LoadOptions struct {
 	Euid int // os.Geteuid() normally: when 0, apps need user
 	// PickPort returns a free port for an app with port = 0 that needs one.
-	// nil: bind 127.0.0.1:0, read the port, close.
+	// nil: a port of port_range outside the kernel's ephemeral range that
+	// nothing listens on or holds.
 	PickPort func() (int, error)
+	// Ephemeral returns the kernel's ephemeral port range, which port_range
+	// must stay out of. nil: read /proc/sys/net/ipv4/ip_local_port_range.
+	Ephemeral func() (portRange, error)
 	// Ports are the ports picked for apps before (by name), kept when the
 	// app still needs a picked one: a reload must not move a running app.
 	Ports map[string]int
@@ -108,8 +117,8 @@ func Load(path string, opts LoadOptions) (*Config, error) {
 		return nil, fmt.Errorf("load config: %w", err)
 	}
 	l := &loader{opts: opts, rank: map[string]int{}, listenPorts: map[int]bool{}}
-	if l.opts.PickPort == nil {
-		l.opts.PickPort = pickLoopbackPort
+	if l.opts.Ephemeral == nil {
+		l.opts.Ephemeral = kernelEphemeral
 	}
 	cfg := l.load(path, abs, data)
 	if len(l.problems) > 0 {
@@ -124,6 +133,8 @@ type loader struct {
 	problems    []Problem
 	rank        map[string]int // file name -> order it was read in, for sorting problems
 	listenPorts map[int]bool   // TCP ports rouse listens on, which a picked port must avoid
+	picker      portPicker     // set once [rouse] is read
+	noPicks     bool           // port_range has a problem: no port is picked, so no problem follows from it
 }
 
 // srcFile is one parsed file.
@@ -257,6 +268,7 @@ func (l *loader) load(path, abs string, data []byte) *Config {
 			l.unknownTopKey(main, k)
 		}
 	}
+	l.portRange(cfg, main)
 	apps = append(apps, l.includes(main, path, abs, include)...)
 
 	byName := map[string]*appDef{}
@@ -313,9 +325,39 @@ func (l *loader) rouseTable(cfg *Config, f *srcFile, v any) []string {
 			cfg.Procs = val.(int)
 		case "log_level":
 			cfg.LogLevel = val.(slog.Level)
+		case "port_range":
+			cfg.PortRange = val.(portRange)
 		}
 	}
 	return include
+}
+
+// portRange checks [rouse].port_range against the kernel's ephemeral port
+// range and sets up the picker. A written range must stay out of it; of
+// the default one, what is out of it is used.
+func (l *loader) portRange(cfg *Config, f *srcFile) {
+	eph, err := l.opts.Ephemeral()
+	if err != nil {
+		eph = portRange{} // unknown (no /proc): nothing to avoid
+	}
+	key := []string{"rouse", "port_range"}
+	switch {
+	case cfg.PortRange != portRange{}:
+		if cfg.PortRange.overlaps(eph) {
+			l.noPicks = true
+			l.addAt(f, key, fmt.Sprintf("%s overlaps the kernel's ephemeral port range %s (%s), where outgoing connections take their local ports: one could take an app's port while the app is stopped; choose a range outside it",
+				cfg.PortRange, eph, ephemeralFile))
+		}
+	case eph.lo <= defaultPortRange.lo && defaultPortRange.hi <= eph.hi:
+		l.noPicks = true
+		l.add(f, f.lines.line("rouse"), key, fmt.Sprintf("the default %s lies inside the kernel's ephemeral port range %s (%s): set port_range to a range outside it",
+			defaultPortRange, eph, ephemeralFile))
+		fallthrough
+	default:
+		cfg.PortRange = defaultPortRange
+	}
+	cfg.picker = portPicker{r: cfg.PortRange, ephemeral: eph, free: listeners.TCPPortFree}
+	l.picker = cfg.picker
 }
 
 // includes reads the files the include patterns match, in pattern order
@@ -661,7 +703,7 @@ func (b *builder) build(ports map[int]string) *built {
 		b.problem("hosts", fmt.Sprintf("only valid in http mode; this app's mode is %s", mode))
 	}
 
-	cmd, hasCmd := m["command"].(command)
+	cmd, _ := m["command"].(command)
 	if !b.has("command") {
 		b.problem("command", `required: the program to run, e.g. ["/usr/bin/blog", "--port", "{port}"] or a string for /bin/sh -c`)
 	}
@@ -680,57 +722,28 @@ func (b *builder) build(ports map[int]string) *built {
 	for _, s := range append(append([]string{cmd.shell}, cmd.argv...), mapValues(env)...) {
 		mentions = mentions || strings.Contains(s, "{port}")
 	}
-	if port == 0 && mentions && len(l.problems) == before && len(b.bad) == 0 {
+	if port == 0 && mentions && len(l.problems) == before && len(b.bad) == 0 && !l.noPicks {
 		p, err := b.pick(ports)
 		if err != nil {
 			b.problem("port", fmt.Sprintf("cannot pick a free port: %v", err))
 		} else {
 			port = p
 			ports[p] = name
+			cfg.PickedPort = p
 		}
 	}
 
-	// upstream
-	if upstream != "" && !(port == 0 && strings.Contains(upstream, "{port}")) {
-		up := substitute(upstream, name, port)
-		if p, ok := strings.CutPrefix(up, "unix:"); ok {
-			cfg.UpstreamNetwork, cfg.UpstreamAddress = "unix", p
-		} else if err := checkHostPort(up); err != nil {
-			b.problem("upstream", fmt.Sprintf("invalid upstream %q: %v", up, err))
-		} else {
-			cfg.UpstreamNetwork, cfg.UpstreamAddress = "tcp", up
-		}
-	}
-
-	// process
-	spec := procman.Spec{
+	// upstream and process
+	cfg.Process = procman.Spec{
 		Name:        name,
-		Dir:         substitute(dir, name, port),
-		User:        substitute(user, name, port),
 		StopSignal:  val(m, "stop_signal", defaultStopSignal),
 		StopTimeout: val(m, "stop_timeout", defaultStopTimeout),
 	}
-	if hasCmd {
-		if cmd.shell != "" {
-			spec.Shell = substitute(cmd.shell, name, port)
-		}
-		for _, s := range cmd.argv {
-			spec.Argv = append(spec.Argv, substitute(s, name, port))
-		}
+	tmpl := portTemplate{name: name, upstream: upstream, dir: dir, user: user, cmd: cmd, env: env}
+	if err := tmpl.apply(&cfg, port); err != nil {
+		b.problem("upstream", err.Error())
 	}
-	vars := map[string]string{}
-	if port != 0 {
-		vars["PORT"] = strconv.Itoa(port)
-	}
-	for k, v := range env {
-		vars[k] = substitute(v, name, port)
-	}
-	for _, k := range sortedKeys(vars) {
-		spec.Env = append(spec.Env, k+"="+vars[k])
-	}
-	cfg.Process = spec
-
-	return &built{App: App{Config: cfg, Addrs: addrs, Port: port, Source: b.a.source()}, b: b}
+	return &built{App: App{Config: cfg, Addrs: addrs, Port: port, Source: b.a.source(), tmpl: tmpl}, b: b}
 }
 
 // pick asks PickPort for a port no other app has, unless the app had one
@@ -740,6 +753,12 @@ func (b *builder) pick(ports map[int]string) (int, error) {
 		if _, taken := ports[p]; !taken && !b.l.listenPorts[p] {
 			return p, nil
 		}
+	}
+	if b.l.opts.PickPort == nil {
+		return b.l.picker.pick(func(p int) bool {
+			_, taken := ports[p]
+			return taken || b.l.listenPorts[p]
+		})
 	}
 	var last int
 	for range 10 {
@@ -832,16 +851,6 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
 	}
 	return nil
-}
-
-// pickLoopbackPort is the default LoadOptions.PickPort.
-func pickLoopbackPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	return port, ln.Close()
 }
 
 // oneLine escapes line breaks so that a problem always takes one line.

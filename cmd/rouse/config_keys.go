@@ -56,6 +56,7 @@ var rouseKeys = map[string]parseFunc{
 	"drain_timeout": durationKey(0),
 	"log_level":     parseLogLevel,
 	"procs":         intKey(0, 4096),
+	"port_range":    parsePortRangeKey,
 }
 
 // appKeys are the keys of an [apps.NAME] table and of [defaults]; it is
@@ -478,4 +479,12 @@ func substitute(s, name string, port int) string {
 		return s
 	}
 	return strings.NewReplacer("{port}", strconv.Itoa(port), "{name}", name).Replace(s)
+}
+
+func parsePortRangeKey(v any, _ string) (any, error) {
+	s, err := asString(v)
+	if err != nil {
+		return nil, err
+	}
+	return parsePortRange(s)
 }

@@ -159,6 +159,7 @@ command = ["/usr/bin/blog", "--port", "{port}"]
 			},
 			UpstreamNetwork: "tcp",
 			UpstreamAddress: "127.0.0.1:41000",
+			PickedPort:      41000,
 			StartTimeout:    30 * time.Second,
 			IdleTimeout:     15 * time.Minute,
 			QueueTimeout:    30 * time.Second,
@@ -176,6 +177,7 @@ command = ["/usr/bin/blog", "--port", "{port}"]
 		Source: filepath.Join(dir, "rouse.toml") + ":2",
 	}
 	want.Ready.Kind = "tcp"
+	got.tmpl = portTemplate{} // what moving the port rebuilds from: TestPortTemplate
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("app:\n got %+v\nwant %+v", got, want)
 	}

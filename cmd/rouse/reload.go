@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -103,7 +104,7 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 			own = append(own, lns...)
 		}
 	}
-	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard, ExecShim: []string{"/proc/self/exe", execVerb}})
+	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard, ExecShim: []string{"/proc/self/exe", execVerb}, MovePort: d.movePort})
 	if err != nil {
 		closeAll(own)
 		return nil, err
@@ -130,6 +131,26 @@ func (d *daemon) newFront(addr listeners.Addr, apps []*activator.App) (*activato
 		return nil, err
 	}
 	return f, nil
+}
+
+// movePort is every app's activator.Options.MovePort: it picks the app
+// another port, which the config in force records, so that a reload keeps
+// it as it keeps any picked port.
+func (d *daemon) movePort(name string, taken int) (activator.Config, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	i := slices.IndexFunc(d.cfg.Apps, func(a App) bool { return a.Name == name })
+	if i < 0 || d.cfg.Apps[i].PickedPort == 0 {
+		return activator.Config{}, fmt.Errorf("app %s has no picked port", name)
+	}
+	used := d.cfg.takenPorts()
+	used[taken] = true
+	p, err := d.cfg.picker.pick(func(p int) bool { return used[p] })
+	if err != nil {
+		return activator.Config{}, err
+	}
+	d.cfg.Apps[i] = d.cfg.Apps[i].withPort(p)
+	return d.cfg.Apps[i].Config, nil
 }
 
 // reload reads the config again and applies it: unchanged apps keep their
