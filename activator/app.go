@@ -33,6 +33,8 @@ type App struct {
 	now   func() time.Time
 	http  atomic.Pointer[httpUpstream] // http mode: the transport to the app
 	gate  *dialGate                    // paces new connections to the process (http, tcp)
+	// removed: a reload took the app out of the config (it drains).
+	removed atomic.Bool
 
 	shim    []string // handoff and inetd modes: Options.ExecShim
 	handoff *handoff // handoff mode: the sockets handed to the app
@@ -830,7 +832,7 @@ func waitChange(ctx context.Context, ch <-chan struct{}, deadline time.Time) err
 // ctx ends, cuts the rest, stops the process and returns when every
 // goroutine of the app has exited.
 func (a *App) Close(ctx context.Context) {
-	a.stopAccepting()
+	a.stopAccepting(false)
 	for {
 		a.mu.Lock()
 		n, ch := a.active+a.queued+len(a.conns), a.changed

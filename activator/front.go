@@ -11,9 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/rouse-dev/rouse/listeners"
 	"golang.org/x/sys/unix"
 )
 
@@ -547,6 +549,26 @@ func (f *HTTPFront) Shutdown(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// quiesce makes the front's listener complete no new connection and waits
+// for the accept loop to take those queued (listeners.Quiesce): the front
+// is removed for good.
+func (f *HTTPFront) quiesce() {
+	f.mu.Lock()
+	var sc syscall.Conn
+	if f.lnFile != nil {
+		sc = f.lnFile // the loops accept on it; f.ln may be closed
+	} else if c, ok := f.ln.(syscall.Conn); ok {
+		sc = c
+	}
+	f.mu.Unlock()
+	if sc == nil {
+		return
+	}
+	if err := listeners.Quiesce(sc, quiesceWait); err != nil {
+		f.log.Warn("removing the front: its queued connections may be reset", "addr", f.ln.Addr().String(), "err", err)
 	}
 }
 

@@ -229,7 +229,10 @@ func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
 	if err != nil {
 		return exchangeResult{err: err, stage: stageDial}, false
 	}
-	return q.finish(uc, 0), !uc.idleSince.IsZero()
+	// Before finish: it may put uc back in the pool, where another
+	// request takes it and put sets idleSince again.
+	reused = !uc.idleSince.IsZero()
+	return q.finish(uc, 0), reused
 }
 
 // finish sends the request from byte from on (bytes before went already)

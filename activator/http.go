@@ -511,6 +511,9 @@ func (a *App) refuse(rq proxyRequest, err, lastErr error) bool {
 		}
 		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			fmt.Sprintf("the app was not ready within %s", a.config().QueueTimeout))
+	case errors.Is(err, ErrClosing) && a.removed.Load():
+		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
+			"the app was removed from rouse's configuration")
 	case errors.Is(err, ErrClosing):
 		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			"rouse is shutting down")

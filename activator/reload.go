@@ -3,20 +3,36 @@ package activator
 import (
 	"net"
 	"slices"
+	"syscall"
+	"time"
+
+	"github.com/rouse-dev/rouse/listeners"
 )
 
 // stopAccepting closes the app's listeners and marks it draining: what it
 // accepted is still served. Close does this first; a reload that removes
 // the app calls it at once, so the address is free before Close returns.
-func (a *App) stopAccepting() {
+// With quiesce, each listener first completes no new connection and hands
+// over those the kernel queued (listeners.Quiesce): the app is removed for
+// good, and closing would reset them.
+func (a *App) stopAccepting(quiesce bool) {
 	a.mu.Lock()
 	a.draining = true
 	lns := a.lns
 	a.mu.Unlock()
 	for _, ln := range lns {
+		if sc, ok := ln.(syscall.Conn); ok && quiesce {
+			if err := listeners.Quiesce(sc, quiesceWait); err != nil {
+				a.log.Warn("removing the app: its queued connections may be reset", "addr", ln.Addr().String(), "err", err)
+			}
+		}
 		ln.Close()
 	}
 }
+
+// quiesceWait bounds how long a removed listener's queued connections are
+// waited for.
+const quiesceWait = time.Second
 
 // Reconfigure gives the app new settings (same name, same mode). They
 // apply from its next start, except that a new command (argv, shell, dir,

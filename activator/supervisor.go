@@ -18,6 +18,9 @@ type Supervisor struct {
 	stopPool context.CancelFunc
 	poolDone chan struct{}
 	retired  sync.WaitGroup // apps and fronts removed by a reload, draining
+	// frontsRetiring: fronts removed by a reload, serving what they
+	// accepted; a removed http app waits for them.
+	frontsRetiring sync.WaitGroup
 }
 
 // NewSupervisor groups apps and the HTTP fronts that route to them, and
@@ -109,24 +112,33 @@ func (s *Supervisor) AddFront(f *HTTPFront) {
 
 // Retire removes an app: it stops accepting at once, and in the background
 // serves what it has accepted until ctx ends, then stops. Close waits for
-// it. An http app must already be out of every front's routes.
-func (s *Supervisor) Retire(ctx context.Context, a *App) {
+// it. An http app must already be out of every front's routes; it closes
+// once the fronts retired before it have served what they accepted, which
+// may be for it. quiesce: the app's listeners are rouse's own (not
+// systemd's), and the connections queued on them are taken before they
+// close (see listeners.Quiesce).
+func (s *Supervisor) Retire(ctx context.Context, a *App, quiesce bool) {
 	s.mu.Lock()
 	if s.apps[a.Name()] == a {
 		delete(s.apps, a.Name())
 	}
 	s.mu.Unlock()
-	a.stopAccepting()
+	a.removed.Store(true)
+	a.stopAccepting(quiesce)
 	s.retired.Add(1)
 	go func() {
 		defer s.retired.Done()
+		if a.config().Mode == ModeHTTP {
+			s.frontsRetiring.Wait()
+		}
 		a.Close(ctx)
 	}()
 }
 
 // RetireFront removes a front: it stops accepting at once and closes when
-// its requests are done or ctx ends. Close waits for it.
-func (s *Supervisor) RetireFront(ctx context.Context, f *HTTPFront) {
+// its requests are done or ctx ends. Close waits for it. quiesce: as for
+// Retire.
+func (s *Supervisor) RetireFront(ctx context.Context, f *HTTPFront, quiesce bool) {
 	s.mu.Lock()
 	for i, g := range s.fronts {
 		if g == f {
@@ -135,9 +147,14 @@ func (s *Supervisor) RetireFront(ctx context.Context, f *HTTPFront) {
 		}
 	}
 	s.mu.Unlock()
+	if quiesce {
+		f.quiesce()
+	}
 	s.retired.Add(1)
+	s.frontsRetiring.Add(1)
 	go func() {
 		defer s.retired.Done()
+		defer s.frontsRetiring.Done()
 		f.Shutdown(ctx)
 		f.Close()
 	}()

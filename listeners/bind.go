@@ -38,8 +38,12 @@ const (
 // literal IPv6 only, as written, so "0.0.0.0:80" and "[::]:80" can both be
 // listened on; an empty host ("":80") binds every address of both families,
 // and a host name binds its first address. SO_REUSEADDR is set, as Go does.
+// The socket is plain TCP: since Go 1.24 a listener is MPTCP by default
+// where the kernel has it, which nothing on loopback gains from, which the
+// apps of a handoff would get, and which refuses socket filters (Quiesce).
 func listenTCP(address string, opt Options) (net.Listener, error) {
 	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
 	if opt.NoKeepAlive {
 		lc.KeepAlive = -1
 	}

@@ -222,7 +222,7 @@ func (d *daemon) reload() error {
 			continue
 		}
 		if a, ok := d.sup.App(name); ok {
-			d.sup.Retire(drain, a)
+			d.sup.Retire(drain, a, ownSockets(old[name].Addrs...))
 			delete(d.owned, name)
 			removed = append(removed, name)
 		}
@@ -310,11 +310,24 @@ func (d *daemon) refront(cfg *Config, added []*activator.App) error {
 	drain := timeoutCtx(cfg.DrainTimeout)
 	for key, f := range d.fronts {
 		if !want[key] {
-			d.sup.RetireFront(drain, f)
+			addr, _ := listeners.ParseAddr(key)
+			d.sup.RetireFront(drain, f, ownSockets(addr))
 			delete(d.fronts, key)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ownSockets reports whether rouse bound every one of addrs itself: none
+// is a socket systemd holds and would pass to the next rouse, so their
+// queued connections are to be taken before they close for good.
+func ownSockets(addrs ...listeners.Addr) bool {
+	for _, a := range addrs {
+		if a.Kind == listeners.Systemd {
+			return false
+		}
+	}
+	return true
 }
 
 // httpGroup is one http listen address and the apps on it, in config order.

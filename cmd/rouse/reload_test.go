@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -162,4 +163,79 @@ command = ["@BIN@", "__backend", "-name", %q, "-listen", "127.0.0.1:{port}"]
 		t.Errorf("unchanged app's pid went from %d to %d", keepPid, pid)
 	}
 	t.Logf("%d requests, %d failed, across 3 reloads", ok.Load(), failed.Load())
+}
+
+// An app that a reload removes finishes what rouse accepted for it: every
+// request on a connection rouse accepted gets the app's answer; after the
+// removal, new connections are refused (the address is closed). Clients
+// hammer both an http app (Python's server) and a tcp app as they go.
+func TestReloadRemovalFinishesAcceptedRequests(t *testing.T) {
+	script, err := filepath.Abs("../../examples/apps/pyapp.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keepPort, webPort, echoPort := freePort(t), freePort(t), freePort(t)
+	apps := func(withGone bool) string {
+		s := fmt.Sprintf("\n[apps.keep]\nlisten = [\"127.0.0.1:%d\"]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", keepPort)
+		if withGone {
+			s += fmt.Sprintf("\n[apps.web]\nmode = \"http\"\nlisten = [\"127.0.0.1:%d\"]\ncommand = [\"/usr/bin/python3\", %q, \"http\", \"--port\", \"{port}\"]\n", webPort, script)
+			s += fmt.Sprintf("\n[apps.echo]\nlisten = [\"127.0.0.1:%d\"]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", echoPort)
+		}
+		return s
+	}
+	file, control := writeConfig(t, apps(true))
+	startRouse(t, file, control)
+
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var served, refused atomic.Int64
+	var lost sync.Map
+	// request sends one request on a new connection: refused is fine (the
+	// address is gone), anything else accepted must be answered.
+	request := func(port int, req, want string) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+		if err != nil {
+			refused.Add(1)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, req)
+		if tc, ok := c.(*net.TCPConn); ok && port == echoPort {
+			tc.CloseWrite()
+		}
+		b, err := io.ReadAll(c)
+		if !strings.Contains(string(b), want) {
+			lost.Store(fmt.Sprintf("port %d (web %d, echo %d): %q %v", port, webPort, echoPort, b, err), true)
+			return
+		}
+		served.Add(1)
+	}
+	for range 3 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				request(webPort, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", " 200 ")
+			}
+		})
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				request(echoPort, "ping", "ping")
+			}
+		})
+	}
+	waitFor(t, "traffic", func() bool { return served.Load() > 100 })
+	f2, _ := writeConfig(t, apps(false))
+	b, _ := os.ReadFile(f2)
+	b = bytes.Replace(b, []byte(filepath.Join(filepath.Dir(f2), "control.sock")), []byte(control), 1)
+	os.WriteFile(file, b, 0o644)
+	var out, errb bytes.Buffer
+	if code := run(t.Context(), []string{"reload", "--control", control}, func(string) string { return "" }, nil, &out, &errb); code != 0 {
+		t.Fatalf("rouse reload: %d %s%s", code, &out, &errb)
+	}
+	waitFor(t, "connections refused after the removal", func() bool { return refused.Load() > 50 })
+	stop()
+	wg.Wait()
+	n := 0
+	lost.Range(func(k, _ any) bool { n++; t.Errorf("accepted, not answered: %v", k); return true })
+	t.Logf("%d served, %d refused after the removal, %d lost", served.Load(), refused.Load(), n)
 }
