@@ -35,6 +35,9 @@ type Config struct {
 	Procs        int           // [rouse].procs, 0 = half the CPUs: see setProcs
 	LogLevel     slog.Level    // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
 	Apps         []App         // sorted by name
+	// Warnings are things that are allowed but likely wrong (an include
+	// pattern that matches no file); `rouse check --strict` fails on them.
+	Warnings []Problem
 }
 
 // App is one [apps.NAME] table with [defaults] applied and every
@@ -55,6 +58,10 @@ type LoadOptions struct {
 	// Ports are the ports picked for apps before (by name), kept when the
 	// app still needs a picked one: a reload must not move a running app.
 	Ports map[string]int
+	// CheckStart also reports what each app's first start would run into
+	// (procman.Check: its user, dir and command, as the system is now):
+	// `rouse check` sets it.
+	CheckStart bool
 }
 
 // Problem is one thing wrong in a configuration.
@@ -115,13 +122,46 @@ func Load(path string, opts LoadOptions) (*Config, error) {
 	if len(l.problems) > 0 {
 		return nil, l.err()
 	}
+	cfg.Warnings = l.warnings
 	return cfg, nil
+}
+
+// LoadControl reads only the main file at path and returns its control
+// socket ([rouse].control, else the default): the verbs that talk to a
+// running daemon need nothing else, so they work while an included file,
+// or any other table of the main file, is broken. A main file that is not
+// valid TOML, or whose control key is bad, gives a *ConfigError.
+func LoadControl(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("load config %s: %w", path, err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("load config: %w", err)
+	}
+	l := &loader{rank: map[string]int{}}
+	control := defaultControl
+	f, doc := l.parse(path, filepath.Dir(abs), data)
+	if t, ok := doc["rouse"].(map[string]any); ok && t["control"] != nil {
+		key := []string{"rouse", "control"}
+		if v, err := parseControl(t["control"], f.dir); err != nil {
+			l.report(f, key, err)
+		} else {
+			control = v.(string)
+		}
+	}
+	if len(l.problems) > 0 {
+		return "", l.err()
+	}
+	return control, nil
 }
 
 // loader carries one Load call's state.
 type loader struct {
 	opts        LoadOptions
 	problems    []Problem
+	warnings    []Problem
 	rank        map[string]int // file name -> order it was read in, for sorting problems
 	listenPorts map[int]bool   // TCP ports rouse listens on, which a picked port must avoid
 }
@@ -332,6 +372,9 @@ func (l *loader) includes(main *srcFile, path, abs string, patterns []string) []
 		if err != nil {
 			l.addAt(main, key, fmt.Sprintf("bad pattern %q: %v", pat, err))
 			continue
+		}
+		if len(matches) == 0 {
+			l.warnings = append(l.warnings, Problem{File: main.name, Line: max(main.lines.line(key...), 1), Key: keyString(key), Msg: fmt.Sprintf("%s matches no file", pat)})
 		}
 		sort.Strings(matches)
 		for _, name := range matches {
@@ -729,6 +772,11 @@ func (b *builder) build(ports map[int]string) *built {
 		spec.Env = append(spec.Env, k+"="+vars[k])
 	}
 	cfg.Process = spec
+	if l.opts.CheckStart && len(l.problems) == before && len(b.bad) == 0 {
+		for _, p := range procman.Check(spec, l.opts.Euid) {
+			b.problem(p.Key, p.Msg)
+		}
+	}
 
 	return &built{App: App{Config: cfg, Addrs: addrs, Port: port, Source: b.a.source()}, b: b}
 }

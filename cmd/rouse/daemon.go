@@ -45,6 +45,9 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 // app. ready, when set, is called once every socket is bound.
 func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activator.Supervisor)) error {
 	log := logs.Logger()
+	for _, w := range cfg.Warnings {
+		log.Warn("config", "warning", w.String())
+	}
 	setProcs(cfg.Procs, os.Getenv("GOMAXPROCS") != "", log)
 	// First, before anything is spawned: the notifier takes NOTIFY_SOCKET
 	// out of the environment the apps inherit.
