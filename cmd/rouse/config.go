@@ -719,7 +719,7 @@ func (b *builder) build(ports map[int]string) *built {
 	// else picked, when something refers to it.
 	upstream := b.upstream()
 	port, _ := b.fixedPort()
-	mentions := strings.Contains(upstream, "{port}") || strings.Contains(dir, "{port}") || strings.Contains(user, "{port}")
+	mentions := strings.Contains(upstream, "{port}") || strings.Contains(dir, "{port}") || strings.Contains(user, "{port}") || strings.Contains(rd.cmd, "{port}")
 	for _, s := range append(append([]string{cmd.shell}, cmd.argv...), mapValues(env)...) {
 		mentions = mentions || strings.Contains(s, "{port}")
 	}
@@ -772,6 +772,7 @@ func (b *builder) build(ports map[int]string) *built {
 		spec.Env = append(spec.Env, k+"="+vars[k])
 	}
 	cfg.Process = spec
+	cfg.Ready.Command = substitute(rd.cmd, name, port)
 	if l.opts.CheckStart && len(l.problems) == before && len(b.bad) == 0 {
 		for _, p := range procman.Check(spec, l.opts.Euid) {
 			b.problem(p.Key, p.Msg)
@@ -927,8 +928,11 @@ func (c *Config) Describe(w io.Writer) {
 			fmt.Fprintf(w, "  command   %s\n", strings.Join(q, " "))
 		}
 		ready := a.Ready.Kind
-		if a.Ready.Kind == "http" {
+		switch a.Ready.Kind {
+		case "http":
 			ready += " " + a.Ready.Path
+		case "exec":
+			ready += " " + a.Ready.Command
 		}
 		idle := shortDuration(a.IdleTimeout)
 		if a.IdleTimeout == 0 {
