@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
@@ -60,5 +61,47 @@ func emfiles(n int) func() (int, error) {
 			return 0, syscall.EMFILE
 		}
 		return 1, nil
+	}
+}
+
+// failingListener fails its first n accepts with EMFILE.
+type failingListener struct {
+	net.Listener
+	n int
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	if l.n > 0 {
+		l.n--
+		return nil, syscall.EMFILE
+	}
+	return l.Listener.Accept()
+}
+
+// PatientListener waits EMFILE out with one warning, and says ErrClosed
+// once closed.
+func TestPatientListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	pl := PatientListener(&failingListener{Listener: ln, n: 3}, slog.New(slog.NewTextHandler(&buf, nil)))
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := pl.Accept()
+	if err != nil {
+		t.Fatalf("Accept after 3 EMFILEs: %v", err)
+	}
+	got.Close()
+	if n := strings.Count(buf.String(), "msg=accept "); n != 1 {
+		t.Errorf("%d warnings for 3 EMFILEs, want 1:\n%s", n, buf.String())
+	}
+	pl.Close()
+	if _, err := pl.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
 	}
 }

@@ -16,7 +16,10 @@ import (
 
 // redis with --save "" (the README's first example) keeps nothing across
 // an idle stop; with --appendonly yes it writes its data on SIGTERM and
-// reads it back at the next start.
+// reads it back at the next start. It listens before it has read it back
+// (a client gets "LOADING Redis is loading the dataset in memory"), so
+// ready = "tcp" is not enough then: notify (--supervised systemd) or an
+// exec probe that wants PONG (redis-cli exits 0 on an error reply).
 func TestRedisDataAcrossIdleStops(t *testing.T) {
 	redis := requireTool(t, "redis-server")
 	requireTool(t, "redis-cli")
@@ -24,15 +27,18 @@ func TestRedisDataAcrossIdleStops(t *testing.T) {
 		name, args string
 		want       string // GET k after an idle stop
 	}{
-		{"save off", `"--save", "", "--appendonly", "no"`, ""},
-		{"appendonly", `"--save", "", "--appendonly", "yes"`, "v"},
+		{"save off", `"--save", "", "--appendonly", "no"]`, ""},
+		{"appendonly notify", `"--save", "", "--appendonly", "yes", "--supervised", "systemd"]
+ready = "notify"`, "v"},
+		{"appendonly exec", `"--save", "", "--appendonly", "yes"]
+ready = "exec redis-cli -p {port} ping | grep -q PONG"`, "v"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			port := freePort(t)
 			file, control := writeConfig(t, fmt.Sprintf(`
 [apps.redis]
 listen = ["127.0.0.1:%d"]
-command = [%q, "--port", "{port}", "--bind", "127.0.0.1", %s, "--dir", "@DIR@"]
+command = [%q, "--port", "{port}", "--bind", "127.0.0.1", "--dir", "@DIR@", %s
 idle_timeout = "1s"
 `, port, redis, tc.args))
 			r := startRouse(t, file, control)

@@ -86,7 +86,9 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	defer stopMetrics()
 	srv := &http.Server{Handler: withMetrics(controlHandler(sup, d.reload), metrics), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Serve(ctl) }()
+	// Out of fds, the control socket waits as the apps' sockets do, with
+	// one warning per interval rather than one per retry.
+	go func() { srvDone <- srv.Serve(activator.PatientListener(ctl, log)) }()
 
 	sup.Serve()
 	notify.send("READY=1\nSTATUS=" + sup.Summary().String())
