@@ -145,6 +145,10 @@ func (c *Config) check() error {
 	}
 	switch c.Ready.Kind {
 	case "tcp", "http", "notify":
+	case "exec":
+		if c.Ready.Command == "" {
+			return errors.New(`ready = "exec": no command`)
+		}
 	default:
 		return fmt.Errorf("ready %q is not supported by this version of rouse", c.Ready.Kind)
 	}
@@ -161,11 +165,14 @@ func (a *App) Name() string { return a.config().Name }
 // calls, so a function that needs several fields to agree reads it once.
 func (a *App) config() *Config { return a.cfgp.Load() }
 
-// readiness is how a start of the app with cfg learns it is ready.
-func (a *App) readiness(cfg *Config) procman.Probe {
+// readiness is how a start of the app with cfg, as process p, learns it
+// is ready.
+func (a *App) readiness(cfg *Config, p *procman.Process) procman.Probe {
 	switch {
 	case a.probe != nil:
 		return a.probe
+	case cfg.Ready.Kind == "exec":
+		return procman.ExecProbe(p, cfg.Ready.Command, func(line string) { a.log.Debug("ready probe", "pid", p.Pid(), "out", line) })
 	case cfg.Ready.Kind == "http":
 		return procman.HTTPProbe(cfg.UpstreamNetwork, cfg.UpstreamAddress, cfg.Ready.Path)
 	case cfg.Ready.Kind == "notify":
@@ -289,7 +296,7 @@ func (a *App) run(inst *instance) {
 	inst.proc = p
 	a.mu.Unlock()
 
-	err = procman.WaitReady(inst.ctx, p, a.readiness(cfg), cfg.StartTimeout)
+	err = procman.WaitReady(inst.ctx, p, a.readiness(cfg, p), cfg.StartTimeout)
 	if err != nil {
 		if inst.ctx.Err() != nil { // asked to stop while starting
 			a.stopProcess(p)

@@ -53,8 +53,9 @@ func TestBlame(t *testing.T) {
 	}
 }
 
-// python returns the path of python3, preferring Debian's.
-func python(t testing.TB) string {
+// python3 is Debian's python3 when there is one (CI may have no other),
+// else the one on PATH.
+func python3(t testing.TB) string {
 	t.Helper()
 	if _, err := os.Stat("/usr/bin/python3"); err == nil {
 		return "/usr/bin/python3"
@@ -77,7 +78,7 @@ func newPyApp(t testing.TB, kind string, args []string, edit func(*Config)) *tes
 	}
 	return newTestApp(t, nil, func(c *Config) {
 		_, port, _ := strings.Cut(c.UpstreamAddress, ":")
-		c.Process.Argv = append([]string{python(t), script, kind, "--port", port, "--starts", c.Process.Argv[2]}, args...)
+		c.Process.Argv = append([]string{python3(t), script, kind, "--port", port, "--starts", c.Process.Argv[2]}, args...)
 		c.Process.Env = nil
 		if kind == "http" {
 			c.Mode = ModeHTTP

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -197,22 +196,6 @@ func TestStartWaitsForRoom(t *testing.T) {
 	}
 }
 
-// python3 returns the python3 the tests run apps with: Debian's when it is
-// there (CI may have no other), else the first on PATH.
-func python3(t testing.TB) string {
-	t.Helper()
-	if _, err := os.Stat("/usr/bin/python3"); err == nil {
-		return "/usr/bin/python3"
-	}
-	path, err := exec.LookPath("python3")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("python3 is not installed (run .ci/deps)")
-		}
-		t.Skip("python3 is not installed (run .ci/deps)")
-	}
-	return path
-}
 
 // allocApp is an http app run by testdata/allocapp.py: it holds mib MiB
 // and takes delay to start.

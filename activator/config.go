@@ -20,8 +20,9 @@ const (
 
 // Readiness says how rouse learns that a started app can take connections.
 type Readiness struct {
-	Kind string // "tcp" (the upstream accepts) or "http" (GET Path answers < 500)
-	Path string // for "http"
+	Kind    string // "tcp" (the upstream accepts), "http" (GET Path answers < 500), "notify" (READY=1) or "exec" (Command exits 0)
+	Path    string // for "http"
+	Command string // for "exec": run with /bin/sh -c as the app's user, with its env
 }
 
 // Config is everything the activator needs to run one app. cmd/rouse builds

@@ -170,8 +170,9 @@ func (f *HTTPFront) acceptLoop() {
 	if f.shutting.Load() {
 		return
 	}
+	warn := newAcceptWarner(f.log)
 	for {
-		c := accept(f.ln, f.log, f.pause)
+		c := accept(f.ln, warn, f.pause)
 		if c == nil {
 			return
 		}
@@ -227,8 +228,9 @@ func (f *HTTPFront) takeListener() *os.File {
 
 // acceptToLoops accepts connections for the event loops.
 func (f *HTTPFront) acceptToLoops(next func() (rawAccepted, error)) {
+	warn := newAcceptWarner(f.log)
 	for {
-		c, ok := acceptWith(next, f.ln.Addr(), f.log, f.pause)
+		c, ok := acceptWith(next, f.ln.Addr(), warn, f.pause)
 		if !ok {
 			return
 		}

@@ -10,30 +10,68 @@ import (
 )
 
 // accept accepts on ln. Errors such as EMFILE are waited out with a
-// growing pause (5 ms doubling up to 1 s, a warning each) as long as
-// wait(pause) says to go on; nil means ln is closed or wait said stop.
-func accept(ln net.Listener, log *slog.Logger, wait func(time.Duration) bool) net.Conn {
-	c, _ := acceptWith(ln.Accept, ln.Addr(), log, wait)
+// growing pause (5 ms doubling up to 1 s) as long as wait(pause) says to go
+// on, and told by warn; nil means ln is closed or wait said stop.
+func accept(ln net.Listener, warn *acceptWarner, wait func(time.Duration) bool) net.Conn {
+	c, _ := acceptWith(ln.Accept, ln.Addr(), warn, wait)
 	return c
 }
 
 // acceptWith is accept's loop for any way of accepting: false once the
 // listener is closed, or wait said to stop.
-func acceptWith[T any](next func() (T, error), addr net.Addr, log *slog.Logger, wait func(time.Duration) bool) (T, bool) {
+func acceptWith[T any](next func() (T, error), addr net.Addr, warn *acceptWarner, wait func(time.Duration) bool) (T, bool) {
 	var pause time.Duration
 	for {
 		c, err := next()
 		if err == nil {
+			warn.ok(addr)
 			return c, true
 		}
 		if errors.Is(err, net.ErrClosed) {
 			return c, false
 		}
 		pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-		log.Warn("accept", "addr", addr.String(), "err", err, "retry_in", pause)
+		warn.failed(addr, err, pause)
 		if !wait(pause) {
 			return c, false
 		}
+	}
+}
+
+// acceptWarnEvery is how often an accept loop that keeps failing (EMFILE:
+// rouse is out of fds) says so: a line at the first error, then at most
+// one per interval with the number of errors since the line before. An
+// accept that succeeds between errors resets the pause, not the count.
+const acceptWarnEvery = 10 * time.Second
+
+// acceptWarner rate-limits the warnings of one accept loop, which owns it.
+type acceptWarner struct {
+	log   *slog.Logger
+	now   func() time.Time // time.Now; a test's clock
+	last  time.Time        // of the last line
+	quiet int              // errors not told yet
+}
+
+func newAcceptWarner(log *slog.Logger) *acceptWarner {
+	return &acceptWarner{log: log, now: time.Now}
+}
+
+func (w *acceptWarner) failed(addr net.Addr, err error, pause time.Duration) {
+	w.quiet++
+	if now := w.now(); w.last.IsZero() || now.Sub(w.last) >= acceptWarnEvery {
+		w.log.Warn("accept", "addr", addr.String(), "err", err, "retry_in", pause, "errors", w.quiet, "per", acceptWarnEvery)
+		w.last, w.quiet = now, 0
+	}
+}
+
+// ok tells, one interval after the last line, the errors not told yet.
+func (w *acceptWarner) ok(addr net.Addr) {
+	if w.quiet == 0 {
+		return
+	}
+	if now := w.now(); now.Sub(w.last) >= acceptWarnEvery {
+		w.log.Warn("accept works again", "addr", addr.String(), "errors", w.quiet, "per", acceptWarnEvery)
+		w.last, w.quiet = now, 0
 	}
 }
 
@@ -42,8 +80,9 @@ func acceptWith[T any](next func() (T, error), addr net.Addr, log *slog.Logger, 
 func (a *App) acceptLoop(ln net.Listener) {
 	defer a.wg.Done()
 	inetd := a.config().Mode == ModeInetd
+	warn := newAcceptWarner(a.log)
 	for {
-		c := accept(ln, a.log, a.pause)
+		c := accept(ln, warn, a.pause)
 		if c == nil {
 			return
 		}

@@ -7,7 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -89,6 +92,69 @@ func HTTPProbe(network, address, path string) Probe {
 		}
 		return nil
 	}
+}
+
+// ExecProbe is ready when the shell command (run as /bin/sh -c command)
+// exits 0, e.g. "pg_isready -h 127.0.0.1 -p 5432": for servers that open
+// their port before they take sessions. Each run is as p's user, in p's
+// directory, with p's environment (without the LISTEN_* and NOTIFY_SOCKET
+// that were meant for p alone), in a process group of its own that is
+// killed when the attempt's context ends, so a probe that hangs is cut
+// after probeAttemptLimit. Each line the command prints is passed to
+// output (nil: dropped).
+func ExecProbe(p *Process, command string, output func(line string)) Probe {
+	env := slices.DeleteFunc(slices.Clone(p.cmd.Env), func(kv string) bool {
+		return strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "NOTIFY_SOCKET=")
+	})
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if p.cmd.SysProcAttr != nil {
+		attr.Credential = p.cmd.SysProcAttr.Credential
+	}
+	return func(ctx context.Context) error {
+		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
+		cmd.Env, cmd.Dir, cmd.SysProcAttr = env, p.cmd.Dir, attr
+		out := &probeOutput{}
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = probeAttemptLimit // for pipes held by what it started
+		err := cmd.Run()
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if output != nil {
+			for _, l := range lines {
+				if l != "" {
+					output(l)
+				}
+			}
+		}
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return fmt.Errorf("exec %q: killed after %s: %w", command, probeAttemptLimit, ctx.Err())
+		case lines[len(lines)-1] != "":
+			return fmt.Errorf("exec %q: %w: %s", command, err, lines[len(lines)-1])
+		}
+		return fmt.Errorf("exec %q: %w", command, err)
+	}
+}
+
+// probeOutput keeps the first 4 KiB an exec probe prints.
+type probeOutput struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (o *probeOutput) Write(b []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.buf = append(o.buf, b[:min(len(b), 4096-len(o.buf))]...)
+	return len(b), nil
+}
+
+func (o *probeOutput) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return string(o.buf)
 }
 
 // WaitReady polls probe until it succeeds, the process exits, timeout passes

@@ -36,6 +36,9 @@ type Config struct {
 	LogLevel     slog.Level    // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
 	PortRange    portRange     // [rouse].port_range: where port = 0 picks app ports
 	Apps         []App         // sorted by name
+	// Warnings are things that are allowed but likely wrong (an include
+	// pattern that matches no file); `rouse check --strict` fails on them.
+	Warnings []Problem
 
 	picker portPicker // picks ports in PortRange: at load, and when an app's port must move
 }
@@ -64,6 +67,10 @@ type LoadOptions struct {
 	// Ports are the ports picked for apps before (by name), kept when the
 	// app still needs a picked one: a reload must not move a running app.
 	Ports map[string]int
+	// CheckStart also reports what each app's first start would run into
+	// (procman.Check: its user, dir and command, as the system is now):
+	// `rouse check` sets it.
+	CheckStart bool
 }
 
 // Problem is one thing wrong in a configuration.
@@ -124,13 +131,46 @@ func Load(path string, opts LoadOptions) (*Config, error) {
 	if len(l.problems) > 0 {
 		return nil, l.err()
 	}
+	cfg.Warnings = l.warnings
 	return cfg, nil
+}
+
+// LoadControl reads only the main file at path and returns its control
+// socket ([rouse].control, else the default): the verbs that talk to a
+// running daemon need nothing else, so they work while an included file,
+// or any other table of the main file, is broken. A main file that is not
+// valid TOML, or whose control key is bad, gives a *ConfigError.
+func LoadControl(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("load config %s: %w", path, err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("load config: %w", err)
+	}
+	l := &loader{rank: map[string]int{}}
+	control := defaultControl
+	f, doc := l.parse(path, filepath.Dir(abs), data)
+	if t, ok := doc["rouse"].(map[string]any); ok && t["control"] != nil {
+		key := []string{"rouse", "control"}
+		if v, err := parseControl(t["control"], f.dir); err != nil {
+			l.report(f, key, err)
+		} else {
+			control = v.(string)
+		}
+	}
+	if len(l.problems) > 0 {
+		return "", l.err()
+	}
+	return control, nil
 }
 
 // loader carries one Load call's state.
 type loader struct {
 	opts        LoadOptions
 	problems    []Problem
+	warnings    []Problem
 	rank        map[string]int // file name -> order it was read in, for sorting problems
 	listenPorts map[int]bool   // TCP ports rouse listens on, which a picked port must avoid
 	picker      portPicker     // set once [rouse] is read
@@ -374,6 +414,9 @@ func (l *loader) includes(main *srcFile, path, abs string, patterns []string) []
 		if err != nil {
 			l.addAt(main, key, fmt.Sprintf("bad pattern %q: %v", pat, err))
 			continue
+		}
+		if len(matches) == 0 {
+			l.warnings = append(l.warnings, Problem{File: main.name, Line: max(main.lines.line(key...), 1), Key: keyString(key), Msg: fmt.Sprintf("%s matches no file", pat)})
 		}
 		sort.Strings(matches)
 		for _, name := range matches {
@@ -718,7 +761,7 @@ func (b *builder) build(ports map[int]string) *built {
 	// else picked, when something refers to it.
 	upstream := b.upstream()
 	port, _ := b.fixedPort()
-	mentions := strings.Contains(upstream, "{port}") || strings.Contains(dir, "{port}") || strings.Contains(user, "{port}")
+	mentions := strings.Contains(upstream, "{port}") || strings.Contains(dir, "{port}") || strings.Contains(user, "{port}") || strings.Contains(rd.cmd, "{port}")
 	for _, s := range append(append([]string{cmd.shell}, cmd.argv...), mapValues(env)...) {
 		mentions = mentions || strings.Contains(s, "{port}")
 	}
@@ -739,9 +782,14 @@ func (b *builder) build(ports map[int]string) *built {
 		StopSignal:  val(m, "stop_signal", defaultStopSignal),
 		StopTimeout: val(m, "stop_timeout", defaultStopTimeout),
 	}
-	tmpl := portTemplate{name: name, upstream: upstream, dir: dir, user: user, cmd: cmd, env: env}
+	tmpl := portTemplate{name: name, upstream: upstream, dir: dir, user: user, cmd: cmd, env: env, ready: rd.cmd}
 	if err := tmpl.apply(&cfg, port); err != nil {
 		b.problem("upstream", err.Error())
+	}
+	if l.opts.CheckStart && len(l.problems) == before && len(b.bad) == 0 {
+		for _, p := range procman.Check(cfg.Process, l.opts.Euid) {
+			b.problem(p.Key, p.Msg)
+		}
 	}
 	return &built{App: App{Config: cfg, Addrs: addrs, Port: port, Source: b.a.source(), tmpl: tmpl}, b: b}
 }
@@ -888,8 +936,11 @@ func (c *Config) Describe(w io.Writer) {
 			fmt.Fprintf(w, "  command   %s\n", strings.Join(q, " "))
 		}
 		ready := a.Ready.Kind
-		if a.Ready.Kind == "http" {
+		switch a.Ready.Kind {
+		case "http":
 			ready += " " + a.Ready.Path
+		case "exec":
+			ready += " " + a.Ready.Command
 		}
 		idle := shortDuration(a.IdleTimeout)
 		if a.IdleTimeout == 0 {

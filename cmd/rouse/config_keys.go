@@ -104,6 +104,7 @@ type command struct {
 // readiness is a parsed ready key.
 type readiness struct {
 	kind, path string
+	cmd        string // for "exec", placeholders not substituted yet
 }
 
 // subKeyError is a problem with one key inside a table value (env.FOO).
@@ -386,6 +387,12 @@ func parseReady(v any, _ string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cmd, ok := strings.CutPrefix(strings.TrimSpace(s), "exec"); ok && (cmd == "" || cmd[0] == ' ' || cmd[0] == '\t') {
+		if cmd = strings.TrimSpace(cmd); cmd == "" {
+			return nil, fmt.Errorf(`invalid ready %q: needs a command, e.g. "exec pg_isready -h 127.0.0.1 -p {port}"`, s)
+		}
+		return readiness{kind: "exec", cmd: cmd}, nil
+	}
 	f := strings.Fields(s)
 	switch {
 	case len(f) == 1 && (f[0] == "tcp" || f[0] == "notify"):
@@ -397,7 +404,7 @@ func parseReady(v any, _ string) (any, error) {
 	case len(f) == 1 && f[0] == "http":
 		return nil, fmt.Errorf("invalid ready %q: needs a path, e.g. \"http /health\"", s)
 	}
-	return nil, fmt.Errorf(`invalid ready %q: want "tcp", "http /PATH" or "notify"`, s)
+	return nil, fmt.Errorf(`invalid ready %q: want "tcp", "http /PATH", "notify" or "exec COMMAND"`, s)
 }
 
 func parseSignal(v any, _ string) (any, error) {

@@ -80,7 +80,29 @@ func app(t *testing.T, cfg *Config, name string) App {
 // its problem at the right file, line and key, with every problem of a
 // file reported, not just the first.
 func TestConfigBad(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "config", "bad", "*.toml"))
+	goldenConfigs(t, "bad", func(src []byte) LoadOptions {
+		opts := LoadOptions{Euid: 1000, PickPort: fixedPorts()}
+		if bytes.HasPrefix(src, []byte("# euid: 0\n")) {
+			opts.Euid = 0
+		}
+		return opts
+	})
+}
+
+// TestConfigCheckStart: `rouse check` fails each app whose first start
+// would fail, with file:line: key: reason. PATH is fixed so that the
+// messages are the same everywhere.
+func TestConfigCheckStart(t *testing.T) {
+	t.Setenv("PATH", "/usr/bin:/bin")
+	goldenConfigs(t, "check", func([]byte) LoadOptions {
+		return LoadOptions{Euid: os.Geteuid(), PickPort: fixedPorts(), CheckStart: true}
+	})
+}
+
+// goldenConfigs loads each testdata/config/DIR/*.toml, which must fail,
+// and compares the error with the .err file beside it (-update writes it).
+func goldenConfigs(t *testing.T, dir string, options func(src []byte) LoadOptions) {
+	files, err := filepath.Glob(filepath.Join("testdata", "config", dir, "*.toml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no test configs: %v", err)
 	}
@@ -91,11 +113,7 @@ func TestConfigBad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			opts := LoadOptions{Euid: 1000, PickPort: fixedPorts()}
-			if bytes.HasPrefix(src, []byte("# euid: 0\n")) {
-				opts.Euid = 0
-			}
-			cfg, err := Load(file, opts)
+			cfg, err := Load(file, options(src))
 			if err == nil {
 				t.Fatalf("Load succeeded with %d apps; want an error", len(cfg.Apps))
 			}
@@ -121,7 +139,7 @@ func TestConfigBad(t *testing.T) {
 			}
 			want, err := os.ReadFile(golden)
 			if err != nil {
-				t.Fatalf("%v (run go test -run ConfigBad -update to create it)", err)
+				t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
 			}
 			if got != string(want) {
 				t.Errorf("Load(%s) error:\n%s\nwant:\n%s", file, got, want)

@@ -124,12 +124,20 @@ func (c *controlClient) do(ctx context.Context, method, path string, out any) er
 	if resp.StatusCode != http.StatusOK {
 		var e errorReply
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return &replyError{status: resp.StatusCode, msg: e.Error}
 		}
 		return fmt.Errorf("rouse at %s answered %s", c.socket, resp.Status)
 	}
 	return json.Unmarshal(body, out)
 }
+
+// replyError is the error the daemon answered with.
+type replyError struct {
+	status int // the HTTP status: 422 for a config a reload rejected
+	msg    string
+}
+
+func (e *replyError) Error() string { return e.msg }
 
 func unwrapURLError(err error) error {
 	var ue *url.Error
@@ -139,7 +147,8 @@ func unwrapURLError(err error) error {
 	return err
 }
 
-// clientFlags adds -c and --control and returns the socket to talk to.
+// clientFlags adds -c and --control and returns the socket to talk to:
+// --control, else [rouse].control of the main config file alone.
 func clientFlags(fs *flag.FlagSet, getenv func(string) string, stderr io.Writer) func() (string, int) {
 	file := configFlag(fs, getenv)
 	var socket string
@@ -148,11 +157,11 @@ func clientFlags(fs *flag.FlagSet, getenv func(string) string, stderr io.Writer)
 		if socket != "" {
 			return socket, 0
 		}
-		cfg, code := loadConfig(file(), stderr)
-		if cfg == nil {
-			return "", code
+		control, err := LoadControl(file())
+		if err != nil {
+			return "", reportLoad(err, stderr)
 		}
-		return cfg.Control, 0
+		return control, 0
 	}
 }
 
@@ -206,7 +215,12 @@ func cmdReload(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	var reply statusReply
 	if err := newControlClient(path).do(ctx, http.MethodPost, "/v1/reload", &reply); err != nil {
-		fmt.Fprintf(stderr, "rouse reload: rejected, the running config stays:\n%s\n", strings.TrimSpace(err.Error()))
+		var re *replyError
+		if errors.As(err, &re) && re.status == http.StatusUnprocessableEntity {
+			fmt.Fprintf(stderr, "rouse reload: rejected, the running config stays:\n%s\n", strings.TrimSpace(err.Error()))
+			return exitConfig // a bad config, as for rouse check
+		}
+		fmt.Fprintln(stderr, "rouse reload:", err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "reloaded: %d apps\n", len(reply.Apps))

@@ -32,9 +32,10 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 	if cfg == nil {
 		return code
 	}
-	log := newLogger(stderr, cfg.LogLevel)
-	if err := serve(ctx, cfg, log, nil); err != nil {
-		log.Error("rouse stopped", "err", err)
+	logs := newLogger(stderr, cfg.LogLevel)
+	defer logs.Close()
+	if err := serve(ctx, cfg, logs, nil); err != nil {
+		logs.Logger().Error("rouse stopped", "err", err)
 		return 1
 	}
 	return 0
@@ -42,7 +43,11 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 
 // serve runs the daemon for cfg until ctx ends, then drains and stops every
 // app. ready, when set, is called once every socket is bound.
-func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activator.Supervisor)) error {
+func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activator.Supervisor)) error {
+	log := logs.Logger()
+	for _, w := range cfg.Warnings {
+		log.Warn("config", "warning", w.String())
+	}
 	setProcs(cfg.Procs, os.Getenv("GOMAXPROCS") != "", log)
 	// First, before anything is spawned: the notifier takes NOTIFY_SOCKET
 	// out of the environment the apps inherit.
@@ -71,7 +76,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 		sup.Close(context.Background())
 		return err
 	}
-	metrics := newMetricsHandler(sup, cfg.MemoryBudget, log)
+	metrics := newMetricsHandler(sup, cfg.MemoryBudget, log, logs.Dropped)
 	stopMetrics, err := startMetrics(cfg.Metrics, metrics, log)
 	if err != nil {
 		ctl.Close()
@@ -81,7 +86,9 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	defer stopMetrics()
 	srv := &http.Server{Handler: withMetrics(controlHandler(sup, d.reload), metrics), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Serve(ctl) }()
+	// Out of fds, the control socket waits as the apps' sockets do, with
+	// one warning per interval rather than one per retry.
+	go func() { srvDone <- srv.Serve(activator.PatientListener(ctl, log)) }()
 
 	sup.Serve()
 	notify.send("READY=1\nSTATUS=" + sup.Summary().String())

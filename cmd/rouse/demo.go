@@ -56,8 +56,9 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	if cfg == nil {
 		return code
 	}
-	log := newLogger(stderr, cfg.LogLevel)
-	err = serve(ctx, cfg, log, func(*activator.Supervisor) {
+	logs := newLogger(stderr, cfg.LogLevel)
+	defer logs.Close()
+	err = serve(ctx, cfg, logs, func(*activator.Supervisor) {
 		fmt.Fprintf(stdout, `
 rouse demo is running. Nothing runs behind these sockets until you connect:
 
@@ -73,7 +74,7 @@ Both stop again after 10 seconds without connections. Watch them with
 `, *hello, cfg.Control, strings.Replace(*echo, ":", " ", 1))
 	})
 	if err != nil {
-		log.Error("rouse demo", "err", err)
+		logs.Logger().Error("rouse demo", "err", err)
 		return 1
 	}
 	return 0

@@ -83,11 +83,21 @@ func (l *lockedBuffer) String() string {
 // its apps.
 func spawnRouse(t *testing.T, argv, env []string, files []*os.File) *rouseProc {
 	t.Helper()
+	return spawnRouseTo(t, argv, env, files, nil)
+}
+
+// spawnRouseTo is spawnRouse with rouse's stderr going to stderr (nil:
+// the rouseProc's log).
+func spawnRouseTo(t *testing.T, argv, env []string, files []*os.File, stderr *os.File) *rouseProc {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), "ROUSE_TEST_MAIN=1", "GORACE=atexit_sleep_ms=0"), env...)
 	cmd.ExtraFiles = files
 	r := &rouseProc{cmd: cmd, done: make(chan struct{}), log: &lockedBuffer{}}
 	cmd.Stderr = r.log
+	if stderr != nil {
+		cmd.Stderr = stderr
+	}
 	cmd.WaitDelay = 5 * time.Second // a process left holding stderr must not hold Wait
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -602,6 +602,11 @@ command = ["@BIN@", "__backend", "-listen", "127.0.0.1:{port}"]
 	if emfile == 0 {
 		t.Errorf("rouse never ran out of fds: the test did not test EMFILE")
 	}
+	// One line per accept loop and acceptWarnEvery (10 s): the echo app's
+	// listener, the web front and the control socket, over a few seconds.
+	if n := strings.Count(log, "msg=accept "); n > 3 || strings.Contains(log, "http: Accept error") {
+		t.Errorf("%d accept warnings in a few seconds, want at most one per listener:\n%s", n, log)
+	}
 	if !r.alive() {
 		t.Fatalf("rouse died of fd exhaustion")
 	}

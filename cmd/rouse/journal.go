@@ -9,14 +9,22 @@ import (
 	"github.com/coreos/go-systemd/v22/journal"
 )
 
-// newLogger returns rouse's logger: to journald with structured fields when
-// stderr is the journal (systemd sets JOURNAL_STREAM), else key=value text
-// on stderr.
-func newLogger(stderr io.Writer, level slog.Level) *slog.Logger {
-	if ok, err := journal.StderrIsJournalStream(); ok && err == nil && journal.Enabled() {
-		return slog.New(&journalHandler{level: level, send: journal.Send, fallback: slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})})
+// newLogger returns rouse's log, through a logQueue so that no log call
+// waits for stderr: to journald with structured fields when stderr is the
+// journal (systemd sets JOURNAL_STREAM), else key=value text on stderr.
+// Once stderr's reader is gone, records go to journald if it can be
+// reached, else nowhere.
+func newLogger(stderr io.Writer, level slog.Level) *logQueue {
+	w := &stderrWriter{w: stderr}
+	text := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+	var out, alt slog.Handler = text, nil
+	if journal.Enabled() {
+		alt = &journalHandler{level: level, send: journal.Send, fallback: slog.DiscardHandler}
+		if ok, err := journal.StderrIsJournalStream(); ok && err == nil {
+			out = &journalHandler{level: level, send: journal.Send, fallback: text}
+		}
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return newLogQueue(out, alt, w.gone.Load)
 }
 
 // journalHandler sends each record to journald as one entry. Attributes

@@ -11,6 +11,11 @@ import (
 )
 
 func main() {
+	// A write to a closed pipe on stderr must fail with EPIPE, not kill
+	// rouse (and with it, through the guard, every app): see logQueue.
+	// Notify rather than Ignore, so that apps still start with SIGPIPE at
+	// its default.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
 	stop()

@@ -197,11 +197,16 @@ func cumulativeBuckets(h activator.Histogram) map[float64]uint64 {
 
 // newMetricsHandler serves the metrics of sup's apps, plus the Go runtime's
 // and the rouse process's own, from a registry of this daemon's (never the
-// global one, so two daemons in one process do not collide).
-func newMetricsHandler(sup *activator.Supervisor, memoryBudget int64, log *slog.Logger) http.Handler {
+// global one, so two daemons in one process do not collide). logDropped
+// counts the log lines dropped because stderr did not take them.
+func newMetricsHandler(sup *activator.Supervisor, memoryBudget int64, log *slog.Logger, logDropped func() uint64) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		newAppCollector(sup, memoryBudget),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "rouse_log_dropped_lines_total",
+			Help: "Log lines (rouse's own and its apps' output) dropped because stderr did not take them in time.",
+		}, func() float64 { return float64(logDropped()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

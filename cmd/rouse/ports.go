@@ -108,6 +108,7 @@ type portTemplate struct {
 	name, upstream, dir, user string
 	cmd                       command
 	env                       map[string]string
+	ready                     string // ready = "exec CMD": CMD
 }
 
 // apply fills in the parts of cfg that depend on the port. With port 0 an
@@ -144,6 +145,7 @@ func (t portTemplate) apply(cfg *activator.Config, port int) error {
 	for _, k := range sortedKeys(vars) {
 		spec.Env = append(spec.Env, k+"="+vars[k])
 	}
+	cfg.Ready.Command = substitute(t.ready, t.name, port)
 	return err
 }
 

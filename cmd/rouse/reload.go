@@ -173,6 +173,9 @@ func (d *daemon) reload() error {
 		d.log.Error("reload rejected; the running config stays", "file", d.file, "err", err)
 		return err
 	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn("reload: config", "warning", w.String())
+	}
 	if err := checkReloadable(d.cfg, cfg); err != nil {
 		d.log.Error("reload rejected; the running config stays", "file", d.file, "err", err)
 		return err

@@ -134,7 +134,7 @@ command = ["@BIN@", "__backend", "-name", %q, "-listen", "127.0.0.1:{port}"]
 	// 2: a broken config is rejected whole; everything keeps serving.
 	os.WriteFile(file, []byte("[defaults]\nidle_timeout = 300\n"), 0o644)
 	out, code := rouse("reload", "--control", control)
-	if code == 0 || !strings.Contains(out, file+":2: defaults.idle_timeout") {
+	if code != exitConfig || !strings.Contains(out, file+":2: defaults.idle_timeout") {
 		t.Errorf("reload of a broken config: %d %q, want a refusal naming file:line: key", code, out)
 	}
 	if got := echoOnce(t, newPort, "still"); got != "still" {

@@ -22,7 +22,7 @@ const usage = `rouse: start apps on their first connection, stop them when idle.
 
 Usage:
   rouse run [-c FILE]                 run the daemon in the foreground
-  rouse check [-c FILE]               validate the config and list the apps
+  rouse check [-c FILE] [--strict]    validate the config and list the apps
   rouse status [APP] [--json]         show the apps of the running daemon
   rouse start|stop|restart APP        act on one app of the running daemon
   rouse reload                        re-read the config (as SIGHUP does)
@@ -130,26 +130,45 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 func loadConfig(file string, stderr io.Writer) (*Config, int) {
 	cfg, err := Load(file, LoadOptions{Euid: os.Geteuid()})
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		var ce *ConfigError
-		if errors.As(err, &ce) {
-			return nil, exitConfig
-		}
-		return nil, 1
+		return nil, reportLoad(err, stderr)
 	}
 	return cfg, 0
+}
+
+// reportLoad prints a Load error and returns the exit code: exitConfig for
+// a bad config, 1 for a file that cannot be read.
+func reportLoad(err error, stderr io.Writer) int {
+	fmt.Fprintln(stderr, err)
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		return exitConfig
+	}
+	return 1
 }
 
 func cmdCheck(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("rouse check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	file := configFlag(fs, getenv)
+	strict := fs.Bool("strict", false, "fail on warnings too (an include pattern that matches no file)")
 	if pos, err := parseFlags(fs, args); err != nil || len(pos) > 0 {
 		return exitConfig
 	}
-	cfg, code := loadConfig(file(), stderr)
-	if cfg == nil {
-		return code
+	// What the first start of each app would hit counts too: its user,
+	// dir and command, as the system is now.
+	cfg, err := Load(file(), LoadOptions{Euid: os.Geteuid(), CheckStart: true})
+	if err != nil {
+		return reportLoad(err, stderr)
+	}
+	for _, w := range cfg.Warnings {
+		if *strict {
+			fmt.Fprintln(stderr, w)
+		} else {
+			fmt.Fprintln(stderr, "warning:", w)
+		}
+	}
+	if *strict && len(cfg.Warnings) > 0 {
+		return exitConfig
 	}
 	cfg.Describe(stdout)
 	return 0

@@ -62,7 +62,8 @@ _rouse()
 
     local opts=""
     case $verb in
-        run | check) opts="-c --config" ;;
+        run) opts="-c --config" ;;
+        check) opts="-c --config --strict" ;;
         status) opts="--json -c --config --control" ;;
         start | stop | restart | reload) opts="-c --config --control" ;;
         demo) opts="-hello -echo" ;;
