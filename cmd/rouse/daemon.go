@@ -72,7 +72,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 		return err
 	}
 	metrics := newMetricsHandler(sup, cfg.MemoryBudget, log)
-	stopMetrics, err := startMetrics(cfg.Metrics, metrics, log)
+	stopMetrics, err := startMetrics(cfg.Metrics, metrics, newStatusPage(sup, cfg.MemoryBudget, log), log)
 	if err != nil {
 		ctl.Close()
 		sup.Close(context.Background())
