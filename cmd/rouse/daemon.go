@@ -48,6 +48,14 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	// out of the environment the apps inherit.
 	notify := newNotifier(log)
 	defer notify.close()
+	// Then the sockets systemd passed: taking them marks them close-on-exec.
+	// Until then every process rouse spawns (the guard first) would inherit
+	// them and keep them listening after rouse closed them.
+	sockets := listeners.NewSet(log)
+	if notify.conn != nil {
+		// The sockets rouse binds outlive a restart in systemd's fd store.
+		sockets.UseFDStore(notify.conn)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find rouse's own executable: %w", err)
@@ -58,7 +66,6 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	}
 	defer guard.Close()
 
-	sockets := listeners.NewSet(log)
 	d := &daemon{file: cfg.File, log: log, guard: guard, sockets: sockets, notify: notify}
 	sup, err := d.build(cfg)
 	if err != nil {
