@@ -318,9 +318,22 @@ func (l *echoLoad) stop(t *testing.T, during string) {
 	}
 }
 
+// pythonEcho is an echo server in Python: each line back, a thread per
+// connection, on the port given as its argument.
+const pythonEcho = `import socket, sys, threading
+def serve(c):
+    with c, c.makefile("rwb") as f:
+        for line in f:
+            f.write(line)
+            f.flush()
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+`
+
 // TestRestartOverFDStore plays systemd's file descriptor store: a rouse run
-// with NOTIFY_SOCKET stores the sockets it binds (a TCP and a unix address,
-// and one that the next config drops) with FDSTORE=1; the next rouse gets
+// with NOTIFY_SOCKET stores the sockets it binds (a TCP address with a
+// Python app behind it, a unix one, and one that the next config drops) with FDSTORE=1; the next rouse gets
 // them back by name in LISTEN_FDS, as systemd passes them, and binds
 // nothing. Clients hammering both addresses all along see no failure. The
 // dropped address is removed from the store (FDSTOREREMOVE=1) and refuses
@@ -334,7 +347,9 @@ func TestRestartOverFDStore(t *testing.T) {
 		return fmt.Sprintf("[apps.%s]\nlisten = [%q]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", name, listen)
 	}
 	tcpAddr := fmt.Sprintf("127.0.0.1:%d", tcpPort)
-	file, control := writeConfig(t, app("alpha", tcpAddr)+app("beta", "unix:"+unixPath)+app("gone", fmt.Sprintf("127.0.0.1:%d", gonePort)))
+	// alpha is not a Go program: a Python echo server.
+	python := fmt.Sprintf("[apps.alpha]\nlisten = [%q]\ncommand = [%q, \"-c\", %q, \"{port}\"]\n", tcpAddr, pythonPath(t), pythonEcho)
+	file, control := writeConfig(t, python+app("beta", "unix:"+unixPath)+app("gone", fmt.Sprintf("127.0.0.1:%d", gonePort)))
 	t.Setenv("NOTIFY_SOCKET", recv.path)
 	first := startRouse(t, file, control)
 	waitFor(t, "3 sockets in the store", func() bool { return recv.storedCount() == 3 })
