@@ -24,7 +24,6 @@ import (
 // is never held across I/O, a dial, a spawn or a wait: the process of each
 // start is owned by exactly one goroutine (run), which does those outside it.
 type App struct {
-	cfg   Config
 	log   *slog.Logger
 	guard *procman.Guard
 	lns   []net.Listener
@@ -66,6 +65,7 @@ type App struct {
 	failures     int
 	lastStart    time.Duration
 	lastErr      string
+	lastTail     []string  // the last stderr lines of the process that ran last
 	lastUsed     time.Time // when the last connection ended, for LRU
 	crashed      bool      // the back-off follows a crash of a ready app, not a failed start
 	asked        bool      // Start was called and waits for the pool to grant a start
@@ -408,6 +408,7 @@ func (a *App) finish(inst *instance, err error, kind string) {
 	pid := 0
 	if p != nil {
 		pid = p.Pid()
+		a.lastTail = p.StderrTail(stderrTailLines)
 	}
 	// An app may exit by itself when it has nothing to do (as systemd
 	// socket-activated services do); that is not a failure. With a

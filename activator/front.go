@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,7 +63,7 @@ type routes struct {
 	apps     []*App
 	exact    map[string]*App
 	wildcard []hostRoute // "*.example.com" as suffix ".example.com", longest first
-	fallback *App        // the app without hosts, if any
+	fallback *App        // the app without hosts or with "*", if any
 }
 
 type hostRoute struct {
@@ -76,14 +77,19 @@ func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
 		if a.config().Mode != ModeHTTP {
 			return nil, fmt.Errorf("app %s: mode %s cannot be served by an HTTP front", a.config().Name, a.config().Mode)
 		}
-		if len(a.config().Hosts) == 0 {
+		// An app without hosts, or with the catch-all "*", gets every
+		// request no other app claims; an address has one such app.
+		if len(a.config().Hosts) == 0 || slices.Contains(a.config().Hosts, "*") {
 			if r.fallback != nil {
-				return nil, fmt.Errorf("apps %s and %s share %s without hosts", r.fallback.cfg.Name, a.config().Name, addr)
+				return nil, fmt.Errorf("apps %s and %s both take every host on %s (no hosts, or \"*\")", r.fallback.config().Name, a.config().Name, addr)
 			}
 			r.fallback = a
 		}
 		for _, h := range a.config().Hosts {
 			h = strings.ToLower(h)
+			if h == "*" {
+				continue
+			}
 			if suffix, ok := strings.CutPrefix(h, "*"); ok {
 				r.wildcard = append(r.wildcard, hostRoute{suffix, a})
 				continue

@@ -237,6 +237,8 @@ func TestHTTPStreamedResponseIsFlushed(t *testing.T) {
 	}
 }
 
+// TestHTTPHostRouting proves that apps sharing an address get the requests
+// of their hosts (exact, wildcard, and the catch-all "*").
 func TestHTTPHostRouting(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -253,37 +255,58 @@ func TestHTTPHostRouting(t *testing.T) {
 	f.Serve()
 	defer f.Close()
 	client := newClient(t)
-	for host, want := range map[string]string{
+	servedBy(t, client, ln.Addr().String(), map[string]string{
 		"a.example.com":        "hello from app-a",
 		"A.Example.Com:80":     "hello from app-a",
 		"x.b.example.com":      "hello from app-b",
 		"deep.x.b.example.com": "hello from app-b",
-	} {
-		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
-		req.Host = host
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.HasPrefix(string(body), want) {
-			t.Errorf("Host %s: %d %q, want %q", host, resp.StatusCode, body, want)
-		}
-	}
+	})
 	for _, host := range []string{"b.example.com", "unknown.example.com"} {
-		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
-		req.Host = host
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 404 || !strings.Contains(string(body), "no app for host") {
-			t.Errorf("Host %s: %d %q, want 404 naming the host", host, resp.StatusCode, body)
+		if code, body := getHost(t, client, ln.Addr().String(), host); code != 404 || !strings.Contains(body, "no app for host") {
+			t.Errorf("Host %s: %d %q, want 404 naming the host", host, code, body)
 		}
 	}
+
+	// hosts = ["*"] takes what no other app claims; an address has one.
+	all := newTestAppNoListen(t, "all", []string{"-name", "app-all"}, []string{"*"})
+	if err := f.SetApps([]*App{a, b, all, newTestAppNoListen(t, "plain", nil, nil)}); err == nil ||
+		!strings.Contains(err.Error(), "both take every host") {
+		t.Errorf("a catch-all next to an app without hosts: %v, want an error", err)
+	}
+	if err := f.SetApps([]*App{a, b, all}); err != nil {
+		t.Fatal(err)
+	}
+	servedBy(t, client, ln.Addr().String(), map[string]string{
+		"a.example.com":       "hello from app-a",
+		"b.example.com":       "hello from app-all",
+		"unknown.example.org": "hello from app-all",
+		"127.0.0.1":           "hello from app-all",
+	})
+}
+
+// servedBy checks that a GET / to addr with each Host gets an answer
+// starting with the app's greeting.
+func servedBy(t *testing.T, client *http.Client, addr string, want map[string]string) {
+	t.Helper()
+	for host, greeting := range want {
+		if code, body := getHost(t, client, addr, host); code != 200 || !strings.HasPrefix(body, greeting) {
+			t.Errorf("Host %s: %d %q, want %q", host, code, body, greeting)
+		}
+	}
+}
+
+// getHost sends GET / with Host: host to addr and returns the answer.
+func getHost(t *testing.T, client *http.Client, addr, host string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(body)
 }
 
 // newTestAppNoListen is an http app for a front the test builds itself.

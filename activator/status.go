@@ -24,9 +24,12 @@ type Status struct {
 	BackoffUntil *time.Time `json:"backoff_until,omitempty"`
 	Command      []string   `json:"command,omitempty"`
 	Upstream     string     `json:"upstream,omitempty"`
-	StderrTail   []string   `json:"stderr_tail,omitempty"`
-	AppStatus    string     `json:"app_status,omitempty"` // the app's last sd_notify STATUS=
+	StderrTail   []string   `json:"stderr_tail,omitempty"` // of the running process, else of the last one
+	AppStatus    string     `json:"app_status,omitempty"`  // the app's last sd_notify STATUS=
 }
+
+// stderrTailLines is how many of an app's last stderr lines Status reports.
+const stderrTailLines = 10
 
 // Status returns a snapshot of the app. It samples the process's RSS and
 // CPU, so it costs a few reads of /proc while the app runs.
@@ -49,6 +52,9 @@ func (a *App) Status() Status {
 	if a.config().Process.Shell != "" {
 		st.Command = []string{"/bin/sh", "-c", a.config().Process.Shell}
 	}
+	if a.inst == nil || a.inst.proc == nil {
+		st.StderrTail = a.lastTail // what it said before it stopped or failed
+	}
 	if a.state == Backoff {
 		until := a.backoffUntil
 		st.BackoffUntil = &until
@@ -66,7 +72,7 @@ func (a *App) Status() Status {
 		if s, err := p.Stats(); err == nil {
 			st.RSSBytes, st.CPUPercent = s.RSS, s.CPUPercent
 		}
-		st.StderrTail = p.StderrTail(10)
+		st.StderrTail = p.StderrTail(stderrTailLines)
 		st.AppStatus = p.NotifyStatus()
 	}
 	return st

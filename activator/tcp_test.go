@@ -199,6 +199,10 @@ func TestExitBeforeReadyIsAFailure(t *testing.T) {
 	if !strings.Contains(st.LastError, "exit status 7") {
 		t.Errorf("last_error = %q, want the exit status", st.LastError)
 	}
+	// The process is gone; what it said last stays in the status.
+	if n := len(st.StderrTail); n == 0 || !strings.Contains(st.StderrTail[n-1], "exiting with status 7") {
+		t.Errorf("stderr tail %q, want the gone process's last line", st.StderrTail)
+	}
 }
 
 func TestReadinessTimeoutKillsTheProcess(t *testing.T) {

@@ -22,8 +22,13 @@ type Options struct {
 	// NoKeepAlive leaves TCP keep-alive off on accepted connections (Go
 	// turns it on by default, at three setsockopt calls per connection);
 	// for a protocol that times idle connections out itself, as HTTP does.
-	// It does not apply to sockets from systemd.
+	// It does not apply to sockets from systemd, nor to stored ones taken
+	// back after a restart.
 	NoKeepAlive bool
+	// Keep keeps a TCP or unix socket in systemd's file descriptor store
+	// across restarts of rouse, when the Set has one (Set.UseFDStore), and
+	// takes it back from there instead of binding it again.
+	Keep bool
 }
 
 const (
@@ -33,6 +38,17 @@ const (
 	// so this only guards against the unexpected.
 	probeTimeout = 2 * time.Second
 )
+
+// bind binds a TCP or unix address.
+func bind(a Addr, opts Options) (net.Listener, error) {
+	if a.Kind == TCP {
+		return listenTCP(a.Address, opts)
+	}
+	if err := checkUnixPath(a.Address); err != nil {
+		return nil, err
+	}
+	return listenUnix(a.Address, opts.UnixMode)
+}
 
 // listenTCP binds address. An IPv4 literal binds IPv4 only and an IPv6
 // literal IPv6 only, as written, so "0.0.0.0:80" and "[::]:80" can both be

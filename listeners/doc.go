@@ -1,6 +1,7 @@
 // Package listeners owns rouse's listening sockets: it binds TCP and unix
 // addresses, and it takes over the sockets systemd passed by socket
-// activation (LISTEN_FDS, LISTEN_FDNAMES).
+// activation (LISTEN_FDS, LISTEN_FDNAMES), or kept for rouse across a
+// restart in its file descriptor store.
 //
 // Invariants:
 //   - NewSet calls activation.Files exactly once, and that call unsets
@@ -16,5 +17,11 @@
 //     Its file descriptor is non-blocking, so Close interrupts Accept.
 //   - A unix socket file is removed only when it is a socket nobody accepts
 //     connections on; anything else at that path is left alone.
+//   - With a file descriptor store (UseFDStore), every socket bound with
+//     Options.Keep is sent to systemd under StoreName of its address, and a
+//     stored socket passed back under that name is taken instead of a new
+//     bind. A stored socket no Listen asks for is closed and removed from
+//     the store by CloseUnused, and Forget removes one during a run: the
+//     store never keeps listening an address rouse no longer serves.
 //   - There is no package-level mutable state.
 package listeners

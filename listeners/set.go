@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -20,6 +21,7 @@ type Set struct {
 
 	mu        sync.Mutex
 	inherited []*inheritedFD // in LISTEN_FDS order
+	store     *net.UnixConn  // systemd's notify socket, for the fd store; nil: store nothing
 }
 
 // NewSet takes over the sockets systemd passed (LISTEN_FDS/LISTEN_FDNAMES),
@@ -67,19 +69,20 @@ func (s *Set) Listen(a Addr, opts Options) ([]net.Listener, error) {
 
 func (s *Set) listen(a Addr, opts Options) ([]net.Listener, error) {
 	switch a.Kind {
-	case TCP:
-		l, err := listenTCP(a.Address, opts)
+	case TCP, Unix:
+		name, keep := StoreName(a)
+		keep = keep && opts.Keep
+		if keep {
+			if l, ok := s.restore(a, name); ok {
+				return []net.Listener{l}, nil
+			}
+		}
+		l, err := bind(a, opts)
 		if err != nil {
 			return nil, err
 		}
-		return []net.Listener{l}, nil
-	case Unix:
-		if err := checkUnixPath(a.Address); err != nil {
-			return nil, err
-		}
-		l, err := listenUnix(a.Address, opts.UnixMode)
-		if err != nil {
-			return nil, err
+		if keep {
+			s.keep(a, name, l)
 		}
 		return []net.Listener{l}, nil
 	case Systemd:
@@ -108,6 +111,13 @@ func (s *Set) CloseUnused() {
 	s.mu.Unlock()
 
 	for _, in := range unused {
+		if strings.HasPrefix(in.name, storePrefix) {
+			// Stored by an earlier rouse for an address no longer listened on.
+			in.file.Close()
+			s.dropStored(in.name)
+			s.logger.Info("closed stored socket of an address no longer listened on", "name", in.name, "fd", in.fd)
+			continue
+		}
 		if err := in.file.Close(); err != nil {
 			s.logger.Warn("closing unused socket passed by systemd", "name", in.name, "fd", in.fd, "err", err)
 			continue

@@ -17,8 +17,10 @@
 #     rouse-NAME.socket unit answering as their users, the watchdog, bash
 #     completion, journalctl -t APP, reload (good and bad config), restart
 #     (a connection made meanwhile is served), a crash, an upgrade, the
-#     drain on stop with nothing left behind, purge, and apt install on a
-#     running system.
+#     sockets rouse binds kept in systemd's fd store (requests flow through
+#     a restart and an upgrade to a higher version with 0 errors; addresses
+#     gone from the config are dropped), the drain on stop with nothing left
+#     behind, purge, and apt install on a running system.
 #
 # Whatever way the script ends, the trap on EXIT kills the namespace's init
 # (which takes every process of the namespace with it), kills what is left
@@ -533,6 +535,93 @@ else
 	fail "dpkg -i over the installed package: $(tail -5 "$WORK/upgrade.log")"
 fi
 in_ns rm -f /tmp/rouse.deb
+
+# --- FDSTORE: restarts and upgrades drop nothing. rouse keeps the sockets it
+# binds in systemd's file descriptor store (FileDescriptorStoreMax=) and takes
+# them back by name, so clients that come while it restarts wait in the
+# kernel's backlog. A bounded loop of requests (HTTP to web-direct, the echo
+# protocol to echo-direct, both on sockets rouse binds itself) runs through a
+# restart and through the upgrade to a higher version, and counts errors.
+WEB_PORT=17004
+fresh
+in_ns systemctl start rouse.service
+printf '[apps.web-direct]\nmode = "http"\nlisten = ["127.0.0.1:%s"]\ncommand = ["/usr/bin/rouse", "__backend", "-name", "web-direct", "-listen", "127.0.0.1:{port}"]\nuser = "nobody"\n' "$WEB_PORT" |
+	in_ns sh -c 'cat >/etc/rouse/apps.d/web-direct.toml'
+in_ns systemctl reload rouse.service
+stored() { unit_prop NFileDescriptorStore; }
+# flow: requests one after the other until /run/flow.stop exists (60 s at
+# most); prints "OK ERRORS" and, on stderr, what each error was.
+flow() {
+	in_ns timeout 120 bash -c '
+		ok=0 err=0 end=$((SECONDS + 60))
+		while [ ! -e /run/flow.stop ] && [ $SECONDS -lt $end ]; do
+			if got=$( (exec 3<>/dev/tcp/127.0.0.1/$1 && printf "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n" >&3 &&
+				IFS= read -r -t 30 line <&3 && echo "$line") 2>&1) && [[ $got == "HTTP/1."?" 200 "* ]]; then
+				ok=$((ok + 1))
+			else
+				err=$((err + 1)); echo "http: ${got:-no answer}" >&2
+			fi
+			if got=$( (exec 3<>/dev/tcp/127.0.0.1/$2 && IFS= read -r -t 30 banner <&3 && echo flow >&3 &&
+				IFS= read -r -t 30 line <&3 && echo "$line") 2>&1) && [[ $got == flow ]]; then
+				ok=$((ok + 1))
+			else
+				err=$((err + 1)); echo "tcp: ${got:-no answer}" >&2
+			fi
+		done
+		echo "$ok $err"' _ "$WEB_PORT" "$DIRECT_PORT"
+}
+# through COMMAND...: runs the loop from 1 s before COMMAND until 1 s after
+# rouse is active again; prints "OK ERRORS" (the errors in flow.err).
+through() {
+	in_ns rm -f /run/flow.stop
+	flow >"$WORK/flow.out" 2>"$WORK/flow.err" &
+	local pid=$!
+	sleep 1 # requests before the command too
+	"$@" >"$WORK/action.log" 2>&1 || echo "command failed: $(tail -3 "$WORK/action.log")" >>"$WORK/flow.err"
+	for _ in $(seq 100); do [[ $(unit_prop ActiveState) == active ]] && break; sleep 0.1; done
+	sleep 1
+	in_ns touch /run/flow.stop
+	wait "$pid"
+	cat "$WORK/flow.out"
+}
+errors_seen() { [[ ${1:-x} == 0 ]] || echo ": $(head -5 "$WORK/flow.err" | tr '\n' ' ')"; }
+got=$(in_ns timeout 15 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$1 && printf "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n" >&3 && IFS= read -r l <&3 && echo "$l"' _ "$WEB_PORT")
+check "web-direct (http, bound by rouse on 127.0.0.1:$WEB_PORT) answers: ${got%$'\r'}" test "${got%$'\r'}" = "HTTP/1.1 200 OK"
+n=$(stored)
+check "rouse keeps its 3 bound sockets in systemd's fd store (NFileDescriptorStore=$n)" test "$n" = 3
+
+fresh
+main=$(unit_prop MainPID)
+read -r ok errs < <(through in_ns systemctl restart rouse.service)
+check "requests through systemctl restart rouse: $ok served, ${errs:-?} errors (main pid $main -> $(unit_prop MainPID))$(errors_seen "$errs")" \
+	test "${errs:-x}" = 0 -a "${ok:-0}" -gt 10 -a "$(unit_prop MainPID)" != "$main"
+check "... and the store still holds 3 sockets (NFileDescriptorStore=$(stored))" test "$(stored)" = 3
+
+# The upgrade: this package repacked with a higher version.
+up=$WORK/upgrade
+mkdir -p "$up" && dpkg-deb -R "$DEB" "$up/root"
+upv="$(sed -n 's/^Version: //p' "$up/root/DEBIAN/control")+upgrade1"
+sed -i "s/^Version: .*/Version: $upv/" "$up/root/DEBIAN/control"
+dpkg-deb --root-owner-group -Zxz --build "$up/root" "$up/rouse.deb" >/dev/null
+in_ns sh -c 'cat >/tmp/rouse-upgrade.deb' <"$up/rouse.deb"
+fresh
+main=$(unit_prop MainPID)
+read -r ok errs < <(through in_ns dpkg -i /tmp/rouse-upgrade.deb)
+check "requests through the upgrade to $upv (dpkg -i): $ok served, ${errs:-?} errors (main pid $main -> $(unit_prop MainPID))$(errors_seen "$errs")" \
+	test "${errs:-x}" = 0 -a "${ok:-0}" -gt 10 -a "$(unit_prop MainPID)" != "$main" -a "$(in_ns dpkg-query -W -f '${Version}' rouse)" = "$upv"
+in_ns rm -f /tmp/rouse-upgrade.deb
+
+# An address gone from the config is closed and dropped from the store at
+# the next start: it refuses, rather than queueing for nobody.
+in_ns rm /etc/rouse/apps.d/echo-new.toml
+fresh
+in_ns systemctl restart rouse.service
+check "after removing echo-new and a restart, the store holds 2 sockets (NFileDescriptorStore=$(stored))" test "$(stored)" = 2
+check "... and echo-new's address refuses connections" not in_ns timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$1' _ "$NEW_PORT"
+check "... while echo-direct still answers" answers echo-direct "$DIRECT_PORT"
+in_ns rm /etc/rouse/apps.d/web-direct.toml
+in_ns systemctl reload rouse.service
+check "removing web-direct by a reload drops its socket from the store at once (NFileDescriptorStore=$(stored))" test "$(stored)" = 1
 
 # --- stop: open connections drain, then no app process is left, and rouse
 # stopped the apps itself

@@ -336,7 +336,7 @@ func parseHosts(v any, _ string) (any, error) {
 		h = strings.ToLower(h)
 		switch {
 		case !validHost(h):
-			errs = append(errs, fmt.Errorf(`invalid host %q: want a name such as "blog.example.com" or "*.example.com"`, hosts[i]))
+			errs = append(errs, fmt.Errorf(`invalid host %q: want a name such as "blog.example.com", "*.example.com", or "*" for every host`, hosts[i]))
 		case seen[h]:
 			errs = append(errs, fmt.Errorf("host %q is listed twice", hosts[i]))
 		}
@@ -350,8 +350,12 @@ func parseHosts(v any, _ string) (any, error) {
 }
 
 // validHost accepts a lower-case host name (IPv4 addresses included),
-// optionally with a leading "*." wildcard label.
+// optionally with a leading "*." wildcard label, or "*" alone: the catch-all
+// that gets every request no other app of the address claims.
 func validHost(h string) bool {
+	if h == "*" {
+		return true
+	}
 	h = strings.TrimPrefix(h, "*.")
 	if h == "" || len(h) > 253 {
 		return false

@@ -454,7 +454,8 @@ command = ["/usr/bin/alpha"]
 }
 
 // TestConfigVirtualHosts proves that http apps with distinct hosts share a
-// listen address, an exact name next to a wildcard included.
+// listen address, an exact name next to a wildcard and the catch-all "*"
+// included.
 func TestConfigVirtualHosts(t *testing.T) {
 	dir := writeFiles(t, map[string]string{"rouse.toml": `
 [apps.blog]
@@ -466,10 +467,18 @@ command = ["/usr/bin/blog"]
 listen = ["127.0.0.1:8080", "127.0.0.1:8081"]
 hosts = ["*.example.com", "example.com"]
 command = ["/usr/bin/rest"]
+
+[apps.other]
+listen = ["127.0.0.1:8080"]
+hosts = ["*"]
+command = ["/usr/bin/other"]
 `})
 	cfg := mustLoad(t, filepath.Join(dir, "rouse.toml"), LoadOptions{Euid: 1000})
 	if got := app(t, cfg, "blog").Hosts; !reflect.DeepEqual(got, []string{"blog.example.com"}) {
 		t.Errorf("hosts %q, want them lower-cased", got)
+	}
+	if got := app(t, cfg, "other").Hosts; !reflect.DeepEqual(got, []string{"*"}) {
+		t.Errorf("catch-all hosts %q, want [*]", got)
 	}
 }
 

@@ -168,7 +168,7 @@ func clientFlags(fs *flag.FlagSet, getenv func(string) string, stderr io.Writer)
 func cmdStatus(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("rouse status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "print JSON (the fields of DESIGN.md)")
+	asJSON := fs.Bool("json", false, "print JSON (the fields listed in the README's \"Status and logs\")")
 	socket := clientFlags(fs, getenv, stderr)
 	pos, err := parseFlags(fs, args)
 	if err != nil || len(pos) > 1 {

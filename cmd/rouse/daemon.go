@@ -53,6 +53,14 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	// out of the environment the apps inherit.
 	notify := newNotifier(log)
 	defer notify.close()
+	// Then the sockets systemd passed: taking them marks them close-on-exec.
+	// Until then every process rouse spawns (the guard first) would inherit
+	// them and keep them listening after rouse closed them.
+	sockets := listeners.NewSet(log)
+	if notify.conn != nil {
+		// The sockets rouse binds outlive a restart in systemd's fd store.
+		sockets.UseFDStore(notify.conn)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find rouse's own executable: %w", err)
@@ -63,7 +71,6 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	}
 	defer guard.Close()
 
-	sockets := listeners.NewSet(log)
 	d := &daemon{file: cfg.File, log: log, guard: guard, sockets: sockets, notify: notify}
 	sup, err := d.build(cfg)
 	if err != nil {
@@ -77,7 +84,7 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 		return err
 	}
 	metrics := newMetricsHandler(sup, cfg.MemoryBudget, log, logs.Dropped)
-	stopMetrics, err := startMetrics(cfg.Metrics, metrics, log)
+	stopMetrics, err := startMetrics(cfg.Metrics, metrics, newStatusPage(sup, cfg.MemoryBudget, log), log)
 	if err != nil {
 		ctl.Close()
 		sup.Close(context.Background())

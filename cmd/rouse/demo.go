@@ -56,26 +56,43 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	if cfg == nil {
 		return code
 	}
+	fmt.Fprintln(stdout, "rouse demo: binding 2 sockets; the apps start on their first connection")
 	logs := newLogger(stderr, cfg.LogLevel)
 	defer logs.Close()
 	err = serve(ctx, cfg, logs, func(*activator.Supervisor) {
 		fmt.Fprintf(stdout, `
 rouse demo is running. Nothing runs behind these sockets until you connect:
 
-  curl http://%[1]s/          the hello app starts on this first request
-  echo hi | nc %[3]s           the echo app (TCP) starts on this connection
+  curl http://%[1]s/
+  echo hi | nc -N %[2]s
 
+The first starts the hello app (HTTP), the second the echo app (TCP).
 Both stop again after 10 seconds without connections. Watch them with
 
-  rouse status --control %[2]s
+  %[3]s status --control %[4]s
 
-(or: go run ./cmd/rouse status --control %[2]s). Ctrl-C stops the demo and its apps.
+Ctrl-C stops the demo and its apps.
 
-`, *hello, cfg.Control, strings.Replace(*echo, ":", " ", 1))
+`, *hello, strings.Replace(*echo, ":", " ", 1), selfCommand(os.Args[0]), cfg.Control)
 	})
 	if err != nil {
 		logs.Logger().Error("rouse demo", "err", err)
 		return 1
 	}
 	return 0
+}
+
+// selfCommand is how to run this rouse again as the user ran it: "go run
+// ./cmd/rouse" when it was built by go run (into go-build*/.../exe/ under
+// the temporary directory, gone once it exits), the path it was started
+// by when that has a slash, else "rouse" from $PATH.
+func selfCommand(arg0 string) string {
+	dir := filepath.Dir(arg0)
+	switch {
+	case filepath.Base(dir) == "exe" && strings.Contains(dir, string(filepath.Separator)+"go-build"):
+		return "go run ./cmd/rouse"
+	case strings.ContainsRune(arg0, filepath.Separator):
+		return arg0
+	}
+	return "rouse"
 }

@@ -408,11 +408,13 @@ user = "nobody"
 	}
 }
 
+// TestDemo runs `rouse demo`, as the README's first command, and proves
+// that its apps answer and that the commands it prints work as printed.
 func TestDemo(t *testing.T) {
 	hello, echoPort := freePort(t), freePort(t)
 	cmd := exec.Command(os.Args[0], "demo", "-hello", fmt.Sprintf("127.0.0.1:%d", hello), "-echo", fmt.Sprintf("127.0.0.1:%d", echoPort))
 	cmd.Env = append(os.Environ(), "ROUSE_TEST_MAIN=1")
-	var out, errb bytes.Buffer
+	var out, errb lockedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -439,9 +441,52 @@ func TestDemo(t *testing.T) {
 	if got := echoOnce(t, echoPort, "hi\n"); !strings.HasSuffix(got, "hi\n") || !strings.HasPrefix(got, "echo ") {
 		t.Errorf("demo echo answered %q", got)
 	}
+	// The hints it printed work as printed, run by a shell.
+	waitFor(t, "the demo's hints", func() bool { return strings.Contains(out.String(), "Ctrl-C stops") })
+	hints := demoHints(out.String())
+	if len(hints) != 3 {
+		t.Fatalf("demo printed %d commands to try, want 3: %q", len(hints), hints)
+	}
+	wants := []string{"hello from hello", "hi", "STATE"}
+	for i, hint := range hints {
+		sh := exec.Command("/bin/sh", "-c", hint)
+		sh.Env = append(os.Environ(), "ROUSE_TEST_MAIN=1") // the printed rouse is this test binary
+		sh.WaitDelay = 10 * time.Second
+		got, err := sh.CombinedOutput()
+		if err != nil || !strings.Contains(string(got), wants[i]) {
+			t.Errorf("printed hint %q: %v, output %q, want %q in it", hint, err, got, wants[i])
+		}
+	}
 	cmd.Process.Signal(syscall.SIGINT)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("demo after Ctrl-C: %v", err)
+	}
+}
+
+// demoHints returns the commands the demo printed for the user to try: the
+// indented lines of its greeting.
+func demoHints(out string) []string {
+	var hints []string
+	for line := range strings.Lines(out) {
+		if cmd, ok := strings.CutPrefix(strings.TrimRight(line, "\n"), "  "); ok {
+			hints = append(hints, cmd)
+		}
+	}
+	return hints
+}
+
+// TestSelfCommand proves that the demo's hints name rouse as the user ran
+// it, go run included.
+func TestSelfCommand(t *testing.T) {
+	for arg0, want := range map[string]string{
+		"/tmp/go-build1752648836/b001/exe/rouse": "go run ./cmd/rouse",
+		"./bin/rouse":                            "./bin/rouse",
+		"/usr/bin/rouse":                         "/usr/bin/rouse",
+		"rouse":                                  "rouse",
+	} {
+		if got := selfCommand(arg0); got != want {
+			t.Errorf("selfCommand(%q) = %q, want %q", arg0, got, want)
+		}
 	}
 }
 

@@ -228,9 +228,9 @@ func withMetrics(control, metrics http.Handler) http.Handler {
 }
 
 // startMetrics serves metrics on addr ([rouse].metrics) until stop is
-// called; it serves /metrics only, never the control API. With addr empty
-// it does nothing. stop returns once the server has exited.
-func startMetrics(addr string, metrics http.Handler, log *slog.Logger) (stop func(), err error) {
+// called: /metrics, and the status page at /; never the control API. With
+// addr empty it does nothing. stop returns once the server has exited.
+func startMetrics(addr string, metrics, page http.Handler, log *slog.Logger) (stop func(), err error) {
 	if addr == "" {
 		return func() {}, nil
 	}
@@ -240,6 +240,7 @@ func startMetrics(addr string, metrics http.Handler, log *slog.Logger) (stop fun
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
+	mux.Handle("GET /{$}", page)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -290,8 +290,20 @@ command = ["@BIN@", "__backend", "-exit", "1"]
 		t.Errorf("control API after adding /metrics: web is %q", st.state)
 	}
 
-	// The TCP listener serves metrics only, never the control API.
-	resp, err := http.Get("http://" + metricsAddr + "/v1/status")
+	// It also serves the status page (TestStatusPageInChromium loads it in
+	// a browser) ...
+	resp, err := http.Get("http://" + metricsAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "text/html; charset=utf-8" ||
+		!strings.Contains(string(page), `id="app-web"`) || !strings.Contains(string(page), `id="app-crash"`) {
+		t.Errorf("GET / on the metrics address: %d %s, want the status page naming every app:\n%s", resp.StatusCode, ct, page)
+	}
+	// ... and never the control API.
+	resp, err = http.Get("http://" + metricsAddr + "/v1/status")
 	if err != nil {
 		t.Fatal(err)
 	}

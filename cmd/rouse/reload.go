@@ -95,7 +95,7 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 			lns, ok := keep[addr.String()]
 			if !ok {
 				var err error
-				if lns, err = d.sockets.Listen(addr, listeners.Options{}); err != nil {
+				if lns, err = d.sockets.Listen(addr, listeners.Options{Keep: true}); err != nil {
 					closeAll(own)
 					return nil, fmt.Errorf("app %s: %w", ac.Name, err)
 				}
@@ -117,7 +117,7 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 
 func (d *daemon) newFront(addr listeners.Addr, apps []*activator.App) (*activator.HTTPFront, error) {
 	// The front closes idle connections itself (as nginx, no SO_KEEPALIVE).
-	lns, err := d.sockets.Listen(addr, listeners.Options{NoKeepAlive: true})
+	lns, err := d.sockets.Listen(addr, listeners.Options{NoKeepAlive: true, Keep: true})
 	if err != nil {
 		return nil, err
 	}
@@ -230,9 +230,31 @@ func (d *daemon) reload() error {
 			removed = append(removed, name)
 		}
 	}
+	forgetGone(d.sockets, d.cfg, cfg)
 	d.cfg = cfg
 	d.log.Info("reloaded", "file", d.file, "added", strings.Join(added, ","), "changed", strings.Join(changed, ","), "removed", strings.Join(removed, ","))
 	return nil
+}
+
+// forgetGone drops the sockets of the addresses old listens on and cfg
+// does not from systemd's file descriptor store, so that a restart does not
+// bring them back: a socket systemd keeps listening would queue
+// connections nobody accepts, where a closed one refuses them.
+func forgetGone(sockets *listeners.Set, old, cfg *Config) {
+	keep := make(map[listeners.Addr]bool)
+	for _, a := range cfg.Apps {
+		for _, addr := range a.Addrs {
+			keep[addr] = true
+		}
+	}
+	for _, a := range old.Apps {
+		for _, addr := range a.Addrs {
+			if !keep[addr] {
+				sockets.Forget(addr)
+				keep[addr] = true // once
+			}
+		}
+	}
 }
 
 // checkReloadable refuses what a reload cannot change in place.
@@ -268,7 +290,7 @@ func (d *daemon) relisten(a *activator.App, ac App) {
 		got, ok := keep[addr.String()]
 		if !ok {
 			var err error
-			if got, err = d.sockets.Listen(addr, listeners.Options{}); err != nil {
+			if got, err = d.sockets.Listen(addr, listeners.Options{Keep: true}); err != nil {
 				d.log.Error("reload: listen", "app", ac.Name, "addr", addr.String(), "err", err)
 				continue
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,16 +19,19 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/journal"
+	"golang.org/x/sys/unix"
 )
 
 // notifyReceiver is the systemd side of sd_notify: a unixgram socket whose
-// datagrams the test reads.
+// datagrams the test reads. Like systemd, it keeps the descriptors sent with
+// FDSTORE=1 under their FDNAME and closes them on FDSTOREREMOVE=1.
 type notifyReceiver struct {
-	conn *net.UnixConn
-	path string
-	mu   sync.Mutex
-	msgs []string
-	done chan struct{}
+	conn   *net.UnixConn
+	path   string
+	mu     sync.Mutex
+	msgs   []string
+	stored map[string]*os.File
+	done   chan struct{}
 }
 
 func newNotifyReceiver(t *testing.T) *notifyReceiver {
@@ -37,25 +41,85 @@ func newNotifyReceiver(t *testing.T) *notifyReceiver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &notifyReceiver{conn: conn, path: path, done: make(chan struct{})}
+	n := &notifyReceiver{conn: conn, path: path, stored: make(map[string]*os.File), done: make(chan struct{})}
 	go func() {
 		defer close(n.done)
-		buf := make([]byte, 4096)
+		buf, oob := make([]byte, 4096), make([]byte, syscall.CmsgSpace(4*8))
 		for {
-			k, err := conn.Read(buf)
+			k, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 			if err != nil {
 				return
 			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.mu.Unlock()
+			n.received(string(buf[:k]), oob[:oobn])
 		}
 	}()
 	t.Cleanup(func() {
 		conn.Close()
 		<-n.done
+		for _, f := range n.stored {
+			f.Close()
+		}
 	})
 	return n
+}
+
+func (n *notifyReceiver) received(msg string, oob []byte) {
+	var files []*os.File
+	cmsgs, _ := syscall.ParseSocketControlMessage(oob)
+	for _, c := range cmsgs {
+		fds, _ := syscall.ParseUnixRights(&c)
+		for _, fd := range fds {
+			files = append(files, os.NewFile(uintptr(fd), "stored"))
+		}
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(msg, "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			fields[k] = v
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.msgs = append(n.msgs, msg)
+	name := fields["FDNAME"]
+	switch {
+	case fields["FDSTORE"] == "1" && len(files) == 1 && n.stored[name] == nil:
+		n.stored[name] = files[0]
+		files = nil
+	case fields["FDSTOREREMOVE"] == "1" && n.stored[name] != nil:
+		n.stored[name].Close()
+		delete(n.stored, name)
+	}
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+func (n *notifyReceiver) storedCount() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.stored)
+}
+
+// store returns the names and dups of the descriptors held, as systemd
+// passes them to the next start (LISTEN_FDNAMES, LISTEN_FDS).
+func (n *notifyReceiver) store(t *testing.T) ([]string, []*os.File) {
+	t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var names []string
+	var files []*os.File
+	for name, f := range n.stored {
+		// Close-on-exec, or every process the test starts would hold it.
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dup := os.NewFile(uintptr(fd), name)
+		t.Cleanup(func() { dup.Close() })
+		names, files = append(names, name), append(files, dup)
+	}
+	return names, files
 }
 
 // has reports whether some datagram holds the line want.
@@ -178,14 +242,40 @@ idle_timeout = "0"
 		return heldRouse(t, file, []string{"beta", "alpha"}, []*os.File{unixFile, tcpFile})
 	}
 
-	var served, failed atomic.Int64
-	var failures sync.Map
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, addr := range [][2]string{{"tcp", tcpAddr.String()}, {"unix", unixPath}} {
-		wg.Add(1)
+	load := startLoad([][2]string{{"tcp", tcpAddr.String()}, {"unix", unixPath}})
+	for round := range 3 {
+		r := startOne()
+		waitControl(t, control, r)
+		load.waitServed(t, fmt.Sprintf("round %d", round), 20)
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		<-r.done
+		if code := r.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("round %d: rouse exited %d", round, code)
+		}
+	}
+	startOne()
+	load.waitServed(t, "the last rouse", 10)
+	load.stop(t, "across 3 restarts")
+}
+
+// echoLoad is clients that connect to addresses one connection after
+// another, send a line and read it back, counting what failed.
+type echoLoad struct {
+	served, failed atomic.Int64
+	failures       sync.Map
+	cancel         context.CancelFunc
+	wg             sync.WaitGroup
+}
+
+// startLoad starts one client per address (network, address).
+func startLoad(addrs [][2]string) *echoLoad {
+	l := &echoLoad{}
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	for _, addr := range addrs {
+		l.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer l.wg.Done()
 			for ctx.Err() == nil {
 				c, err := net.DialTimeout(addr[0], addr[1], 10*time.Second)
 				if err == nil {
@@ -194,37 +284,107 @@ idle_timeout = "0"
 					line, rerr := bufio.NewReader(c).ReadString('\n')
 					c.Close()
 					if rerr == nil && line == "ping\n" {
-						served.Add(1)
+						l.served.Add(1)
 						continue
 					}
 					err = fmt.Errorf("read %q: %v", line, rerr)
 				}
-				failed.Add(1)
-				failures.Store(addr[0]+": "+err.Error(), true)
+				l.failed.Add(1)
+				l.failures.Store(addr[0]+": "+err.Error(), true)
 			}
 		}()
 	}
-	for round := range 3 {
-		r := startOne()
-		waitControl(t, control, r)
-		before := served.Load()
-		waitFor(t, fmt.Sprintf("round %d to serve", round), func() bool { return served.Load() > before+20 })
-		r.cmd.Process.Signal(syscall.SIGTERM)
-		<-r.done
-		if code := r.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("round %d: rouse exited %d", round, code)
-		}
-	}
-	startOne()
-	before := served.Load()
-	waitFor(t, "the last rouse to serve", func() bool { return served.Load() > before+10 })
-	stop()
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		failures.Range(func(k, _ any) bool {
+	return l
+}
+
+// waitServed waits until n more connections have been served.
+func (l *echoLoad) waitServed(t *testing.T, who string, n int64) {
+	t.Helper()
+	before := l.served.Load()
+	waitFor(t, who+" to serve", func() bool { return l.served.Load() > before+n })
+}
+
+// stop ends the clients and fails the test if any connection failed.
+func (l *echoLoad) stop(t *testing.T, during string) {
+	t.Helper()
+	l.cancel()
+	l.wg.Wait()
+	if n := l.failed.Load(); n > 0 {
+		l.failures.Range(func(k, _ any) bool {
 			t.Errorf("failure: %v", k)
 			return true
 		})
-		t.Errorf("%d of %d connections failed across 3 restarts", n, n+served.Load())
+		t.Errorf("%d of %d connections failed %s", n, n+l.served.Load(), during)
+	}
+}
+
+// pythonEcho is an echo server in Python: each line back, a thread per
+// connection, on the port given as its argument.
+const pythonEcho = `import socket, sys, threading
+def serve(c):
+    with c, c.makefile("rwb") as f:
+        for line in f:
+            f.write(line)
+            f.flush()
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+`
+
+// TestRestartOverFDStore plays systemd's file descriptor store: a rouse run
+// with NOTIFY_SOCKET stores the sockets it binds (a TCP address with a
+// Python app behind it, a unix one, and one that the next config drops) with FDSTORE=1; the next rouse gets
+// them back by name in LISTEN_FDS, as systemd passes them, and binds
+// nothing. Clients hammering both addresses all along see no failure. The
+// dropped address is removed from the store (FDSTOREREMOVE=1) and refuses
+// connections: no process still holds it (the guard, spawned first, once
+// inherited every passed socket).
+func TestRestartOverFDStore(t *testing.T) {
+	recv := newNotifyReceiver(t)
+	tcpPort, gonePort := freePort(t), freePort(t)
+	unixPath := filepath.Join(t.TempDir(), "b.sock")
+	app := func(name, listen string) string {
+		return fmt.Sprintf("[apps.%s]\nlisten = [%q]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", name, listen)
+	}
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", tcpPort)
+	// alpha is not a Go program: a Python echo server.
+	python := fmt.Sprintf("[apps.alpha]\nlisten = [%q]\ncommand = [%q, \"-c\", %q, \"{port}\"]\n", tcpAddr, pythonPath(t), pythonEcho)
+	file, control := writeConfig(t, python+app("beta", "unix:"+unixPath)+app("gone", fmt.Sprintf("127.0.0.1:%d", gonePort)))
+	t.Setenv("NOTIFY_SOCKET", recv.path)
+	first := startRouse(t, file, control)
+	waitFor(t, "3 sockets in the store", func() bool { return recv.storedCount() == 3 })
+	load := startLoad([][2]string{{"tcp", tcpAddr}, {"unix", unixPath}})
+	load.waitServed(t, "the first rouse", 20)
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	<-first.done
+
+	text, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := strings.ReplaceAll(app("gone", fmt.Sprintf("127.0.0.1:%d", gonePort)), "@BIN@", os.Args[0])
+	if !bytes.Contains(text, []byte(gone)) {
+		t.Fatalf("no app gone in %s:\n%s", file, text)
+	}
+	if err := os.WriteFile(file, bytes.Replace(text, []byte(gone), nil, 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	names, files := recv.store(t)
+	second := heldRouse(t, file, names, files)
+	waitControl(t, control, second)
+	load.waitServed(t, "the second rouse", 20)
+	load.stop(t, "across a restart over the fd store")
+
+	waitFor(t, "the dropped address to leave the store", func() bool { return recv.storedCount() == 2 })
+	for _, f := range files {
+		f.Close() // the test's own copies, as systemd's are gone
+	}
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", gonePort), 5*time.Second); err == nil {
+		c.Close()
+		out, _ := exec.Command("ss", "-ltnpe", fmt.Sprintf("sport = :%d", gonePort)).CombinedOutput()
+		t.Errorf("the dropped address still accepts connections; who holds it: %s", out)
+	}
+	if strings.Contains(second.log.String(), "bind") && strings.Contains(second.log.String(), "address already in use") {
+		t.Errorf("the second rouse tried to bind what it was passed:\n%s", second.log.String())
 	}
 }
