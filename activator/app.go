@@ -34,6 +34,9 @@ type App struct {
 	gate  *dialGate                    // paces new connections to the process (http, tcp)
 	// removed: a reload took the app out of the config (it drains).
 	removed atomic.Bool
+	// pending counts the connections and requests going through their
+	// attempts (proxy, connect), held or between two of them.
+	pending atomic.Int64
 
 	shim    []string // handoff and inetd modes: Options.ExecShim
 	handoff *handoff // handoff mode: the sockets handed to the app
@@ -412,8 +415,10 @@ func (a *App) finish(inst *instance, err error, kind string) {
 	}
 	// An app may exit by itself when it has nothing to do (as systemd
 	// socket-activated services do); that is not a failure. With a
-	// connection waiting for it, it is: that start served nothing.
-	if err != nil && inst.why == "" && p != nil && p.Err() == nil && a.state == Ready && a.active == 0 && a.queued == 0 {
+	// connection or request waiting for it (held, or between two
+	// attempts), it is: that start served nothing.
+	if err != nil && inst.why == "" && p != nil && p.Err() == nil && a.state == Ready && a.active == 0 && a.queued == 0 &&
+		a.pending.Load() == 0 {
 		a.log.Info("exited by itself while idle", "pid", pid)
 		err = nil
 	}

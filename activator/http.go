@@ -112,6 +112,8 @@ type proxyRequest interface {
 // safe, answered by rouse when it cannot be handed on. It returns false
 // when the client's connection must be cut instead of answered.
 func (a *App) proxy(rq proxyRequest, start time.Time) bool {
+	a.pending.Add(1)
+	defer a.pending.Add(-1)
 	ctx := rq.context()
 	cfg := a.config()
 	deadline := start.Add(cfg.QueueTimeout)

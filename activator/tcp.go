@@ -149,6 +149,8 @@ func (a *App) serveConn(c net.Conn) {
 // within retry_tries and retry_timeout. On success the caller owns a slot
 // and must release it.
 func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn, error) {
+	a.pending.Add(1)
+	defer a.pending.Add(-1)
 	start := a.now()
 	deadline := start.Add(a.config().QueueTimeout)
 	retryDeadline := start.Add(a.config().RetryTimeout)

@@ -21,26 +21,27 @@ func TestQuiesce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer queued.Close()
-	accepted := make(chan net.Conn, 1)
+	type result struct {
+		c  net.Conn
+		at time.Time
+	}
+	accepted := make(chan result, 1)
 	go func() {
 		// Accept only after Quiesce began: it must wait for this.
 		time.Sleep(20 * time.Millisecond)
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-		close(accepted)
+		c, _ := ln.Accept()
+		accepted <- result{c, time.Now()}
 	}()
 	if err := Quiesce(ln.(*net.TCPListener), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case c := <-accepted:
-		if c == nil {
-			t.Fatal("the queued connection was not accepted")
-		}
-		c.Close()
-	default:
+	returned := time.Now()
+	r := <-accepted
+	if r.c == nil {
+		t.Fatal("the queued connection was not accepted")
+	}
+	r.c.Close()
+	if r.at.After(returned) {
 		t.Fatal("Quiesce returned while a connection was still queued")
 	}
 	if c, err := net.DialTimeout("tcp", ln.Addr().String(), 300*time.Millisecond); err == nil {
