@@ -196,7 +196,6 @@ func TestStartWaitsForRoom(t *testing.T) {
 	}
 }
 
-
 // allocApp is an http app run by testdata/allocapp.py: it holds mib MiB
 // and takes delay to start.
 func allocApp(py string, mib int, delay time.Duration, edit func(*Config)) appSpec {

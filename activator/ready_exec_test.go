@@ -10,7 +10,6 @@ import (
 	"time"
 )
 
-
 // ready = "exec CMD": the app is ready when CMD exits 0, here a python
 // script that connects to the app's port.
 func TestExecReady(t *testing.T) {
