@@ -58,4 +58,9 @@ type Config struct {
 	RetryNonIdempotent bool           // replay non-idempotent requests after they reached the app
 	ResponseTimeout    time.Duration  // request sent -> response headers, else 504; 0 = no limit
 	TrustedProxies     []netip.Prefix // clients whose X-Forwarded-* headers are kept and extended
+	// StartPage: a browser's GET still held after StartPageAfter gets a
+	// waiting page that reloads itself (startpage.go); other requests are
+	// held as ever.
+	StartPage      bool
+	StartPageAfter time.Duration
 }

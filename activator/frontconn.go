@@ -370,6 +370,7 @@ type rawRequest struct {
 
 func (q *rawRequest) context() context.Context { return q.fc.ctx }
 func (q *rawRequest) method() string           { return string(q.fc.head.method) }
+func (q *rawRequest) accept() string           { return headerValue(q.fc.out, "accept") }
 func (q *rawRequest) prepare() error           { return nil }
 func (q *rawRequest) bodyReplayable() bool     { return true }
 func (q *rawRequest) hold() func()             { return q.fc.watch(nil) }

@@ -88,6 +88,7 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type proxyRequest interface {
 	context() context.Context // ends when the client goes away
 	method() string
+	accept() string // the Accept header
 	path() string
 	// prepare reads what had to wait until the app was ready: the body
 	// behind an Expect: 100-continue. It is called before every exchange
@@ -127,7 +128,16 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 		if inst == nil {
 			release := rq.hold()
 			var err error
-			inst, err = a.acquire(ctx, deadline, try > 1)
+			if try == 1 && a.wantsStartPage(rq) {
+				var answered bool
+				inst, answered, err = a.holdForPage(rq, start, deadline)
+				if answered {
+					release()
+					return true
+				}
+			} else {
+				inst, err = a.acquire(ctx, deadline, try > 1)
+			}
 			release()
 			if err != nil {
 				return a.refuse(rq, err, lastErr)
@@ -200,6 +210,7 @@ type httpRequest struct {
 
 func (q *httpRequest) context() context.Context         { return q.r.Context() }
 func (q *httpRequest) method() string                   { return q.r.Method }
+func (q *httpRequest) accept() string                   { return q.r.Header.Get("Accept") }
 func (q *httpRequest) path() string                     { return q.r.URL.Path }
 func (q *httpRequest) bodyReplayable() bool             { return q.body.replayable() }
 func (q *httpRequest) errorWriter() http.ResponseWriter { return q.w }

@@ -712,6 +712,8 @@ func (b *builder) build(ports map[int]string) *built {
 		ResponseTimeout:    val(m, "response_timeout", defaultResponseTime),
 		KeepWarm:           val(m, "keep_warm", false),
 		TrustedProxies:     val[[]netip.Prefix](m, "trusted_proxies", nil),
+		StartPage:          val(m, "start_page", false),
+		StartPageAfter:     val(m, "start_page_after", defaultStartPageAfter),
 	}
 	rd := val(m, "ready", readiness{kind: "tcp"})
 	cfg.Ready.Kind, cfg.Ready.Path = rd.kind, rd.path

@@ -21,23 +21,24 @@ import (
 
 // The defaults of DESIGN.md, for keys neither [defaults] nor the app sets.
 const (
-	defaultControl       = "/run/rouse/control.sock"
-	defaultDrainTimeout  = 10 * time.Second
-	defaultMode          = activator.ModeHTTP
-	defaultStartTimeout  = 30 * time.Second
-	defaultIdleTimeout   = 15 * time.Minute
-	defaultStopTimeout   = 10 * time.Second
-	defaultStopSignal    = syscall.SIGTERM
-	defaultQueueTimeout  = 30 * time.Second
-	defaultMaxQueued     = 1024
-	defaultRequestBuffer = 1 << 20
-	defaultRetryTries    = 3
-	defaultRetryTimeout  = 10 * time.Second
-	defaultMaxFails      = 3
-	defaultFailTimeout   = 30 * time.Second
-	defaultBackoffMax    = 5 * time.Minute
-	defaultResponseTime  = 60 * time.Second
-	defaultUpstream      = "127.0.0.1:{port}"
+	defaultControl        = "/run/rouse/control.sock"
+	defaultDrainTimeout   = 10 * time.Second
+	defaultMode           = activator.ModeHTTP
+	defaultStartTimeout   = 30 * time.Second
+	defaultIdleTimeout    = 15 * time.Minute
+	defaultStopTimeout    = 10 * time.Second
+	defaultStopSignal     = syscall.SIGTERM
+	defaultQueueTimeout   = 30 * time.Second
+	defaultMaxQueued      = 1024
+	defaultRequestBuffer  = 1 << 20
+	defaultRetryTries     = 3
+	defaultRetryTimeout   = 10 * time.Second
+	defaultMaxFails       = 3
+	defaultFailTimeout    = 30 * time.Second
+	defaultBackoffMax     = 5 * time.Minute
+	defaultResponseTime   = 60 * time.Second
+	defaultStartPageAfter = time.Second
+	defaultUpstream       = "127.0.0.1:{port}"
 )
 
 // parseFunc checks the raw value of one key and turns it into its Go type.
@@ -90,6 +91,8 @@ var appKeys = map[string]parseFunc{
 	"response_timeout":     durationKey(0),
 	"trusted_proxies":      parseTrustedProxies,
 	"keep_warm":            func(v any, _ string) (any, error) { return asBool(v) },
+	"start_page":           func(v any, _ string) (any, error) { return asBool(v) },
+	"start_page_after":     durationKey(0),
 }
 
 // stopSignals are the signals stop_signal may name.
