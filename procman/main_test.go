@@ -117,25 +117,34 @@ func helperMain(mode string) int {
 		// Plays rouse: guards an app that has a grandchild, then waits to be
 		// SIGKILLed by the test.
 		exe, _ := os.Executable()
-		g, err := StartGuard([]string{exe, "__guard"})
+		opts := GuardOptions{}
+		if os.Getenv("HELPER_CONTAIN") == "subreaper" {
+			opts.Containment = ContainSubreaper
+		}
+		g, err := StartGuard([]string{exe, "__guard"}, opts)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		app, err := Start(Spec{
+		spec := Spec{
 			Name:   "app",
 			Argv:   []string{exe},
 			Env:    []string{"PROCMAN_HELPER=grandchild"},
 			User:   currentUser(),
 			Guard:  g,
 			Output: func(stream, line string) { fmt.Println(line) },
-		})
+		}
+		if app := os.Getenv("HELPER_APP"); app != "" {
+			spec.Argv, spec.Env = strings.Fields(app), nil
+		}
+		app, err := Start(spec)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		fmt.Println("guard", g.Pid())
 		fmt.Println("app", app.Pid())
+		fmt.Println("cgroup", g.Cgroup())
 		blockForever()
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)

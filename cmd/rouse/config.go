@@ -25,16 +25,17 @@ import (
 // Config is a loaded, validated rouse configuration. Load builds it; it is
 // a plain value afterwards.
 type Config struct {
-	File         string        // absolute path of the main file
-	Control      string        // [rouse].control, default "/run/rouse/control.sock"; relative paths are relative to the config file's dir
-	MaxRunning   int           // [rouse].max_running, 0 = no limit
-	MemoryBudget int64         // [rouse].memory_budget in bytes, 0 = none
-	MaxStarting  int           // [rouse].max_starting, concurrent spawns, 0 = no limit
-	Metrics      string        // [rouse].metrics, "" = none
-	DrainTimeout time.Duration // [rouse].drain_timeout, default 10s: how long shutdown waits for open connections
-	Procs        int           // [rouse].procs, 0 = half the CPUs: see setProcs
-	LogLevel     slog.Level    // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
-	Apps         []App         // sorted by name
+	File         string              // absolute path of the main file
+	Control      string              // [rouse].control, default "/run/rouse/control.sock"; relative paths are relative to the config file's dir
+	MaxRunning   int                 // [rouse].max_running, 0 = no limit
+	MemoryBudget int64               // [rouse].memory_budget in bytes, 0 = none
+	MaxStarting  int                 // [rouse].max_starting, concurrent spawns, 0 = no limit
+	Metrics      string              // [rouse].metrics, "" = none
+	DrainTimeout time.Duration       // [rouse].drain_timeout, default 10s: how long shutdown waits for open connections
+	Procs        int                 // [rouse].procs, 0 = half the CPUs: see setProcs
+	LogLevel     slog.Level          // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
+	Containment  procman.Containment // [rouse].containment: "auto" (cgroup when possible) | "subreaper"
+	Apps         []App               // sorted by name
 }
 
 // App is one [apps.NAME] table with [defaults] applied and every
@@ -313,6 +314,8 @@ func (l *loader) rouseTable(cfg *Config, f *srcFile, v any) []string {
 			cfg.Procs = val.(int)
 		case "log_level":
 			cfg.LogLevel = val.(slog.Level)
+		case "containment":
+			cfg.Containment = val.(procman.Containment)
 		}
 	}
 	return include
@@ -709,6 +712,12 @@ func (b *builder) build(ports map[int]string) *built {
 		User:        substitute(user, name, port),
 		StopSignal:  val(m, "stop_signal", defaultStopSignal),
 		StopTimeout: val(m, "stop_timeout", defaultStopTimeout),
+		InheritEnv:  val(m, "inherit_env", false),
+		Limits: procman.Limits{
+			MemoryMax: val(m, "memory_max", int64(0)),
+			CPUMax:    val(m, "cpu_max", 0.0),
+			TasksMax:  val(m, "tasks_max", 0),
+		},
 	}
 	if hasCmd {
 		if cmd.shell != "" {

@@ -18,7 +18,6 @@ import (
 
 	"github.com/rouse-dev/rouse/activator"
 	"github.com/rouse-dev/rouse/listeners"
-	"github.com/rouse-dev/rouse/procman"
 )
 
 func cmdRun(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
@@ -43,6 +42,9 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 // serve runs the daemon for cfg until ctx ends, then drains and stops every
 // app. ready, when set, is called once every socket is bound.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activator.Supervisor)) error {
+	if err := markInheritedFDs(os.Getenv); err != nil {
+		return err
+	}
 	setProcs(cfg.Procs, os.Getenv("GOMAXPROCS") != "", log)
 	// First, before anything is spawned: the notifier takes NOTIFY_SOCKET
 	// out of the environment the apps inherit.
@@ -52,7 +54,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready func(*activ
 	if err != nil {
 		return fmt.Errorf("find rouse's own executable: %w", err)
 	}
-	guard, err := procman.StartGuard([]string{self, guardVerb})
+	guard, err := startGuard(self, cfg, log)
 	if err != nil {
 		return err
 	}

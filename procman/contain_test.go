@@ -1,0 +1,277 @@
+package procman
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// containment is one way a Guard contains apps, for tests that run on both.
+type containment struct {
+	name string
+	opts GuardOptions
+}
+
+var containments = []containment{
+	{"cgroup", GuardOptions{Containment: ContainAuto}},
+	{"subreaper", GuardOptions{Containment: ContainSubreaper}},
+}
+
+// containedGuard starts a guard with c, skipping the cgroup case where no
+// cgroup v2 subtree can be managed.
+func containedGuard(t *testing.T, c containment) *Guard {
+	t.Helper()
+	g := startGuardWith(t, c.opts)
+	if c.name == "cgroup" && g.Cgroup() == "" {
+		t.Skip("no cgroup v2 subtree rouse may manage here: only the fallback runs")
+	}
+	t.Logf("containment %s: cgroup %q, controllers %v", c.name, g.Cgroup(), g.Controllers())
+	return g
+}
+
+// python3 finds a Python for the non-Go daemon, preferring Debian's.
+func python3(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
+	p, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
+	return p
+}
+
+// daemonSpec runs testdata/daemonize.py with args.
+func daemonSpec(t *testing.T, args ...string) Spec {
+	t.Helper()
+	script, err := filepath.Abs("testdata/daemonize.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Spec{Name: "daemonize", Argv: append([]string{python3(t), script}, args...), User: currentUser()}
+}
+
+// cgroupOf returns the cgroup v2 path of pid ("" when it is gone).
+func cgroupOf(pid int) string {
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	p, _ := ownCgroup(data)
+	return p
+}
+
+// gone waits until pid is neither alive nor a zombie of ours: on the
+// fallback rouse adopted and must reap it.
+func gone(t *testing.T, pid int, reaped bool) {
+	t.Helper()
+	eventually(t, 5*time.Second, "pid "+strconv.Itoa(pid)+" gone", func() bool {
+		if !reaped {
+			return !alive(pid)
+		}
+		data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return true
+		}
+		st, _ := parseStat(data)
+		return st.ppid != os.Getpid() && !alive(pid) // a zombie of init is not ours to reap
+	})
+}
+
+// appCgroups lists the app cgroups left below the guard's subtree.
+func appCgroups(t *testing.T, g *Guard) []string {
+	t.Helper()
+	if g.Cgroup() == "" {
+		return nil
+	}
+	m, err := filepath.Glob(filepath.Join(g.Cgroup(), "app-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// checkContained checks that the daemon runs in the app's cgroup, or
+// carries the app's scope mark on the fallback.
+func checkContained(t *testing.T, g *Guard, p *Process, daemon int) {
+	t.Helper()
+	if g.Cgroup() != "" {
+		app, daemonCg := cgroupOf(p.Pid()), cgroupOf(daemon)
+		if !strings.Contains(app, "/app-daemonize.") || daemonCg != app {
+			t.Errorf("app in cgroup %q, its daemon in %q: want both in the app's own cgroup", app, daemonCg)
+		}
+		return
+	}
+	if env := readEnviron(daemon); !strings.Contains(string(env), "\x00"+ScopeEnv+"=") {
+		t.Errorf("daemon %d does not carry %s", daemon, ScopeEnv)
+	}
+}
+
+// A daemon that called setsid (double fork) is gone once its app was
+// stopped, on both paths, and nothing of the app's cgroup is left. The
+// misbehaving case: a launcher exits at once after starting a daemon that
+// ignores SIGTERM (on the cgroup path also with an empty environment, so no
+// mark could find it); its exit takes the daemon along.
+func TestDaemonGone(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		stop bool
+	}{
+		{"stopped", nil, true},
+		{"launcher exits", []string{"exit", "ignoreterm"}, false},
+	}
+	for _, tt := range tests {
+		for _, c := range containments {
+			t.Run(tt.name+"/"+c.name, func(t *testing.T) {
+				g := containedGuard(t, c)
+				args := tt.args
+				if !tt.stop && c.name == "cgroup" {
+					args = append(args, "clearenv")
+				}
+				var out lines
+				spec := daemonSpec(t, args...)
+				spec.Guard, spec.Output = g, out.output
+				p := start(t, spec)
+				daemon := out.waitPid(t, "stdout: daemon ")
+				if tt.stop {
+					checkContained(t, g, p, daemon)
+					if err := p.Stop(testContext(t)); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					waitDone(t, p, 10*time.Second)
+					if err := p.Err(); err != nil {
+						t.Errorf("Err() = %v, want the launcher's exit 0", err)
+					}
+				}
+				gone(t, daemon, c.name == "subreaper")
+				if left := appCgroups(t, g); len(left) > 0 {
+					t.Errorf("cgroups left: %v", left)
+				}
+			})
+		}
+	}
+}
+
+// rouse (played by a helper) SIGKILLed: its guard kills the daemon its app
+// started with setsid and removes the cgroups rouse had made.
+func TestGuardKillsDaemonOfKilledRouse(t *testing.T) {
+	for _, c := range containments {
+		t.Run(c.name, func(t *testing.T) {
+			containedGuard(t, c) // skips the cgroup case where there is none
+			var out lines
+			spec := helperSpec(t, "rouse", "HELPER_CONTAIN="+c.name, "HELPER_APP="+strings.Join(daemonSpec(t).Argv, " "))
+			spec.Output = out.output
+			rouse := start(t, spec)
+			guard := out.waitPid(t, "stdout: guard ")
+			daemon := out.waitPid(t, "stdout: daemon ")
+			cgroup := strings.TrimPrefix(out.waitFor(t, "stdout: cgroup"), "stdout: cgroup")
+			if c.name == "cgroup" && cgroupOf(daemon) == "" {
+				t.Fatalf("daemon %d in no cgroup", daemon)
+			}
+
+			rouse.Kill()
+			waitDone(t, rouse, 5*time.Second)
+			gone(t, daemon, false)
+			eventually(t, 10*time.Second, "the guard exited", func() bool { return !alive(guard) })
+			if cgroup = strings.TrimSpace(cgroup); cgroup != "" {
+				if _, err := os.Stat(cgroup); err == nil {
+					t.Errorf("cgroup subtree %s left behind", cgroup)
+				}
+			}
+		})
+	}
+}
+
+// Stats of a contained app count its daemon too; without the memory
+// controller (memory.current) memory is the RSS sum of the cgroup's
+// processes.
+func TestCgroupStats(t *testing.T) {
+	g := containedGuard(t, containments[0])
+	var out lines
+	spec := helperSpec(t, "alloc", "HELPER_MIB=64")
+	spec.Guard, spec.Output = g, out.output
+	p := start(t, spec)
+	out.waitFor(t, "stdout: allocated")
+	s, err := p.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RSS < 64<<20 {
+		t.Errorf("RSS = %d, want at least 64 MiB", s.RSS)
+	}
+	memory := slices.Contains(g.Controllers(), "memory")
+	t.Logf("memory controller: %v (memory.current used: %v), RSS %d", memory, memory, s.RSS)
+
+	spin := helperSpec(t, "spin")
+	spin.Guard = g
+	sp := start(t, spin)
+	eventually(t, 10*time.Second, "CPU from cpu.stat", func() bool {
+		s, err := sp.Stats()
+		return err == nil && s.CPUPercent > 20
+	})
+}
+
+// Limits are written where the controller is enabled and left out (the
+// app still starts) where it is not.
+func TestLimits(t *testing.T) {
+	g := containedGuard(t, containments[0])
+	spec := helperSpec(t, "sleep")
+	spec.Guard = g
+	spec.Limits = Limits{MemoryMax: 256 << 20, CPUMax: 0.5, TasksMax: 64}
+	p := start(t, spec)
+	dir := filepath.Join(filepath.Dir(g.Cgroup()), cgroupOf(p.Pid()))
+	if mnt, root, ok := cgroup2Mount(must(os.ReadFile("/proc/self/mountinfo"))); ok {
+		dir = filepath.Join(mnt, strings.TrimPrefix(cgroupOf(p.Pid()), root))
+	}
+	want := map[string][2]string{"memory": {"memory.max", "268435456"}, "cpu": {"cpu.max", "50000 100000"}, "pids": {"pids.max", "64"}}
+	for c, fw := range want {
+		data, err := os.ReadFile(filepath.Join(dir, fw[0]))
+		if !slices.Contains(g.Controllers(), c) {
+			if err == nil {
+				t.Errorf("%s exists without the %s controller", fw[0], c)
+			}
+			continue
+		}
+		if got := strings.TrimSpace(string(data)); got != fw[1] {
+			t.Errorf("%s = %q (%v), want %q", fw[0], got, err, fw[1])
+		}
+	}
+	if err := p.Stop(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// An app that made cgroups of its own below its cgroup (a nested
+// supervisor) leaves none behind.
+func TestNestedCgroupsRemoved(t *testing.T) {
+	g := containedGuard(t, containments[0])
+	mnt, _, _ := cgroup2Mount(must(os.ReadFile("/proc/self/mountinfo")))
+	var out lines
+	p := start(t, Spec{
+		Name:   "nested",
+		Shell:  `d=$CG_MNT$(sed -n 's/^0:://p' /proc/self/cgroup); mkdir -p "$d/child/grandchild" && echo made; exec sleep 1000`,
+		Env:    []string{"CG_MNT=" + mnt},
+		User:   currentUser(),
+		Guard:  g,
+		Output: out.output,
+	})
+	out.waitFor(t, "stdout: made")
+	if err := p.Stop(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if left := appCgroups(t, g); len(left) > 0 {
+		t.Errorf("cgroups left: %v", left)
+	}
+}
