@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -105,9 +106,11 @@ func checkContained(t *testing.T, g *Guard, p *Process, daemon int) {
 		}
 		return
 	}
-	if env := readEnviron(daemon); !strings.Contains(string(env), "\x00"+ScopeEnv+"=") {
-		t.Errorf("daemon %d does not carry %s", daemon, ScopeEnv)
-	}
+	// Polled: the daemon's pid is printed just before it execs sleep, and
+	// its environ reads empty while exec replaces its memory.
+	eventually(t, 5*time.Second, "the daemon carries "+ScopeEnv, func() bool {
+		return strings.Contains(string(readEnviron(daemon)), "\x00"+ScopeEnv+"=")
+	})
 }
 
 // A daemon that called setsid (double fork) is gone once its app was
@@ -275,3 +278,83 @@ func TestNestedCgroupsRemoved(t *testing.T) {
 		t.Errorf("cgroups left: %v", left)
 	}
 }
+
+// Under systemd with Delegate=yes rouse is alone in its cgroup: it moves
+// into the leaf "supervisor" (the guard follows) and creates the app
+// cgroups beside it. Played here by a helper spawned alone into a cgroup
+// of the test's making.
+func TestDelegatedCgroup(t *testing.T) {
+	g := containedGuard(t, containments[0])
+	unit, err := mkdirUnique(g.Cgroup(), "unit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := removeCgroup(unit); err != nil {
+			t.Error(err)
+		}
+	})
+	fd, err := os.Open(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	for _, stop := range []bool{true, false} {
+		var out lines
+		spec := helperSpec(t, "rouse", "HELPER_APP="+strings.Join(daemonSpec(t).Argv, " "))
+		if stop {
+			spec.Env = append(spec.Env, "HELPER_STOP=1")
+		}
+		cmd := exec.Command(spec.Argv[0])
+		cmd.Env = append(os.Environ(), spec.Env...)
+		var stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = writerFunc(func(b []byte) {
+			for l := range strings.SplitSeq(strings.TrimSpace(string(b)), "\n") {
+				out.output(Stdout, l)
+			}
+		}), &stderr
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("helper: %q, stderr %q", out.get(), stderr.String())
+			}
+		})
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(fd.Fd())}
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		guard, app, daemon := out.waitPid(t, "stdout: guard "), out.waitPid(t, "stdout: app "), out.waitPid(t, "stdout: daemon ")
+		rel, _ := strings.CutPrefix(unit, filepath.Dir(g.Cgroup()))
+		if got := out.waitFor(t, "stdout: cgroup "); got != "stdout: cgroup "+unit {
+			t.Errorf("%s, want the delegated %s", got, unit)
+		}
+		for pid, want := range map[int]string{cmd.Process.Pid: "/supervisor", guard: "/supervisor", app: "/app-app.1", daemon: "/app-app.1"} {
+			if got := cgroupOf(pid); !strings.HasSuffix(got, rel+want) {
+				t.Errorf("pid %d in cgroup %s, want %s%s", pid, got, rel, want)
+			}
+		}
+		stdin.Close()
+		if stop {
+			out.waitFor(t, "stdout: stopped")
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		gone(t, daemon, false)
+		eventually(t, 10*time.Second, "the guard exited", func() bool { return !alive(guard) })
+		eventually(t, 10*time.Second, "no app cgroup left", func() bool {
+			m, _ := filepath.Glob(filepath.Join(unit, "app-*"))
+			return len(m) == 0
+		})
+		if lines := out.get(); slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, ": ") && !strings.HasPrefix(l, "stdout: ") }) {
+			t.Errorf("errors: %v", lines)
+		}
+		_ = os.Remove(filepath.Join(unit, "supervisor"))
+	}
+}
+
+type writerFunc func([]byte)
+
+func (f writerFunc) Write(b []byte) (int, error) { f(b); return len(b), nil }

@@ -3,6 +3,7 @@ package procman
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -145,6 +146,16 @@ func helperMain(mode string) int {
 		fmt.Println("guard", g.Pid())
 		fmt.Println("app", app.Pid())
 		fmt.Println("cgroup", g.Cgroup())
+		if os.Getenv("HELPER_STOP") != "" { // a clean stop once stdin is closed
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			if err := app.Stop(context.Background()); err != nil {
+				fmt.Println("stop:", err)
+			}
+			if err := g.Close(); err != nil {
+				fmt.Println("close:", err)
+			}
+			fmt.Println("stopped")
+		}
 		blockForever()
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)

@@ -137,6 +137,7 @@ func sweep(marker string, pgid int) {
 	deadline := time.Now().Add(sweepTimeout)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
+	empty := 0
 	for ; ; <-tick.C {
 		victims := sweepSet(scanProcs(), func(p procInfo) bool {
 			return pgid > 1 && p.pgrp == pgid || bytes.Contains(readEnviron(p.pid), needle)
@@ -144,7 +145,14 @@ func sweep(marker string, pgid int) {
 		for _, pid := range victims {
 			_ = unix.Kill(pid, unix.SIGKILL)
 		}
-		if len(victims) == 0 || time.Now().After(deadline) {
+		// Two empty scans in a row: a process in the middle of an exec
+		// shows an empty environ for a moment.
+		if len(victims) == 0 {
+			empty++
+		} else {
+			empty = 0
+		}
+		if empty == 2 || time.Now().After(deadline) {
 			return
 		}
 	}
