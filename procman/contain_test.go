@@ -358,3 +358,62 @@ func TestDelegatedCgroup(t *testing.T) {
 type writerFunc func([]byte)
 
 func (f writerFunc) Write(b []byte) (int, error) { f(b); return len(b), nil }
+
+func TestCgroup2Mount(t *testing.T) {
+	tests := []struct {
+		name, mountinfo, mnt, root string
+		ok                         bool
+	}{
+		{"unified", "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n", "/sys/fs/cgroup", "/", true},
+		{"hybrid", "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n", "/sys/fs/cgroup/unified", "/", true},
+		{"optional fields and a space", "41 31 0:38 /sub /mnt/cg\\040two rw shared:9 master:2 - cgroup2 none rw\n", "/mnt/cg two", "/sub", true},
+		{"v1 only", "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n", "", "", false},
+		{"garbage", "nonsense\n", "", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mnt, root, ok := cgroup2Mount([]byte(tt.mountinfo))
+			if mnt != tt.mnt || root != tt.root || ok != tt.ok {
+				t.Errorf("got %q %q %v, want %q %q %v", mnt, root, ok, tt.mnt, tt.root, tt.ok)
+			}
+		})
+	}
+}
+
+func TestOwnCgroup(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"0::/system.slice/rouse.service\n", "/system.slice/rouse.service", true},
+		{"9:name=systemd:/\n4:memory:/x\n0::/\n", "/", true},
+		{"4:memory:/x\n", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := ownCgroup([]byte(tt.in))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("ownCgroup(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// sweepSet takes the marked processes, their descendants and the members
+// of the sessions they lead; never rouse, init or a zombie.
+func TestSweepSet(t *testing.T) {
+	self := os.Getpid()
+	procs := []procInfo{
+		{pid: 100, ppid: self, pgrp: 100, sid: 100, state: 'S'}, // marked daemon, session leader
+		{pid: 101, ppid: 100, pgrp: 100, sid: 100, state: 'S'},  // its child
+		{pid: 102, ppid: 1, pgrp: 102, sid: 100, state: 'S'},    // in its session, reparented
+		{pid: 103, ppid: 101, pgrp: 103, sid: 103, state: 'S'},  // grandchild in a new session
+		{pid: 104, ppid: 101, pgrp: 100, sid: 100, state: 'Z'},  // zombie
+		{pid: 200, ppid: 1, pgrp: 200, sid: 200, state: 'S'},    // unrelated
+		{pid: self, ppid: 1, pgrp: self, sid: self, state: 'S'},
+		{pid: 1, ppid: 0, pgrp: 1, sid: 1, state: 'S'},
+	}
+	got := sweepSet(procs, func(p procInfo) bool { return p.pid == 100 || p.pid == 1 || p.pid == self })
+	slices.Sort(got)
+	if want := []int{100, 101, 102, 103}; !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}
