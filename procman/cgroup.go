@@ -217,19 +217,26 @@ func (cg *appCgroup) usage() (uint64, time.Duration, error) {
 	return rss, cpu, nil
 }
 
-// killCgroup SIGKILLs every process of the cgroup at dir.
+// killCgroup SIGKILLs every process of the cgroup at dir (not of the
+// cgroups below it without cgroup.kill). Before Linux 5.14 there is no
+// cgroup.kill: the cgroup is frozen (5.2), so that nothing forks meanwhile,
+// and its processes are killed one by one (a fatal signal ends a frozen
+// task too).
 func killCgroup(dir string) {
-	if err := writeCgroup(dir, "cgroup.kill", "1"); err == nil || errors.Is(err, fs.ErrNotExist) && !exists(dir) {
+	if err := writeCgroup(dir, "cgroup.kill", "1"); err == nil || !exists(dir) {
 		return
 	}
-	for range 100 {
-		pids := cgroupPids(dir)
-		if len(pids) == 0 {
-			return
-		}
-		for _, pid := range pids {
-			_ = unix.Kill(pid, unix.SIGKILL)
-		}
+	killCgroupProcs(dir)
+}
+
+// killCgroupProcs is killCgroup without cgroup.kill.
+func killCgroupProcs(dir string) {
+	frozen := writeCgroup(dir, "cgroup.freeze", "1") == nil
+	for _, pid := range cgroupPids(dir) {
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
+	if frozen {
+		_ = writeCgroup(dir, "cgroup.freeze", "0")
 	}
 }
 
@@ -253,6 +260,7 @@ func removeCgroup(dir string) error {
 			return fmt.Errorf("remove cgroup %s: %w", dir, err)
 		}
 		<-tick.C
+		killCgroup(dir) // without cgroup.kill, what forked meanwhile
 	}
 }
 

@@ -417,3 +417,37 @@ func TestSweepSet(t *testing.T) {
 		t.Errorf("got %v, want %v", got, want)
 	}
 }
+
+// Before Linux 5.14 (no cgroup.kill) the cgroup is frozen and its
+// processes killed one by one; here with a shell that keeps forking.
+func TestKillCgroupProcs(t *testing.T) {
+	g := containedGuard(t, containments[0])
+	dir, err := mkdirUnique(g.Cgroup(), "old-kernel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	cmd := exec.Command("/bin/sh", "-c", "while :; do sleep 1000 & done")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(fd.Fd())}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a few processes forked", func() bool { return len(cgroupPids(dir)) > 5 })
+	killCgroupProcs(dir)
+	_ = cmd.Wait()
+	eventually(t, 5*time.Second, "the cgroup empty", func() bool {
+		for _, pid := range cgroupPids(dir) {
+			if alive(pid) {
+				return false
+			}
+		}
+		return true
+	})
+	if err := os.Remove(dir); err != nil {
+		t.Error(err)
+	}
+}

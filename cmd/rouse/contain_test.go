@@ -186,7 +186,7 @@ command = "env >'@DIR@/%[1]s.env'; exec '@BIN@' __backend -proto echo -listen 12
 %[3]s
 `, name, port, extra)
 	}
-	file, control := writeConfig(t, app("small", small, "")+app("inherit", inherit, "inherit_env = true"))
+	file, control := writeConfig(t, app("small", small, `memory_max = "256MiB"`)+app("inherit", inherit, "inherit_env = true"))
 	leak, err := os.Create(filepath.Join(t.TempDir(), "leaked-fd"))
 	if err != nil {
 		t.Fatal(err)
@@ -200,6 +200,20 @@ command = "env >'@DIR@/%[1]s.env'; exec '@BIN@' __backend -proto echo -listen 12
 		if got := echoOnce(t, port, "ping"); got != "ping" {
 			t.Fatalf("echo through rouse on %d: %q", port, got)
 		}
+	}
+	// memory_max: applied where the memory controller is enabled for the
+	// apps' cgroups, else a warning (this dev box: no controllers).
+	log := r.log.String()
+	memory := false
+	for line := range strings.SplitSeq(log, "\n") {
+		memory = memory || strings.Contains(line, "apps run in cgroups of their own") && strings.Contains(line, "memory")
+	}
+	if !memory {
+		if !strings.Contains(log, "limit not applied") || !strings.Contains(log, "key=memory_max") {
+			t.Errorf("no warning that memory_max is not applied:\n%s", log)
+		}
+	} else if got, _ := os.ReadFile(cgroupDir(t, cgroupOf(r.app(t, "small").pid)) + "/memory.max"); strings.TrimSpace(string(got)) != "268435456" {
+		t.Errorf("memory.max = %q, want 256MiB", got)
 	}
 	for _, name := range []string{"small", "inherit"} {
 		pid := r.app(t, name).pid
