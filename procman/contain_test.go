@@ -1,15 +1,20 @@
 package procman
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // containment is one way a Guard contains apps, for tests that run on both.
@@ -450,4 +455,47 @@ func TestKillCgroupProcs(t *testing.T) {
 	if err := os.Remove(dir); err != nil {
 		t.Error(err)
 	}
+}
+
+// refuseClone3 makes clone3 fail with ENOSYS in this process and its
+// children, as on a kernel before 5.3 or under a seccomp filter that does
+// not know it: spawning into a cgroup (CLONE_INTO_CGROUP) needs it.
+func refuseClone3() error {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return err
+	}
+	filter := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // seccomp_data.nr
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: unix.SYS_CLONE3},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))
+	if errno != 0 {
+		return fmt.Errorf("seccomp: %w", errno)
+	}
+	return nil
+}
+
+// Where clone3 is refused, the app is moved into its cgroup just after it
+// was spawned, and contained all the same.
+func TestCgroupWithoutClone3(t *testing.T) {
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the seccomp filter is written for amd64")
+	}
+	containedGuard(t, containments[0])
+	var out lines
+	spec := helperSpec(t, "rouse", "HELPER_NOCLONE3=1", "HELPER_APP="+strings.Join(daemonSpec(t).Argv, " "))
+	spec.Output = out.output
+	rouse := start(t, spec)
+	app, daemon := out.waitPid(t, "stdout: app "), out.waitPid(t, "stdout: daemon ")
+	for _, pid := range []int{app, daemon} {
+		if cg := cgroupOf(pid); !strings.Contains(cg, "/app-app.") {
+			t.Errorf("pid %d in cgroup %q, want the app's", pid, cg)
+		}
+	}
+	rouse.Kill()
+	waitDone(t, rouse, 5*time.Second)
+	gone(t, daemon, false)
 }

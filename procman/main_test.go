@@ -116,7 +116,14 @@ func helperMain(mode string) int {
 		return helperNotify()
 	case "rouse":
 		// Plays rouse: guards an app that has a grandchild, then waits to be
-		// SIGKILLed by the test.
+		// SIGKILLed by the test. HELPER_NOCLONE3: on a kernel that refuses
+		// clone3, as seccomp filters of some container runtimes make it.
+		if os.Getenv("HELPER_NOCLONE3") != "" {
+			if err := refuseClone3(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
 		exe, _ := os.Executable()
 		opts := GuardOptions{}
 		if os.Getenv("HELPER_CONTAIN") == "subreaper" {
