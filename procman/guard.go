@@ -54,7 +54,7 @@ type Guard struct {
 
 	tree   *cgroupTree // nil on the fallback
 	reaper *reaper     // nil with cgroups
-	token  string      // unique to this Guard: scope markers and cgroup names
+	token  string      // unique to this Guard, in its ScopeEnv marks
 	seq    atomic.Uint64
 
 	containOnce sync.Once
