@@ -499,3 +499,33 @@ func TestCgroupWithoutClone3(t *testing.T) {
 	waitDone(t, rouse, 5*time.Second)
 	gone(t, daemon, false)
 }
+
+// BenchmarkStartStop measures what containment adds to one start and stop
+// of a short-lived process (/bin/true): a cgroup made, spawned into, killed
+// and removed; or on the fallback the scans of /proc for the mark.
+func BenchmarkStartStop(b *testing.B) {
+	for _, c := range append([]containment{{name: "none"}}, containments...) {
+		b.Run(c.name, func(b *testing.B) {
+			var g *Guard
+			if c.name != "none" {
+				exe, _ := os.Executable()
+				var err error
+				if g, err = StartGuard([]string{exe, "__guard"}, c.opts); err != nil {
+					b.Fatal(err)
+				}
+				defer g.Close()
+				if c.name == "cgroup" && g.Cgroup() == "" {
+					b.Skip("no cgroup")
+				}
+			}
+			u := currentUser()
+			for b.Loop() {
+				p, err := Start(Spec{Name: "true", Argv: []string{"/bin/true"}, User: u, Guard: g})
+				if err != nil {
+					b.Fatal(err)
+				}
+				<-p.Done()
+			}
+		})
+	}
+}
