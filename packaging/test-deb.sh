@@ -412,7 +412,8 @@ for app in echo-direct echo-sock; do
 	gid=$(in_ns awk '/^Gid:/{print $2, $3, $4, $5}' "/proc/$pid/status" 2>/dev/null)
 	check "$app (pid ${pid:-?}) runs as nobody: Uid $uid, Gid $gid" test "$uid|$gid" = "65534 65534 65534 65534|65534 65534 65534 65534"
 done
-check "apps run in rouse.service's cgroup" test "$(in_ns grep '^0::' "/proc/$(app_pid echo-sock)/cgroup")" = "0::/system.slice/rouse.service"
+cg=$(in_ns grep '^0::' "/proc/$(app_pid echo-sock)/cgroup")
+check "apps run below rouse.service's cgroup ($cg)" test "${cg#0::/system.slice/rouse.service/}" != "$cg"
 
 for _ in $(seq 100); do [[ $(unit_prop WatchdogTimestampMonotonic) != "$wd_first" ]] && break; sleep 0.1; done
 check "watchdog armed (WatchdogSec=$(unit_prop WatchdogUSec)) and pinged by rouse" \
@@ -674,6 +675,62 @@ if in_ns apt-get install -y -q /tmp/rouse.deb >"$WORK/apt.log" 2>&1; then
 else
 	fail "apt install ./rouse.deb on a running system: $(tail -5 "$WORK/apt.log")"
 fi
+
+# --- containment (issue 15): rouse runs in rouse.service/supervisor, each
+# app in a cgroup of its own beside it with its limits, and a daemon an app
+# starts with setsid (double fork) is gone once the app stops or rouse dies.
+DAEMON_PORT=17004
+fresh
+in_ns sh -c "cat >/etc/rouse/apps.d/contain.toml" <<EOF
+[apps.daemon]
+mode = "tcp"
+listen = ["127.0.0.1:$DAEMON_PORT"]
+command = "(setsid sleep 1004 </dev/null >/dev/null 2>&1 &); exec /usr/bin/rouse __backend -name daemon -proto echo -banner -listen 127.0.0.1:{port}"
+user = "nobody"
+memory_max = "256MiB"
+tasks_max = 64
+cpu_max = "50%"
+EOF
+in_ns systemctl reload rouse.service || fail "systemctl reload with apps.d/contain.toml"
+main=$(unit_prop MainPID)
+check "Delegate=yes on rouse.service" test "$(unit_prop Delegate)" = yes
+check "rouse (pid $main) runs in rouse.service/supervisor" \
+	test "$(in_ns grep '^0::' "/proc/$main/cgroup")" = "0::/system.slice/rouse.service/supervisor"
+check "the app daemon answers" answers daemon "$DAEMON_PORT"
+pid=$(app_pid daemon)
+cg=$(in_ns grep '^0::' "/proc/$pid/cgroup")
+cg=${cg#0::}
+daemon=$(in_ns pgrep -x -f 'sleep 1004')
+check "app daemon (pid $pid) runs in a cgroup of its own below rouse.service ($cg)" \
+	grep -qxE '/system.slice/rouse.service/app-daemon\.[0-9]+' <<<"$cg"
+check "its setsid daemon (pid ${daemon:-none}) is in the same cgroup" \
+	test -n "$daemon" -a "$(in_ns grep '^0::' "/proc/${daemon:-0}/cgroup")" = "0::$cg"
+# Limits where systemd delegated the controller (the host's cgroup2 may
+# have none, e.g. a hybrid layout); else rouse says it did not apply them.
+ctrl=$(in_ns cat /sys/fs/cgroup/system.slice/rouse.service/cgroup.subtree_control 2>/dev/null)
+for lim in "memory_max memory memory.max 268435456" "tasks_max pids pids.max 64" "cpu_max cpu cpu.max 50000 100000"; do
+	read -r key c file want <<<"$lim"
+	if grep -qw "$c" <<<"$ctrl"; then
+		got=$(in_ns cat "/sys/fs/cgroup$cg/$file" 2>&1)
+		check "$key applied: $file = $got" test "$got" = "$want"
+	else
+		check "$key: no $c controller delegated here, and rouse warns that it is not applied" \
+			quiet in_ns sh -c "journalctl --no-pager -o cat -u rouse.service KEY=$key | grep -q 'limit not applied'"
+	fi
+done
+in_ns rouse stop daemon --control /run/rouse/control.sock >/dev/null || fail "rouse stop daemon"
+for _ in $(seq 50); do in_ns test -e "/proc/${daemon:-0}" || break; sleep 0.1; done
+check "rouse stop daemon: its setsid daemon is gone too" not in_ns test -e "/proc/${daemon:-0}"
+check "... and the app's cgroup is removed" not in_ns test -e "/sys/fs/cgroup$cg"
+answers daemon "$DAEMON_PORT" >/dev/null
+daemon=$(in_ns pgrep -x -f 'sleep 1004')
+in_ns systemctl kill --signal=SIGKILL --kill-whom=main rouse.service
+for _ in $(seq 50); do in_ns test -e "/proc/${daemon:-0}" || break; sleep 0.1; done
+check "rouse SIGKILLed: its setsid daemon (pid ${daemon:-none}) is gone" \
+	test -n "$daemon" -a "$(in_ns test -e "/proc/${daemon:-0}" && echo alive)" = ""
+for _ in $(seq 150); do [[ $(unit_prop ActiveState) == active ]] && break; sleep 0.1; done
+left=$(in_ns find /sys/fs/cgroup/system.slice/rouse.service -mindepth 1 -maxdepth 1 -type d -name 'app-daemon*' | xargs)
+check "... and its cgroup is removed${left:+: left $left}" test -z "$left"
 
 [[ $simple_override == 1 ]] && note "the checks after boot ran with Type=simple: rouse does not send READY=1 yet"
 

@@ -2,6 +2,7 @@ package procman
 
 import (
 	"fmt"
+	"os"
 	"os/user"
 	"strconv"
 	"syscall"
@@ -9,14 +10,14 @@ import (
 
 // credential decides which user the child runs as, given rouse's effective
 // uid and Spec.User. It returns nil when the child keeps rouse's identity.
-// When it switches user it also returns HOME, USER and LOGNAME for that user,
-// as login and systemd's User= do (Spec.Env, applied after, still wins).
+// It also returns HOME, USER and LOGNAME for that user, as login and
+// systemd's User= do (Spec.Env, applied after, still wins).
 func credential(euid int, name string) (*syscall.Credential, []string, error) {
 	if name == "" {
 		if euid == 0 {
 			return nil, nil, fmt.Errorf(`%w: set user (user = "root" to really run it as root)`, ErrRoot)
 		}
-		return nil, nil, nil
+		return nil, ownUserEnv(euid), nil
 	}
 	u, err := lookupUser(name)
 	if err != nil {
@@ -26,8 +27,9 @@ func credential(euid int, name string) (*syscall.Credential, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("user %q: uid %q: %w", name, u.Uid, err)
 	}
+	env := []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
 	if int(uid) == euid {
-		return nil, nil, nil
+		return nil, env, nil
 	}
 	if euid != 0 {
 		return nil, nil, fmt.Errorf("cannot run as user %q (uid %d) without root: rouse runs as uid %d", name, uid, euid)
@@ -49,8 +51,23 @@ func credential(euid int, name string) (*syscall.Credential, []string, error) {
 		groups = append(groups, uint32(n))
 	}
 	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}
-	env := []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
 	return cred, env, nil
+}
+
+// ownUserEnv is HOME, USER and LOGNAME of rouse's own user: from the user
+// database, else (a uid without an entry, in a container) from rouse's
+// environment.
+func ownUserEnv(euid int) []string {
+	if u, err := user.LookupId(strconv.Itoa(euid)); err == nil {
+		return []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
+	}
+	var env []string
+	for _, k := range []string{"HOME", "USER", "LOGNAME"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
 }
 
 // lookupUser finds a user by name, or by uid when name is a number that is

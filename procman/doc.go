@@ -18,6 +18,16 @@
 //     reader returned and the socket was closed.
 //   - A child never outlives rouse for long: Pdeathsig kills the leader and a
 //     Guard process kills whole groups when rouse dies without stopping them.
+//   - Nothing a child started outlives it, setsid or not. With a Guard that
+//     has a cgroup v2 subtree, each child is spawned straight into a cgroup
+//     of its own (CLONE_INTO_CGROUP), which is killed (cgroup.kill) once the
+//     leader exited and removed before Done is closed; the guard kills and
+//     removes those left when rouse dies. Without one, rouse is a child
+//     subreaper, each child carries a ScopeEnv mark, and what carries it
+//     (with its descendants and sessions) is killed the same way; adopted
+//     orphans are reaped, never a child os/exec waits for.
+//   - A child's environment is small unless Spec.InheritEnv: PATH, LANG,
+//     its user's HOME, USER and LOGNAME, then Spec.Env.
 //   - procman keeps no package-level state and logs nothing; the child's own
 //     output goes to Spec.Output.
 package procman

@@ -12,11 +12,16 @@ import (
 
 func startGuard(t *testing.T) *Guard {
 	t.Helper()
+	return startGuardWith(t, GuardOptions{})
+}
+
+func startGuardWith(t *testing.T, opts GuardOptions) *Guard {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := StartGuard([]string{exe, "__guard"})
+	g, err := StartGuard([]string{exe, "__guard"}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,25 +29,28 @@ func startGuard(t *testing.T) *Guard {
 	return g
 }
 
-func TestGuardedGroups(t *testing.T) {
+func TestGuarded(t *testing.T) {
 	tests := []struct {
 		name string
 		in   string
-		want []int
+		want guardedSet
 	}{
-		{"empty", "", []int{}},
-		{"added", "+100\n+200\n", []int{100, 200}},
-		{"removed", "+100\n+200\n-100\n", []int{200}},
-		{"no final newline", "+100\n+300", []int{100, 300}},
-		{"never -1, 0 or 1", "+-1\n+0\n+1\n+2\n", []int{2}},
-		{"garbage", "hello\n+\n+12x\n*5\n\n+7\n", []int{7}},
+		{"empty", "", guardedSet{}},
+		{"added", "+100\n+200\n", guardedSet{groups: []int{100, 200}}},
+		{"removed", "+100\n+200\n-100\n", guardedSet{groups: []int{200}}},
+		{"no final newline", "+100\n+300", guardedSet{groups: []int{100, 300}}},
+		{"never -1, 0 or 1", "+-1\n+0\n+1\n+2\n+02\n", guardedSet{groups: []int{2}}},
+		{"garbage", "hello\n+\n+12x\n*5\n\n+7\n", guardedSet{groups: []int{7}}},
+		{"cgroups", "+/cg/a\n+/cg/b\n-/cg/a\n+/cg/../etc\n+cg/rel\n", guardedSet{cgroups: []string{"/cg/b"}}},
+		{"scopes", "+=ROUSE_SCOPE=x.1\n+=ROUSE_SCOPE=x.2\n-=ROUSE_SCOPE=x.1\n+=PATH=/bin\n", guardedSet{scopes: []string{"ROUSE_SCOPE=x.2"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := guardedGroups(strings.NewReader(tt.in))
-			slices.Sort(got)
-			if !slices.Equal(got, tt.want) {
-				t.Errorf("got %v, want %v", got, tt.want)
+			got := guarded(strings.NewReader(tt.in))
+			slices.Sort(got.groups)
+			slices.Sort(got.cgroups)
+			if !slices.Equal(got.groups, tt.want.groups) || !slices.Equal(got.cgroups, tt.want.cgroups) || !slices.Equal(got.scopes, tt.want.scopes) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
 		})
 	}
@@ -120,7 +128,7 @@ func TestGuardDead(t *testing.T) {
 // and Close kills it when it does not exit.
 func TestGuardStuck(t *testing.T) {
 	t.Parallel()
-	g, err := StartGuard([]string{"sleep", "1000"}) // never reads stdin
+	g, err := StartGuard([]string{"sleep", "1000"}, GuardOptions{}) // never reads stdin
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package procman
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -115,27 +116,53 @@ func helperMain(mode string) int {
 		return helperNotify()
 	case "rouse":
 		// Plays rouse: guards an app that has a grandchild, then waits to be
-		// SIGKILLed by the test.
+		// SIGKILLed by the test. HELPER_NOCLONE3: on a kernel that refuses
+		// clone3, as seccomp filters of some container runtimes make it.
+		if os.Getenv("HELPER_NOCLONE3") != "" {
+			if err := refuseClone3(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
 		exe, _ := os.Executable()
-		g, err := StartGuard([]string{exe, "__guard"})
+		opts := GuardOptions{}
+		if os.Getenv("HELPER_CONTAIN") == "subreaper" {
+			opts.Containment = ContainSubreaper
+		}
+		g, err := StartGuard([]string{exe, "__guard"}, opts)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		app, err := Start(Spec{
+		spec := Spec{
 			Name:   "app",
 			Argv:   []string{exe},
 			Env:    []string{"PROCMAN_HELPER=grandchild"},
 			User:   currentUser(),
 			Guard:  g,
 			Output: func(stream, line string) { fmt.Println(line) },
-		})
+		}
+		if app := os.Getenv("HELPER_APP"); app != "" {
+			spec.Argv, spec.Env = strings.Fields(app), nil
+		}
+		app, err := Start(spec)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		fmt.Println("guard", g.Pid())
 		fmt.Println("app", app.Pid())
+		fmt.Println("cgroup", g.Cgroup())
+		if os.Getenv("HELPER_STOP") != "" { // a clean stop once stdin is closed
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			if err := app.Stop(context.Background()); err != nil {
+				fmt.Println("stop:", err)
+			}
+			if err := g.Close(); err != nil {
+				fmt.Println("close:", err)
+			}
+			fmt.Println("stopped")
+		}
 		blockForever()
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)

@@ -27,7 +27,7 @@ type Spec struct {
 	Argv        []string       // program and arguments (no shell); Argv[0] looked up in rouse's PATH
 	Shell       string         // when set, run "/bin/sh -c Shell" instead of Argv
 	Dir         string         // working directory; "" = rouse's
-	Env         []string       // KEY=VALUE pairs added to rouse's environment (later ones win)
+	Env         []string       // KEY=VALUE pairs added to the base environment (later ones win)
 	User        string         // user name or numeric uid to run as; "" = rouse's own user
 	StopSignal  syscall.Signal // first signal of Stop; 0 = SIGTERM
 	StopTimeout time.Duration  // Stop waits this long before SIGKILL; 0 = 10s
@@ -48,7 +48,21 @@ type Spec struct {
 	// the process gets no NOTIFY_SOCKET (rouse's own is not passed on)
 	// unless Env sets one.
 	Notify bool
+	// InheritEnv makes rouse's environment (without NOTIFY_SOCKET) the
+	// base the process's environment is built on. Without it the base is
+	// small: PATH and LANG from rouse (PATH defaults to DefaultPath), and
+	// HOME, USER and LOGNAME of the user the process runs as. Env is added
+	// to either; a process with a Guard on the subreaper fallback also gets
+	// ScopeEnv.
+	InheritEnv bool
+	// Limits caps what the process and everything it starts may use, in
+	// its cgroup (with a Guard that has a cgroup subtree).
+	Limits Limits
 }
+
+// DefaultPath is the PATH of a process started without InheritEnv when
+// rouse has none.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // ErrRoot is returned by Start when rouse runs as root and Spec.User is empty.
 var ErrRoot = errors.New("refusing to run an app as root")
@@ -63,6 +77,7 @@ type Process struct {
 	stopTimeout time.Duration
 	cmd         *exec.Cmd
 	guard       *Guard
+	scope       *scope // the process's cgroup or fallback mark; nil without a guard
 	output      func(stream, line string)
 
 	outputMu sync.Mutex // serializes calls to output
@@ -120,7 +135,7 @@ func Start(spec Spec) (*Process, error) {
 		}
 	}
 	cmd.Dir = spec.Dir
-	cmd.Env = append(append(inheritedEnv(), env...), spec.Env...)
+	cmd.Env = append(baseEnv(spec.InheritEnv, cred != nil, env), spec.Env...)
 	cmd.ExtraFiles = spec.ExtraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true,
@@ -140,8 +155,8 @@ func Start(spec Spec) (*Process, error) {
 		p.notify.abort()
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
-	p.startedAt = time.Now()
-	if err := cmd.Start(); err != nil {
+	cmd, join, err := p.spawn(cmd, spec)
+	if err != nil {
 		readers.abort()
 		p.notify.abort()
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
@@ -160,15 +175,71 @@ func Start(spec Spec) (*Process, error) {
 	p.stats.prevAt = p.startedAt
 	// Registered before the reaper runs, so the guard always sees "+" before "-".
 	p.guard.add(p.pid)
+	if err := p.scope.spawned(p.pid, join); err != nil {
+		// Not contained: stop it rather than run it outside its cgroup.
+		p.Kill()
+	}
 	go p.reap(readers)
 	return p, nil
 }
 
-// inheritedEnv is rouse's environment without NOTIFY_SOCKET: that one is
-// how rouse talks to its own service manager, never the app's.
-func inheritedEnv() []string {
-	env := os.Environ()
-	return slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "NOTIFY_SOCKET=") })
+// spawn starts cmd in a new scope of the guard: straight into its cgroup
+// (clone3 with CLONE_INTO_CGROUP) when it has one, moved there just after
+// when the kernel refuses that (join is then true). Without a guard it
+// just starts cmd.
+func (p *Process) spawn(cmd *exec.Cmd, spec Spec) (_ *exec.Cmd, join bool, err error) {
+	sc, cgfd, err := p.guard.newScope(spec.Name, spec.Limits)
+	if err != nil {
+		return nil, false, err
+	}
+	cmd.Env = append(cmd.Env, sc.env()...)
+	p.startedAt = time.Now()
+	if cgfd < 0 {
+		err = cmd.Start()
+	} else {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgfd
+		err = cmd.Start()
+		if err != nil && retryOutsideCgroup(err) {
+			again := exec.Command(cmd.Path)
+			again.Args, again.Env, again.Dir = cmd.Args, cmd.Env, cmd.Dir
+			again.Stdin, again.Stdout, again.Stderr, again.ExtraFiles = cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.ExtraFiles
+			attr := *cmd.SysProcAttr
+			attr.UseCgroupFD, attr.CgroupFD = false, 0
+			again.SysProcAttr = &attr
+			cmd, join = again, true
+			err = cmd.Start()
+		}
+		unix.Close(cgfd)
+	}
+	if err != nil {
+		_ = sc.release()
+		return nil, false, err
+	}
+	p.scope = sc
+	return cmd, join, nil
+}
+
+// baseEnv is the environment Spec.Env is added to. With inherit it is
+// rouse's without NOTIFY_SOCKET (that one is how rouse talks to its own
+// service manager, never the app's), plus userEnv when the process switches
+// user; else PATH, LANG and the user's HOME, USER and LOGNAME.
+func baseEnv(inherit, switched bool, userEnv []string) []string {
+	if inherit {
+		env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "NOTIFY_SOCKET=") })
+		if switched {
+			env = append(env, userEnv...)
+		}
+		return env
+	}
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = DefaultPath
+	}
+	env := []string{"PATH=" + path}
+	if lang, ok := os.LookupEnv("LANG"); ok {
+		env = append(env, "LANG="+lang)
+	}
+	return append(env, userEnv...)
 }
 
 // command builds the exec.Cmd for argv or the shell string of spec.
@@ -189,8 +260,9 @@ func command(spec Spec) (*exec.Cmd, error) {
 }
 
 // reap waits for the leader to exit, kills what is left of its group while the
-// pgid is still reserved by the unreaped leader, reaps it, drains its output
-// and notify socket and only then publishes the result.
+// pgid is still reserved by the unreaped leader, and of its scope (cgroup or
+// mark), reaps it, removes its cgroup, drains its output and notify socket
+// and only then publishes the result.
 func (p *Process) reap(readers *outputReaders) {
 	var err error
 	for {
@@ -206,9 +278,13 @@ func (p *Process) reap(readers *outputReaders) {
 	}
 	p.reaped = true
 	p.mu.Unlock()
+	p.scope.kill(p.pid)
 
 	err = p.cmd.Wait()
 	p.guard.remove(p.pid)
+	if serr := p.scope.release(); serr != nil && err == nil {
+		err = serr
+	}
 	readers.drain()
 	if p.notify != nil {
 		p.notify.stop()

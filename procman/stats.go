@@ -3,7 +3,6 @@ package procman
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -13,7 +12,7 @@ import (
 
 // Stats is a sample of a process group's resource use.
 type Stats struct {
-	RSS        uint64  // bytes, summed over the group's processes
+	RSS        uint64  // bytes: memory.current of the cgroup, or the RSS sum of its (the group's) processes
 	CPUPercent float64 // since the previous Stats call (or since start); 100 = one core
 }
 
@@ -25,15 +24,18 @@ type statsState struct {
 	percent float64       // last result, reused by a call that sampled before it
 }
 
-// Stats samples the RSS and CPU use of every live process of the group (the
-// leader and whatever it forked without leaving the group). It is safe to
+// Stats samples the memory and CPU use of the process and what it started:
+// with a cgroup, of everything in it (memory.current where the memory
+// controller is enabled, else the RSS sum of its processes; CPU from
+// cpu.stat), else of every live process of the group (the leader and
+// whatever it forked without leaving the group). It is safe to
 // call concurrently; once the process exited it returns an error wrapping
 // ErrExited.
 func (p *Process) Stats() (Stats, error) {
 	if p.isReaped() {
 		return Stats{}, fmt.Errorf("stats %s pid %d: %w", p.name, p.pid, ErrExited)
 	}
-	rss, cpu, err := groupUsage(p.pid)
+	rss, cpu, err := p.usage()
 	at := time.Now()
 	if err != nil {
 		return Stats{}, fmt.Errorf("stats %s pid %d: %w", p.name, p.pid, err)
@@ -60,6 +62,15 @@ func (p *Process) Stats() (Stats, error) {
 	return Stats{RSS: rss, CPUPercent: s.percent}, nil
 }
 
+// usage is the memory and CPU time of the process's cgroup, or of its
+// process group without one.
+func (p *Process) usage() (uint64, time.Duration, error) {
+	if p.scope != nil && p.scope.cg != nil {
+		return p.scope.cg.usage()
+	}
+	return groupUsage(p.pid)
+}
+
 func (p *Process) isReaped() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -68,65 +79,43 @@ func (p *Process) isReaped() bool {
 
 // groupUsage sums the resident memory and the CPU time of the processes whose
 // process group is pgid. Members are found by reading /proc/*/stat (field 5,
-// pgrp; no pgrep is forked), their usage is read with gopsutil.
+// pgrp; no pgrep is forked).
 func groupUsage(pgid int) (rss uint64, cpu time.Duration, err error) {
-	pids, err := groupPids(pgid)
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, pid := range pids {
-		proc, err := process.NewProcess(int32(pid))
-		if err != nil {
-			continue // exited meanwhile
-		}
-		mem, err := proc.MemoryInfo()
-		if err != nil {
+	for _, p := range scanProcs() {
+		if p.pgrp != pgid || p.state == 'Z' {
 			continue
 		}
-		times, err := proc.Times()
-		if err != nil {
-			continue
-		}
-		rss += mem.RSS
-		cpu += time.Duration((times.User + times.System) * float64(time.Second))
+		r, c := pidUsage(p.pid)
+		rss += r
+		cpu += c
 	}
 	return rss, cpu, nil
 }
 
-// groupPids lists the live processes of process group pgid.
-func groupPids(pgid int) ([]int, error) {
-	dir, err := os.Open("/proc")
+// pidUsage reads the resident memory and CPU time of one process with
+// gopsutil; zero for one that exited meanwhile.
+func pidUsage(pid int) (uint64, time.Duration) {
+	proc, err := process.NewProcess(int32(pid))
 	if err != nil {
-		return nil, err
+		return 0, 0
 	}
-	names, err := dir.Readdirnames(-1)
-	dir.Close()
+	mem, err := proc.MemoryInfo()
 	if err != nil {
-		return nil, err
+		return 0, 0
 	}
-	var pids []int
-	for _, name := range names {
-		if name[0] < '0' || name[0] > '9' {
-			continue
-		}
-		data, err := os.ReadFile("/proc/" + name + "/stat")
-		if err != nil {
-			continue // exited meanwhile
-		}
-		st, ok := parseStat(data)
-		if !ok || st.pgrp != pgid || st.state == 'Z' {
-			continue
-		}
-		pid, _ := strconv.Atoi(name)
-		pids = append(pids, pid)
+	times, err := proc.Times()
+	if err != nil {
+		return 0, 0
 	}
-	return pids, nil
+	return mem.RSS, time.Duration((times.User + times.System) * float64(time.Second))
 }
 
-// procStat is what groupPids needs from /proc/PID/stat.
+// procStat is what procman needs from /proc/PID/stat.
 type procStat struct {
-	state byte
-	pgrp  int
+	state   byte
+	ppid    int
+	pgrp    int
+	session int
 }
 
 // parseStat parses /proc/PID/stat (see proc(5)). The command name, field 2,
@@ -141,12 +130,13 @@ func parseStat(data []byte) (procStat, bool) {
 	if len(f) < 22 || len(f[0]) != 1 {
 		return procStat{}, false
 	}
-	pgrp, err := strconv.Atoi(string(f[5-3]))
-	if err != nil {
-		return procStat{}, false
+	var n [3]int
+	for j := range n { // fields 4 (ppid), 5 (pgrp), 6 (session)
+		v, err := strconv.Atoi(string(f[4-3+j]))
+		if err != nil {
+			return procStat{}, false
+		}
+		n[j] = v
 	}
-	return procStat{
-		state: f[0][0],
-		pgrp:  pgrp,
-	}, true
+	return procStat{state: f[0][0], ppid: n[0], pgrp: n[1], session: n[2]}, true
 }

@@ -96,13 +96,13 @@ func TestParseStat(t *testing.T) {
 		{
 			name: "plain",
 			data: "4242 (sleep) S 1 4240 4240 0 -1 4194560 99 0 0 0 7 3 0 0 20 0 1 0 100 5000000 250 18446744073709551615\n",
-			want: procStat{state: 'S', pgrp: 4240},
+			want: procStat{state: 'S', ppid: 1, pgrp: 4240, session: 4240},
 			ok:   true,
 		},
 		{
 			name: "command with spaces and parentheses",
 			data: "7 (a) (b c)) Z 1 7 7 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 100 0 0 0",
-			want: procStat{state: 'Z', pgrp: 7},
+			want: procStat{state: 'Z', ppid: 1, pgrp: 7, session: 7},
 			ok:   true,
 		},
 		{name: "short", data: "7 (x) S 1 7", ok: false},

@@ -25,17 +25,18 @@ import (
 // Config is a loaded, validated rouse configuration. Load builds it; it is
 // a plain value afterwards.
 type Config struct {
-	File         string        // absolute path of the main file
-	Control      string        // [rouse].control, default "/run/rouse/control.sock"; relative paths are relative to the config file's dir
-	MaxRunning   int           // [rouse].max_running, 0 = no limit
-	MemoryBudget int64         // [rouse].memory_budget in bytes, 0 = none
-	MaxStarting  int           // [rouse].max_starting, concurrent spawns, 0 = no limit
-	Metrics      string        // [rouse].metrics, "" = none
-	DrainTimeout time.Duration // [rouse].drain_timeout, default 10s: how long shutdown waits for open connections
-	Procs        int           // [rouse].procs, 0 = half the CPUs: see setProcs
-	LogLevel     slog.Level    // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
-	PortRange    portRange     // [rouse].port_range: where port = 0 picks app ports
-	Apps         []App         // sorted by name
+	File         string              // absolute path of the main file
+	Control      string              // [rouse].control, default "/run/rouse/control.sock"; relative paths are relative to the config file's dir
+	MaxRunning   int                 // [rouse].max_running, 0 = no limit
+	MemoryBudget int64               // [rouse].memory_budget in bytes, 0 = none
+	MaxStarting  int                 // [rouse].max_starting, concurrent spawns, 0 = no limit
+	Metrics      string              // [rouse].metrics, "" = none
+	DrainTimeout time.Duration       // [rouse].drain_timeout, default 10s: how long shutdown waits for open connections
+	Procs        int                 // [rouse].procs, 0 = half the CPUs: see setProcs
+	LogLevel     slog.Level          // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
+	PortRange    portRange           // [rouse].port_range: where port = 0 picks app ports
+	Containment  procman.Containment // [rouse].containment: "auto" (cgroup when possible) | "subreaper"
+	Apps         []App               // sorted by name
 	// Warnings are things that are allowed but likely wrong (an include
 	// pattern that matches no file); `rouse check --strict` fails on them.
 	Warnings []Problem
@@ -367,6 +368,8 @@ func (l *loader) rouseTable(cfg *Config, f *srcFile, v any) []string {
 			cfg.LogLevel = val.(slog.Level)
 		case "port_range":
 			cfg.PortRange = val.(portRange)
+		case "containment":
+			cfg.Containment = val.(procman.Containment)
 		}
 	}
 	return include
@@ -783,6 +786,12 @@ func (b *builder) build(ports map[int]string) *built {
 		Name:        name,
 		StopSignal:  val(m, "stop_signal", defaultStopSignal),
 		StopTimeout: val(m, "stop_timeout", defaultStopTimeout),
+		InheritEnv:  val(m, "inherit_env", false),
+		Limits: procman.Limits{
+			MemoryMax: val(m, "memory_max", int64(0)),
+			CPUMax:    val(m, "cpu_max", 0.0),
+			TasksMax:  val(m, "tasks_max", 0),
+		},
 	}
 	tmpl := portTemplate{name: name, upstream: upstream, dir: dir, user: user, cmd: cmd, env: env, ready: rd.cmd}
 	if err := tmpl.apply(&cfg, port); err != nil {

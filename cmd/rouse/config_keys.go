@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/procman"
 )
 
 // The defaults of DESIGN.md, for keys neither [defaults] nor the app sets.
@@ -58,6 +59,7 @@ var rouseKeys = map[string]parseFunc{
 	"log_level":     parseLogLevel,
 	"procs":         intKey(0, 4096),
 	"port_range":    parsePortRangeKey,
+	"containment":   parseContainment,
 }
 
 // appKeys are the keys of an [apps.NAME] table and of [defaults]; it is
@@ -93,6 +95,10 @@ var appKeys = map[string]parseFunc{
 	"keep_warm":            func(v any, _ string) (any, error) { return asBool(v) },
 	"start_page":           func(v any, _ string) (any, error) { return asBool(v) },
 	"start_page_after":     durationKey(0),
+	"inherit_env":          func(v any, _ string) (any, error) { return asBool(v) },
+	"memory_max":           parseMemoryMax,
+	"cpu_max":              parseCPUMax,
+	"tasks_max":            intKey(1, math.MaxInt32),
 }
 
 // stopSignals are the signals stop_signal may name.
@@ -208,6 +214,49 @@ func parseMetrics(v any, _ string) (any, error) {
 		return nil, fmt.Errorf(`invalid address %q: want HOST:PORT, e.g. "127.0.0.1:9180"`, s)
 	}
 	return s, nil
+}
+
+// parseContainment reads [rouse].containment: "auto" (a cgroup v2 subtree
+// when rouse can manage one, else the subreaper fallback) or "subreaper".
+func parseContainment(v any, _ string) (any, error) {
+	s, err := asString(v)
+	if err != nil {
+		return nil, err
+	}
+	switch s {
+	case "auto":
+		return procman.ContainAuto, nil
+	case "subreaper":
+		return procman.ContainSubreaper, nil
+	}
+	return nil, fmt.Errorf("unknown containment %q: want auto or subreaper", s)
+}
+
+// parseMemoryMax reads memory_max, a size of at least one page.
+func parseMemoryMax(v any, _ string) (any, error) {
+	n, err := asSize(v)
+	if err != nil {
+		return nil, err
+	}
+	if n < 4096 {
+		return nil, fmt.Errorf("must be at least 4KiB, got %d bytes", n)
+	}
+	return n, nil
+}
+
+// parseCPUMax reads cpu_max, a share of the CPUs as a percentage of one:
+// "50%" is half a CPU, "200%" two.
+func parseCPUMax(v any, _ string) (any, error) {
+	s, ok := v.(string)
+	pct, isPct := strings.CutSuffix(strings.TrimSpace(s), "%")
+	n, err := strconv.ParseFloat(pct, 64)
+	if !ok || !isPct || err != nil || math.IsNaN(n) || math.IsInf(n, 0) {
+		return nil, wrongType(`a percentage of one CPU such as "50%" or "200%"`, v)
+	}
+	if n < 1 || n > 100000 {
+		return nil, fmt.Errorf("must be between 1%% and 100000%%, got %s", s)
+	}
+	return n / 100, nil
 }
 
 func parseLogLevel(v any, _ string) (any, error) {

@@ -18,7 +18,6 @@ import (
 
 	"github.com/rouse-dev/rouse/activator"
 	"github.com/rouse-dev/rouse/listeners"
-	"github.com/rouse-dev/rouse/procman"
 )
 
 func cmdRun(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
@@ -45,6 +44,9 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stde
 // app. ready, when set, is called once every socket is bound.
 func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activator.Supervisor)) error {
 	log := logs.Logger()
+	if err := markInheritedFDs(os.Getenv); err != nil {
+		return err
+	}
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "warning", w.String())
 	}
@@ -65,7 +67,7 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	if err != nil {
 		return fmt.Errorf("find rouse's own executable: %w", err)
 	}
-	guard, err := procman.StartGuard([]string{self, guardVerb})
+	guard, err := startGuard(self, cfg, log)
 	if err != nil {
 		return err
 	}

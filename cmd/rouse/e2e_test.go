@@ -22,7 +22,10 @@ import (
 // TestMain lets the test binary be rouse: run with ROUSE_TEST_MAIN=1 it is
 // the rouse command (and so also the guard and the demo backend).
 func TestMain(m *testing.M) {
-	if os.Getenv("ROUSE_TEST_MAIN") == "1" {
+	// Apps get a small environment (no ROUSE_TEST_MAIN), so the test binary
+	// run as an app's command is rouse too when its first argument is one
+	// of rouse's hidden verbs (__backend, __guard, __exec).
+	if os.Getenv("ROUSE_TEST_MAIN") == "1" || len(os.Args) > 1 && strings.HasPrefix(os.Args[1], "__") {
 		main()
 	}
 	os.Exit(m.Run())

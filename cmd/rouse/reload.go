@@ -109,6 +109,7 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 		closeAll(own)
 		return nil, err
 	}
+	warnLimits(d.log, d.guard, ac)
 	if ac.Mode != activator.ModeHTTP {
 		d.owned[ac.Name] = byAddr
 	}
