@@ -1015,8 +1015,10 @@ func (l *evLoop) relayOn(c *loopConn) {
 		case err != nil || n == 0:
 			u.eof = true
 			if rs.left < 0 && !rs.chunked && err == nil {
-				rs.done = true // the end of a body read until the app closes
-				c.written = 0
+				// The end of a body read until the app closes: what out
+				// held is written already (the write above), nothing
+				// more comes.
+				rs.done = true
 				continue
 			}
 			if err == nil {
