@@ -305,6 +305,13 @@ type respHead struct {
 	badLengths bool // Content-Length given twice with different values, or invalid
 }
 
+// keepsConn reports whether the app's connection may serve another request
+// once this response is through (and then only with nothing unread after
+// it: see reusable).
+func (r *respHead) keepsConn() bool {
+	return !r.close && !r.http10 && !r.bodyUntilClose()
+}
+
 // bodyUntilClose reports whether the body ends only when the app closes.
 func (r *respHead) bodyUntilClose() bool {
 	return !r.noBody && !r.chunked && (r.encoded || r.length < 0)

@@ -653,7 +653,7 @@ func (l *evLoop) connect(c *loopConn, up *httpUpstream) bool {
 		u := ups[len(ups)-1]
 		ups = ups[:len(ups)-1]
 		l.idle[up] = ups // kept even when empty: keep appends to it, allocating nothing
-		if u.inst == c.inst && u.gen == gen && !u.eof && !u.hup {
+		if u.inst == c.inst && u.gen == gen && !u.eof && !u.hup && reusable(0, uintptr(u.fd)) {
 			u.c, u.reused, u.buf = c, true, u.buf[:0]
 			c.up = u
 			return true
@@ -875,7 +875,7 @@ func (l *evLoop) receive(c *loopConn) {
 	c.resp = append(c.resp, u.buf[from:end]...)
 	c.up = nil
 	u.c = nil
-	if !r.close && !r.http10 && end == len(u.buf) && !u.eof && !u.hup {
+	if r.keepsConn() && end == len(u.buf) && !u.eof && !u.hup {
 		l.keep(u)
 	} else {
 		l.closeUp(u)
@@ -949,9 +949,9 @@ func (l *evLoop) answered(c *loopConn) {
 func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
 	u := c.up
 	rs := &c.relay
-	*rs = relayState{left: r.length, chunked: r.chunked, keep: !r.close && !r.http10}
+	*rs = relayState{left: r.length, chunked: r.chunked, keep: r.keepsConn()}
 	if r.bodyUntilClose() {
-		rs.left, rs.keep = -1, false
+		rs.left = -1
 	}
 	body := u.buf[from:]
 	n, done, err := rs.take(body)
@@ -1180,9 +1180,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	if sc, ok := upc.(syscall.Conn); ok {
 		uc.raw, _ = sc.SyscallConn()
 	}
-	if u.reused {
-		uc.idleSince = start // not zero: the retry rules for a kept connection apply
-	}
+	uc.reused = u.reused // the retry rules for a kept connection apply
 	fc.served = c.served
 	fc.out = append(fc.out[:0], c.out...)
 	head := append([]byte(nil), c.in[c.headAt:c.headAt+c.headLen]...)

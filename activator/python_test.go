@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,20 +37,21 @@ with open(sys.argv[2], "a") as f:
 `
 
 // newPythonHTTPApp is an http app whose process is script (after
-// pyPrelude) run by python3.
-func newPythonHTTPApp(t testing.TB, script string, edit func(*Config)) *testApp {
+// pyPrelude) run by python3; onGoroutines as in appSpec.
+func newPythonHTTPApp(t testing.TB, script string, onGoroutines bool, edit func(*Config)) *testApp {
 	t.Helper()
 	py := python3(t)
-	return newTestApp(t, nil, func(c *Config) {
+	return newTestApps(t, Capacity{}, appSpec{onGoroutines: onGoroutines, edit: func(c *Config) {
 		_, port, _ := net.SplitHostPort(c.UpstreamAddress)
-		c.Process.Argv = []string{py, "-c", pyPrelude + script, port, c.Process.Argv[2]}
+		starts := c.Process.Argv[2]
+		c.Process.Argv = []string{py, "-c", pyPrelude + script, port, starts, filepath.Dir(starts)}
 		c.Mode = ModeHTTP
 		c.RequestBuffer = 1 << 20
 		c.ResponseTimeout = 30 * time.Second
 		if edit != nil {
 			edit(c)
 		}
-	})
+	}})[0]
 }
 
 // pyHTTP10 is a plain http.server app as the standard library has it:
@@ -83,7 +85,7 @@ func pyBody(n, size int) string {
 // client once, byte for byte, however the app's last bytes and its FIN
 // are split across events.
 func TestHTTPCloseFramedResponsesOnceEach(t *testing.T) {
-	ta := newPythonHTTPApp(t, pyHTTP10, nil)
+	ta := newPythonHTTPApp(t, pyHTTP10, false, nil)
 	for i := range 300 {
 		size := []int{0, 1, 100, 5000, 20000, 70000}[i%6]
 		rc := dialRaw(t, ta.addr)
@@ -100,5 +102,90 @@ func TestHTTPCloseFramedResponsesOnceEach(t *testing.T) {
 			t.Fatalf("request %d: %d bytes after the response: %.80q", i, len(rest), rest)
 		}
 		rc.c.Close()
+	}
+}
+
+// pyExtraBytes is a raw-socket app that misbehaves on purpose: after a
+// complete response it sends more (a body to a HEAD, a body to a 204, a
+// late second response), then creates the file DIR/sent-N (DIR is
+// sys.argv[3]) so the test knows the bytes are on their way. GET /good/N
+// is answered properly, with "good N".
+const pyExtraBytes = `
+import socket, socketserver, threading
+DIR = sys.argv[3]
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        # Each write goes at once: the test knows when bytes are sent.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = self.request.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            method, target = head.split(b" ")[:2]
+            parts = target.decode().split("/")
+            kind, n = parts[1], parts[2]
+            s = self.request
+            if kind == "good":
+                body = ("good %s" % n).encode()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                continue
+            if kind == "headbody":
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n")
+                extra = b"EVIL-HEAD-1"
+            elif kind == "nocontent":
+                s.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+                extra = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nEVIL-2"
+            else:
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                extra = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nEVIL-3"
+            time.sleep(0.02)
+            s.sendall(extra)
+            open(os.path.join(DIR, "sent-" + n), "w").close()
+class S(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("127.0.0.1", PORT), H).serve_forever()
+`
+
+// Bytes an app sends after a complete response never reach another
+// client: a kept connection to the app with anything unread is closed, not
+// reused, on every path.
+func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
+	for _, onGoroutines := range []bool{false, true} {
+		t.Run(map[bool]string{false: "loop", true: "goroutine"}[onGoroutines], func(t *testing.T) {
+			ta := newPythonHTTPApp(t, pyExtraBytes, onGoroutines, nil)
+			a := dialRaw(t, ta.addr)
+			n := 0
+			good := func(rc *rawClient) {
+				t.Helper()
+				n++
+				rc.send(fmt.Sprintf("GET /good/%d HTTP/1.1\r\nHost: x\r\n\r\n", n))
+				if resp, body := rc.response("GET"); resp.StatusCode != 200 || body != fmt.Sprintf("good %d", n) {
+					t.Fatalf("GET /good/%d: %d %q", n, resp.StatusCode, body)
+				}
+			}
+			good(a)
+			for i, tc := range []struct{ method, kind, body string }{
+				{"HEAD", "headbody", ""},
+				{"GET", "nocontent", ""},
+				{"GET", "late", "ok"},
+			} {
+				a.send(fmt.Sprintf("%s /%s/%d HTTP/1.1\r\nHost: x\r\n\r\n", tc.method, tc.kind, i))
+				if resp, body := a.response(tc.method); body != tc.body {
+					t.Fatalf("%s /%s: %d %q, want %q", tc.method, tc.kind, resp.StatusCode, body, tc.body)
+				}
+				waitFor(t, "the app's extra bytes sent", func() bool {
+					_, err := os.Stat(filepath.Join(ta.dir, fmt.Sprintf("sent-%d", i)))
+					return err == nil
+				})
+				good(a)
+				good(dialRaw(t, ta.addr))
+				good(a)
+			}
+		})
 	}
 }
