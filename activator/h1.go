@@ -184,11 +184,35 @@ var hopHeadersLower = func() []string {
 	return l
 }()
 
-// forwardedHeader reports whether a request header is one rouse replaces
-// with its own (X-Forwarded-For/-Proto/-Host) or drops (Forwarded).
-func forwardedHeader(name []byte) bool {
-	return foldEq(name, "x-forwarded-for") || foldEq(name, "x-forwarded-proto") ||
-		foldEq(name, "x-forwarded-host") || foldEq(name, "forwarded")
+// forwardedHeader is the one rule, on every path, for the request headers
+// a client may not set: those rouse replaces with its own
+// (X-Forwarded-For/-Proto/-Host) or drops (Forwarded). It reads '_' as '-':
+// servers of the CGI convention (PHP, WSGI, Rack) map both to one variable
+// (HTTP_X_FORWARDED_FOR), so X_Forwarded_For would pass for rouse's own.
+func forwardedHeader[S string | []byte](name S) bool {
+	return cgiEq(name, "x-forwarded-for") || cgiEq(name, "x-forwarded-proto") ||
+		cgiEq(name, "x-forwarded-host") || cgiEq(name, "forwarded")
+}
+
+// cgiEq reports whether name equals the lower-case s, ignoring case and
+// reading '_' as '-'.
+func cgiEq[S string | []byte](name S, s string) bool {
+	if len(name) != len(s) {
+		return false
+	}
+	for i := range len(s) {
+		c := name[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // cutLine cuts the first CRLF-terminated line off b. A bare LF is not

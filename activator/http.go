@@ -368,6 +368,17 @@ func (a *App) setForwarded(r *http.Request, out *http.Request) {
 	if !trusted {
 		out.Header.Del("Forwarded")
 	}
+	for k := range out.Header {
+		// Set above, or kept from a trusted proxy, are the canonical
+		// spellings; any other (X_Forwarded_For) is a spoof.
+		switch k {
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded":
+		default:
+			if forwardedHeader(k) {
+				delete(out.Header, k)
+			}
+		}
+	}
 }
 
 func (a *App) trusted(ip string) bool {

@@ -189,3 +189,42 @@ func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
 		})
 	}
 }
+
+// pyWSGI is an app of the CGI convention (wsgiref): request headers reach
+// it as HTTP_* variables, '-' and '_' alike. It answers the forwarding
+// variables it got, one per line.
+const pyWSGI = `
+from wsgiref.simple_server import make_server, WSGIRequestHandler
+def app(environ, start_response):
+    body = "".join("%s=%s\n" % (k, environ.get(k, "")) for k in
+        ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *a):
+        pass
+make_server("127.0.0.1", PORT, app, handler_class=Quiet).serve_forever()
+`
+
+// A client cannot pass its own X-Forwarded-* for rouse's by spelling them
+// with '_', on any path: the loop, a goroutine, net/http's server.
+func TestHTTPForwardedHeadersCannotBeSpoofedWithUnderscores(t *testing.T) {
+	const spoof = "X_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Proto: https\r\nx_forwarded_host: evil.example\r\nX-Forwarded-For: 7.7.7.7\r\nForwarded: for=6.6.6.6\r\n"
+	const want = "HTTP_X_FORWARDED_FOR=127.0.0.1\nHTTP_X_FORWARDED_PROTO=http\nHTTP_X_FORWARDED_HOST=x\nHTTP_FORWARDED=\n"
+	for _, onGoroutines := range []bool{false, true} {
+		ta := newPythonHTTPApp(t, pyWSGI, onGoroutines, nil)
+		for _, req := range []string{
+			"GET / HTTP/1.1\r\nHost: x\r\n" + spoof + "\r\n",                                         // the loop, or a goroutine
+			"GET / HTTP/1.0\r\nHost: x\r\n" + spoof + "\r\n",                                         // net/http
+			"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + spoof + "\r\n0\r\n\r\n", // net/http
+		} {
+			for range 2 { // the first starts the app
+				rc := dialRaw(t, ta.addr)
+				rc.send(req)
+				if resp, body := rc.response("GET"); resp.StatusCode != 200 || body != want {
+					t.Errorf("goroutines %v, %.40q: %d\n%s\nwant\n%s", onGoroutines, req, resp.StatusCode, body, want)
+				}
+			}
+		}
+	}
+}
