@@ -24,7 +24,6 @@ import (
 // is never held across I/O, a dial, a spawn or a wait: the process of each
 // start is owned by exactly one goroutine (run), which does those outside it.
 type App struct {
-	cfg   Config
 	log   *slog.Logger
 	guard *procman.Guard
 	lns   []net.Listener

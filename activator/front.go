@@ -30,8 +30,6 @@ type HTTPFront struct {
 	// handedOff counts the connections given to srv; leftLoops those an
 	// event loop gave to a goroutine.
 	handedOff, leftLoops atomic.Int64
-	// sendTimeout, in nanoseconds (tests shorten it; a loop reads it once).
-	sendTimeout atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool                    // Close began: no new handler or connection may join
@@ -40,19 +38,19 @@ type HTTPFront struct {
 	nextLoop  int
 	loopConns int      // served by the loops
 	lnFile    *os.File // the listener, once the loops accept on it
-	// The event loops' copy of srv's ReadHeaderTimeout and IdleTimeout,
-	// read as each loop is made (under mu).
-	loopTimeouts struct{ header, idle time.Duration }
-	httpConns    int            // handed to srv, not yet closed or hijacked
-	changed      chan struct{}  // closed and replaced when conns or httpConns drop
-	handlers     sync.WaitGroup // requests srv is serving, also hijacked ones
-	connWG       sync.WaitGroup // goroutines of conns
-	shutting     atomic.Bool    // Shutdown or Close began
-	stop         chan struct{}  // closed when shutting is set
-	stopOnce     sync.Once
-	started      atomic.Bool
-	serving      sync.WaitGroup // Serve's goroutines
-	accepting    chan struct{}  // closed when the accept loop returned
+	// The event loops' copy of srv's IdleTimeout, read as each loop is
+	// made (under mu).
+	loopIdleTimeout time.Duration
+	httpConns       int            // handed to srv, not yet closed or hijacked
+	changed         chan struct{}  // closed and replaced when conns or httpConns drop
+	handlers        sync.WaitGroup // requests srv is serving, also hijacked ones
+	connWG          sync.WaitGroup // goroutines of conns
+	shutting        atomic.Bool    // Shutdown or Close began
+	stop            chan struct{}  // closed when shutting is set
+	stopOnce        sync.Once
+	started         atomic.Bool
+	serving         sync.WaitGroup // Serve's goroutines
+	accepting       chan struct{}  // closed when the accept loop returned
 }
 
 // routes is a front's Host table.
@@ -76,7 +74,7 @@ func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
 		}
 		if len(a.config().Hosts) == 0 {
 			if r.fallback != nil {
-				return nil, fmt.Errorf("apps %s and %s share %s without hosts", r.fallback.cfg.Name, a.config().Name, addr)
+				return nil, fmt.Errorf("apps %s and %s share %s without hosts", r.fallback.config().Name, a.config().Name, addr)
 			}
 			r.fallback = a
 		}
@@ -93,11 +91,6 @@ func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
 	return r, nil
 }
 
-// sendTimeout cuts a client that takes none of its response for that long
-// (nginx's send_timeout): a reader that stops, or reads a byte a minute,
-// would hold the exchange, and the app's slot, for ever.
-const sendTimeout = 60 * time.Second
-
 // NewHTTPFront returns a front for apps on ln; at most one of them may have
 // no hosts (it gets every request no other app claims).
 func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, error) {
@@ -110,8 +103,10 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 		return nil, err
 	}
 	f.srv = &http.Server{
-		Handler:           f,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: f,
+		// For the heads of later requests on a connection handed to srv
+		// (the first has what was left of headerTimeout: handedConn).
+		ReadHeaderTimeout: f.headerTimeout(),
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10, // beyond: 431
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
@@ -124,9 +119,19 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 			}
 		},
 	}
-	f.loopTimeouts.header, f.loopTimeouts.idle = f.srv.ReadHeaderTimeout, f.srv.IdleTimeout
-	f.sendTimeout.Store(int64(sendTimeout))
+	f.loopIdleTimeout = f.srv.IdleTimeout
 	return f, nil
+}
+
+// headerTimeout is how long a client has for a request head, from its
+// first byte (or from the connection, for the first request): the longest
+// header_timeout of the front's apps, as the head says which app it is for.
+func (f *HTTPFront) headerTimeout() time.Duration {
+	d := time.Duration(0)
+	for _, a := range f.routes.Load().apps {
+		d = max(d, a.config().headerTimeout())
+	}
+	return orDefault(d, DefaultHeaderTimeout)
 }
 
 func sortRoutes(r []hostRoute) {

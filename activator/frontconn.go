@@ -3,9 +3,11 @@ package activator
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -63,15 +65,19 @@ type frontConn struct {
 	cancel context.CancelFunc // the client went away
 	state  atomic.Int32
 
-	served     int       // requests served before, by an event loop
-	start      time.Time // of the request an event loop began (rq.held)
-	closeAfter bool      // the request or response said Connection: close
-	cut        bool      // the response broke off: close without flushing
-	rq         rawRequest
-	head       reqHead
-	out        []byte // the request as sent to the app
-	resp       []byte // a response head from the app
-	line       []byte
+	served int // requests served before, by an event loop
+	// headDeadline is when the head of the request being read must be
+	// whole: header_timeout from its first byte, or from the connection
+	// for the first request; zero between requests.
+	headDeadline time.Time
+	start        time.Time // of the request an event loop began (rq.held)
+	closeAfter   bool      // the request or response said Connection: close
+	cut          bool      // the response broke off: close without flushing
+	rq           rawRequest
+	head         reqHead
+	out          []byte // the request as sent to the app
+	resp         []byte // a response head from the app
+	line         []byte
 }
 
 func newFrontConn(f *HTTPFront, c net.Conn) *frontConn {
@@ -116,7 +122,10 @@ func (fc *frontConn) serve() {
 			}
 			fc.c.SetReadDeadline(time.Now().Add(f.srv.IdleTimeout))
 		} else {
-			fc.c.SetReadDeadline(time.Now().Add(f.srv.ReadHeaderTimeout))
+			if fc.headDeadline.IsZero() {
+				fc.headDeadline = time.Now().Add(f.headerTimeout())
+			}
+			fc.c.SetReadDeadline(fc.headDeadline)
 		}
 		if f.shutting.Load() {
 			// Set after Shutdown's, or Shutdown's came after this.
@@ -145,6 +154,7 @@ func (fc *frontConn) serve() {
 			fc.close()
 			return
 		}
+		fc.headDeadline = time.Time{}
 		if fc.backToLoop(served + 1) {
 			return
 		}
@@ -201,6 +211,9 @@ func (fc *frontConn) shutdownDeadline() {
 // (too long, bare LF); n < 0 when the connection is to be closed (read
 // error, timeout).
 func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
+	if fc.headDeadline.IsZero() {
+		fc.headDeadline = time.Now().Add(fc.f.headerTimeout()) // its first byte came
+	}
 	from := 0
 	for {
 		buf, _ := fc.br.Peek(fc.br.Buffered())
@@ -212,8 +225,8 @@ func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 		}
 		if idleDeadline {
 			// The head came in parts: from now on it has
-			// ReadHeaderTimeout, not the keep-alive's IdleTimeout.
-			fc.c.SetReadDeadline(time.Now().Add(fc.f.srv.ReadHeaderTimeout))
+			// headDeadline, not the keep-alive's IdleTimeout.
+			fc.c.SetReadDeadline(fc.headDeadline)
 			idleDeadline = false
 		}
 		from = max(0, len(buf)-2)
@@ -247,18 +260,37 @@ func (fc *frontConn) simple(n int) (*App, bool) {
 func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 	fc.br.Discard(n)
 	if cl := int(fc.head.contentLength); cl > 0 {
-		if fc.br.Buffered() < cl {
-			// Not the deadline of the wait for the head, which a shutdown
-			// may have cut short as the head came.
-			fc.c.SetReadDeadline(time.Now().Add(fc.f.srv.ReadHeaderTimeout))
-		}
 		m := len(fc.out)
 		fc.out = append(fc.out, make([]byte, cl)...)
-		if _, err := io.ReadFull(fc.br, fc.out[m:]); err != nil {
+		if err := fc.readBody(a, fc.out[m:]); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				q := &fc.rq
+				q.a, fc.closeAfter = a, true
+				a.bodyFailed(q.errorWriter(), err)
+				q.err.writeTo(fc)
+				fc.bw.Flush()
+			}
 			return false
 		}
 	}
 	return fc.serveRequest(a, start)
+}
+
+// readBody reads p, a request body, whole: each read from the client
+// within the app's body_timeout of the previous one.
+func (fc *frontConn) readBody(a *App, p []byte) error {
+	timeout := a.config().bodyTimeout()
+	for len(p) > 0 {
+		if fc.br.Buffered() == 0 {
+			fc.c.SetReadDeadline(time.Now().Add(timeout))
+		}
+		n, err := fc.br.Read(p)
+		p = p[n:]
+		if err != nil && len(p) > 0 {
+			return err
+		}
+	}
+	return nil
 }
 
 // serveRequest serves the request in fc.head and fc.out. It returns false
@@ -286,7 +318,7 @@ func (fc *frontConn) handOff() {
 	fc.c.SetDeadline(time.Time{}) // net/http sets its own, or none
 	fc.bw.Reset(nil)
 	writerPool.Put(fc.bw)
-	hc := &handedConn{Conn: fc.c, r: fc.br}
+	hc := &handedConn{Conn: fc.c, r: fc.br, headDeadline: fc.headDeadline}
 	fc.c, fc.br, fc.bw = nil, nil, nil
 	fc.f.handOff(hc)
 }
@@ -307,10 +339,18 @@ func (fc *frontConn) abandon() {
 }
 
 // Write is where fc.bw's bytes go: to the client, which must take some
-// within sendTimeout.
+// within the app's send_timeout.
 func (fc *frontConn) Write(p []byte) (int, error) {
-	fc.c.SetWriteDeadline(time.Now().Add(time.Duration(fc.f.sendTimeout.Load())))
+	fc.c.SetWriteDeadline(time.Now().Add(fc.sendTimeout()))
 	return fc.c.Write(p)
+}
+
+// sendTimeout is the send_timeout of the app of the request being served.
+func (fc *frontConn) sendTimeout() time.Duration {
+	if a := fc.rq.a; a != nil {
+		return a.config().sendTimeout()
+	}
+	return DefaultSendTimeout
 }
 
 // close closes the connection and recycles its buffers.
@@ -444,6 +484,18 @@ func (h *reqHead) isHead() bool { return string(h.method) == http.MethodHead }
 type handedConn struct {
 	net.Conn
 	r io.Reader
+	// headDeadline, if set, is the deadline of the head the front began
+	// to read: it replaces the fresh ReadHeaderTimeout net/http's first
+	// SetReadDeadline would give it.
+	headDeadline time.Time
+}
+
+func (c *handedConn) SetReadDeadline(t time.Time) error {
+	if d := c.headDeadline; !d.IsZero() {
+		c.headDeadline = time.Time{}
+		t = d
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -24,7 +24,7 @@ const (
 	maxIdleUpstream = 128       // kept per app; more are closed
 	maxResponseHead = 1 << 20   // as net/http's Transport, about
 	spliceMin       = 64 << 10  // body bytes left for which splice(2) pays
-	spliceStep      = 256 << 10 // spliced at most at once: sendTimeout is per step
+	spliceStep      = 256 << 10 // spliced at most at once: send_timeout is per step
 )
 
 var (
@@ -302,7 +302,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 			a.failed(inst, err)
 			a.log.Info("response cut by the app", "method", fc.rq.method(), "path", fc.rq.path(), "err", err)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			a.log.Info("client cut: it took none of its response", "for", time.Duration(fc.f.sendTimeout.Load()), "client", fc.ip)
+			a.log.Info("client cut: it took none of its response", "for", a.config().sendTimeout(), "client", fc.ip)
 		}
 		fc.cut = true
 		return exchangeResult{answered: true}, false
@@ -413,7 +413,7 @@ func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
 		// for that long is cut, a slow one is not.
 		step := min(n, spliceStep)
 		src.N = step
-		dst.SetWriteDeadline(time.Now().Add(time.Duration(fc.f.sendTimeout.Load())))
+		dst.SetWriteDeadline(time.Now().Add(fc.sendTimeout()))
 		_, err = dst.ReadFrom(src)
 		n -= step - src.N
 		if src.N > 0 {

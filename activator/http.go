@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,19 +66,24 @@ func newHTTPUpstream(cfg Config) *httpUpstream {
 func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := a.now()
 	rq := &httpRequest{a: a, w: w, r: r}
+	if r.Body != nil && r.Body != http.NoBody {
+		rq.timed = &timedBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: a.config().bodyTimeout()}
+		r.Body = rq.timed
+	}
 	// With Expect: 100-continue the client waits for a go-ahead before
 	// sending the body; net/http sends "100 Continue" when the body is
 	// first read, so read it only once the app is ready.
 	if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
 		if err := rq.prepare(); err != nil {
 			a.log.Debug("reading request body", "remote", r.RemoteAddr, "err", err)
-			a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+			a.bodyFailed(w, err)
 			return
 		}
 	}
-	if !a.proxy(rq, start) {
-		// No made-up answer (net/http would send an empty 200): cut the
-		// connection.
+	if !a.proxy(rq, start) || rq.cut {
+		// No made-up answer (net/http would send an empty 200), no
+		// complete-looking short response: cut the connection (after
+		// proxy released the app's slot).
 		panic(http.ErrAbortHandler)
 	}
 }
@@ -132,7 +138,7 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 		}
 		if err := rq.prepare(); err != nil {
 			a.release(inst)
-			a.writeError(rq.errorWriter(), http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+			a.bodyFailed(rq.errorWriter(), err)
 			return true
 		}
 		res := rq.exchange(inst)
@@ -178,10 +184,12 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 
 // httpRequest is a request read by net/http's server.
 type httpRequest struct {
-	a    *App
-	w    http.ResponseWriter
-	r    *http.Request
-	body *requestBody
+	a     *App
+	w     http.ResponseWriter
+	r     *http.Request
+	body  *requestBody
+	timed *timedBody // r.Body, when there is one
+	cut   bool       // the response broke off: cut the client's connection
 }
 
 func (q *httpRequest) context() context.Context         { return q.r.Context() }
@@ -202,7 +210,52 @@ func (q *httpRequest) prepare() error {
 }
 
 func (q *httpRequest) exchange(inst *instance) exchangeResult {
-	return q.a.exchange(q.w, q.r, inst, q.body)
+	res := q.a.exchange(q.w, q.r, inst, q.body)
+	q.cut = res.cut
+	if res.err != nil && !res.answered && q.timed != nil && q.timed.stalled.Load() {
+		// The client stalled a body streamed to the app: its fault, not
+		// the app's.
+		q.a.bodyFailed(q.w, os.ErrDeadlineExceeded)
+		return exchangeResult{answered: true}
+	}
+	return res
+}
+
+// timedBody is a request body net/http's server reads: each read must
+// come within body_timeout of the previous one (nginx's
+// client_body_timeout), or the request is answered 408.
+type timedBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+	stalled atomic.Bool
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF:
+		// net/http watches the client from now on (a background read),
+		// with no deadline.
+		b.rc.SetReadDeadline(time.Time{})
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.stalled.Store(true)
+	}
+	return n, err
+}
+
+// bodyFailed answers a request whose body could not be read, on every
+// path: 408 when the client let body_timeout pass between two reads, 400
+// otherwise. The client's connection closes after it.
+func (a *App) bodyFailed(w http.ResponseWriter, err error) {
+	w.Header().Set("Connection", "close")
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		a.writeError(w, http.StatusRequestTimeout, 0, "http_request_error",
+			fmt.Sprintf("the client sent none of its request body for %s", a.config().bodyTimeout()))
+		return
+	}
+	a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
 }
 
 // replayable reports whether a request that reached the app but got no
@@ -227,6 +280,7 @@ type exchangeResult struct {
 	answered bool  // the client got a response (or part of one): never retry
 	sent     bool  // request bytes reached the app
 	timeout  bool  // the app was too slow to answer
+	cut      bool  // the response broke off (net/http's path): cut the client's connection
 }
 
 // exchange sends r to the app once and copies the response back.
@@ -255,13 +309,12 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 		h.Add("Trailer", k)
 	}
 	a.metrics.outcome(statusClass(resp.StatusCode))
-	w.WriteHeader(resp.StatusCode)
 	// A response of unknown length (SSE, streaming) is flushed as it comes;
 	// one of known length is left to net/http's buffering.
-	dst := clientWriter{w: w}
-	if resp.ContentLength < 0 {
-		dst.flush = http.NewResponseController(w)
-	}
+	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.config().sendTimeout()}
+	dst.flush = resp.ContentLength < 0
+	dst.deadline() // for the head, written with the first bytes of the body or at the end
+	w.WriteHeader(resp.StatusCode)
 	up := a.http.Load()
 	buf := up.buffers.Get().(*[]byte)
 	_, err = io.CopyBuffer(dst, resp.Body, *buf)
@@ -273,7 +326,7 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 			a.failed(inst, err)
 			a.log.Info("response cut by the app", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
-		panic(http.ErrAbortHandler)
+		return exchangeResult{answered: true, cut: true}
 	}
 	for k, vv := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vv
@@ -291,26 +344,33 @@ type writeError struct{ error }
 
 func (e writeError) Unwrap() error { return e.error }
 
-// clientWriter marks errors as the client's, and when flush is set flushes
-// after every write, so streamed responses (SSE) reach the client as the
-// app sends them.
+// clientWriter marks errors as the client's, gives each write the app's
+// send_timeout, and when flush is set flushes after every write, so
+// streamed responses (SSE) reach the client as the app sends them.
 type clientWriter struct {
-	w     io.Writer
-	flush *http.ResponseController
+	w       io.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
+	flush   bool
 }
 
 func (c clientWriter) Write(p []byte) (int, error) {
+	c.deadline()
 	n, err := c.w.Write(p)
 	if err != nil {
 		return n, writeError{err}
 	}
-	if c.flush != nil {
-		if err := c.flush.Flush(); err != nil {
+	if c.flush {
+		if err := c.rc.Flush(); err != nil {
 			return n, writeError{err}
 		}
 	}
 	return n, nil
 }
+
+// deadline gives the client send_timeout from now to take what is
+// written next (net/http resets it after the response).
+func (c clientWriter) deadline() { c.rc.SetWriteDeadline(time.Now().Add(c.timeout)) }
 
 // outgoing builds the request to the app: same method, URI, Host and
 // headers, minus hop-by-hop headers, plus X-Forwarded-*.
@@ -537,6 +597,9 @@ func (a *App) writeError(w http.ResponseWriter, code int, retryAfter time.Durati
 		h.Set("Retry-After", strconv.Itoa(int(max(1, roundUp(retryAfter)/time.Second))))
 	}
 	a.metrics.outcome("rouse_" + strconv.Itoa(code))
+	// (Not for the front's own rawResponse: it is written through
+	// frontConn.Write, with its own deadline.)
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(a.config().sendTimeout()))
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "%d %s: rouse: app %s: %s\n", code, http.StatusText(code), a.config().Name, msg)
 }

@@ -84,9 +84,8 @@ type evLoop struct {
 	polled int
 	wake   int // eventfd: commands from other goroutines
 
-	// As the front's net/http server has them, and sendTimeout (copied:
-	// tests change them).
-	headerTimeout, idleTimeout, sendTimeout time.Duration
+	// As the front's net/http server has it (copied: tests change it).
+	idleTimeout time.Duration
 
 	mu       sync.Mutex
 	closed   bool
@@ -187,8 +186,8 @@ func newEvLoop(f *HTTPFront) (*evLoop, error) {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
 	l := &evLoop{f: f, epfd: epfd, wake: -1, done: make(chan struct{}),
-		headerTimeout: f.loopTimeouts.header, idleTimeout: f.loopTimeouts.idle, sendTimeout: time.Duration(f.sendTimeout.Load()),
-		conns: make(map[*loopConn]struct{}), idle: make(map[*httpUpstream][]*loopUp)}
+		idleTimeout: f.loopIdleTimeout,
+		conns:       make(map[*loopConn]struct{}), idle: make(map[*httpUpstream][]*loopUp)}
 	fail := func(what string, err error) (*evLoop, error) {
 		if l.wake >= 0 {
 			unix.Close(l.wake)
@@ -406,7 +405,7 @@ func (l *evLoop) adopt() {
 		case c.served > 0:
 			c.deadline = now.Add(l.idleTimeout) // back from a goroutine
 		default:
-			c.deadline = now.Add(l.headerTimeout)
+			c.deadline = now.Add(l.f.headerTimeout())
 		}
 	}
 }
@@ -427,7 +426,7 @@ func (l *evLoop) scan(now time.Time) {
 			}
 		case lcAnswering, lcRelaying:
 			if c.blocked && now.After(c.deadline) {
-				c.a.log.Info("client cut: it took none of its response", "for", l.sendTimeout, "client", c.ip)
+				c.a.log.Info("client cut: it took none of its response", "for", c.a.config().sendTimeout(), "client", c.ip)
 				l.closeConn(c)
 			}
 		}
@@ -589,7 +588,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 			l.shed(c)
 			timeout := l.idleTimeout
 			if c.served == 0 {
-				timeout = l.headerTimeout
+				timeout = l.f.headerTimeout()
 			}
 			if !l.shutdown {
 				c.deadline = l.now.Add(timeout)
@@ -906,7 +905,7 @@ func (l *evLoop) endHead(c *loopConn, r *respHead) {
 }
 
 // writeClient writes out[c.written:] to the client; false when it has to
-// wait for the client's EPOLLOUT (sendTimeout from the last write that
+// wait for the client's EPOLLOUT (send_timeout from the last write that
 // took anything), or the client went away and the connection is closed.
 func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 	for c.written < len(out) {
@@ -914,7 +913,7 @@ func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 		if err == unix.EAGAIN {
 			c.blocked = true
 			if c.wrote {
-				c.deadline, c.wrote = l.now.Add(l.sendTimeout), false
+				c.deadline, c.wrote = l.now.Add(c.a.config().sendTimeout()), false
 			}
 			return false
 		}
@@ -1145,6 +1144,12 @@ func (l *evLoop) startOver(c *loopConn) {
 	l.shed(c)
 	if fc == nil {
 		return
+	}
+	// The head's time runs on: from the connection for a first request,
+	// from now (its first bytes) for a later one.
+	fc.headDeadline = c.deadline
+	if c.served > 0 {
+		fc.headDeadline = l.now.Add(l.f.headerTimeout())
 	}
 	fc.served = c.served
 	l.f.goServe(fc)

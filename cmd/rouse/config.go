@@ -625,6 +625,9 @@ func (b *builder) build(ports map[int]string) *built {
 		RequestBuffer:      val[int64](m, "request_buffer", defaultRequestBuffer),
 		RetryNonIdempotent: val(m, "retry_non_idempotent", false),
 		ResponseTimeout:    val(m, "response_timeout", defaultResponseTime),
+		HeaderTimeout:      val(m, "header_timeout", activator.DefaultHeaderTimeout),
+		BodyTimeout:        val(m, "body_timeout", activator.DefaultBodyTimeout),
+		SendTimeout:        val(m, "send_timeout", activator.DefaultSendTimeout),
 		KeepWarm:           val(m, "keep_warm", false),
 		TrustedProxies:     val[[]netip.Prefix](m, "trusted_proxies", nil),
 	}

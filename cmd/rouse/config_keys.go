@@ -87,6 +87,9 @@ var appKeys = map[string]parseFunc{
 	"fail_timeout":         durationKey(time.Nanosecond),
 	"backoff_max":          durationKey(time.Second),
 	"response_timeout":     durationKey(0),
+	"header_timeout":       durationKey(time.Nanosecond),
+	"body_timeout":         durationKey(time.Nanosecond),
+	"send_timeout":         durationKey(time.Nanosecond),
 	"trusted_proxies":      parseTrustedProxies,
 	"keep_warm":            func(v any, _ string) (any, error) { return asBool(v) },
 }
