@@ -109,7 +109,9 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 		ReadHeaderTimeout: f.headerTimeout(),
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10, // beyond: 431
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// OPTIONS * is the app's to answer, as on the front's own paths.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
 				f.mu.Lock()
@@ -506,6 +508,16 @@ func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.handlers.Add(1)
 	f.mu.Unlock()
 	defer f.handlers.Done()
+	if !validHost(r.Host) && (r.Host != "" || r.ProtoAtLeast(1, 1)) {
+		// (An absolute-form target's host: net/http checks only the
+		// Host header.) It would be routed, and become X-Forwarded-Host.
+		h := w.Header()
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		h.Set("Connection", "close")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, "400 Bad Request: rouse: invalid host %q\n", r.Host)
+		return
+	}
 	a := f.route(r.Host)
 	if a == nil {
 		h := w.Header()

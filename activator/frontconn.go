@@ -144,6 +144,10 @@ func (fc *frontConn) serve() {
 		}
 		var a *App
 		if ok {
+			if head, _ := fc.br.Peek(n); ambiguousFraming(head) {
+				fc.reject(ambiguousFramingText)
+				return
+			}
 			a, ok = fc.simple(n)
 		}
 		if !ok {
@@ -310,6 +314,16 @@ func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// reject answers 400 with text, and closes the connection.
+func (fc *frontConn) reject(text string) {
+	fc.bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
+	fc.bw.WriteString(strconv.Itoa(len(text)))
+	fc.bw.WriteString("\r\n\r\n")
+	fc.bw.WriteString(text)
+	fc.bw.Flush()
+	fc.close()
 }
 
 // handOff gives the connection, and what was read off it, to net/http's

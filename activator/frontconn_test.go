@@ -71,12 +71,17 @@ func TestFrontServesPlainRequestsAndHandsOffTheRest(t *testing.T) {
 	}
 	// A chunked body is net/http's to read: the connection goes there,
 	// with the request, and goes on working.
-	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "abc" {
-		t.Fatalf("chunked POST: %d %q", resp.StatusCode, body)
+	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Other\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "abc" || !resp.Close {
+		t.Fatalf("chunked POST: %d %q, close %v (want a close after a chunked request)", resp.StatusCode, body, resp.Close)
 	}
 	if n := ta.front.handedOff.Load(); n != 1 {
 		t.Fatalf("%d connections handed to net/http, want 1", n)
+	}
+	rc = dialRaw(t, ta.addr)
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Other\r\n\r\n")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET handed off: %d", resp.StatusCode)
 	}
 	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {

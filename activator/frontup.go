@@ -264,7 +264,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		}
 		var ok bool
 		fc.resp, ok = appendResponseHead(fc.resp[:0], fc.line, &r)
-		if !ok || r.badLengths || r.status == 101 {
+		if !ok {
 			return exchangeResult{err: errBadResponse, sent: true}, false
 		}
 		if r.status >= 200 {

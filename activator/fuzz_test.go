@@ -291,6 +291,13 @@ func TestChunkScanner(t *testing.T) {
 		{"3\r\nabcX", 6, false},
 		{"00000000000000003\r\n", 16, false}, // 17 digits
 		{"3\r\nabc\r\n0\r\n" + strings.Repeat("X: y\r\n", maxChunkLine/6+1) + "\r\n", -2, false},
+		// A CR is a line's end or an error, never passed on alone.
+		{"3\rx\r\nabc\r\n0\r\n\r\n", 2, false},
+		{"3;a\rb\r\nabc\r\n0\r\n\r\n", 4, false},
+		{"3\r\r\nabc\r\n0\r\n\r\n", 2, false},
+		{"3\r\nabc\r\n0\r\n\r\r\n", 12, false},
+		{"3\r\nabc\r\n0\r\nX: \x00\r\n\r\n", 14, false},
+		{"3;a=\x01\r\nabc\r\n0\r\n\r\n", 4, false},
 	} {
 		got := feedPieces([]byte(tc.body), len(tc.body)+1)
 		switch {

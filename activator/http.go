@@ -66,6 +66,12 @@ func newHTTPUpstream(cfg Config) *httpUpstream {
 func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := a.now()
 	rq := &httpRequest{a: a, w: w, r: r}
+	if len(r.TransferEncoding) > 0 {
+		// net/http's server read it de-chunked; it might have come with a
+		// Content-Length, which net/http does not say (ambiguousFraming):
+		// close after it, as RFC 9112 6.3 asks then.
+		w.Header().Set("Connection", "close")
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		rq.timed = &timedBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: a.config().bodyTimeout()}
 		r.Body = rq.timed
@@ -296,6 +302,10 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if upgradeType(r.Header) == "" {
+			a.writeError(w, http.StatusBadGateway, 0, "http_protocol_error", "the app switched protocols for a request that did not ask to")
+			return exchangeResult{answered: true}
+		}
 		a.metrics.outcome(statusClass(resp.StatusCode))
 		return a.upgrade(w, r, inst, resp)
 	}
@@ -379,6 +389,15 @@ func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) 
 	out.RequestURI = ""
 	out.URL.Scheme = "http"
 	out.URL.Host = r.Host
+	if t := r.RequestURI; !absoluteForm(t) && !strings.HasPrefix(t, "//") {
+		// The target as the client sent it (x:80, *, an escaped path):
+		// rebuilt from URL, net/http would change some. An absolute-form
+		// one goes in origin form, its host being Host.
+		out.URL.Opaque, out.URL.RawQuery = t, ""
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = []string{""} // else the Transport sends its own
+	}
 	out.Close = false
 	out.Body, out.ContentLength = body.reader(r.ContentLength)
 	removeHopHeaders(out.Header)
@@ -392,6 +411,13 @@ func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) 
 	}
 	a.setForwarded(r, out)
 	return out
+}
+
+// absoluteForm reports whether a request target is in absolute form
+// (http://host/path).
+func absoluteForm(target string) bool {
+	i := strings.Index(target, "://")
+	return i > 0 && !strings.ContainsAny(target[:i], "/?#")
 }
 
 // setForwarded sets X-Forwarded-For/-Proto/-Host. What the client sent is

@@ -838,7 +838,7 @@ func (l *evLoop) receive(c *loopConn) {
 		}
 		var ok bool
 		c.resp, ok = appendResponseHead(c.resp[:0], u.buf[from:from+n], &r)
-		if !ok || r.badLengths || r.status == 101 {
+		if !ok {
 			l.continueElsewhere(c)
 			return
 		}
