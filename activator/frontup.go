@@ -201,8 +201,9 @@ func (q *rawRequest) exchange(inst *instance) exchangeResult {
 	} else {
 		res, reused = q.attempt(inst)
 	}
-	if reused && res.err != nil && !res.answered && !res.timeout && !q.fc.gone() && (!res.sent || q.a.replayable(q)) {
-		// A kept connection failed before any answer: most likely the app
+	if reused && res.err != nil && !errors.Is(res.err, errBadResponse) && !res.answered && !res.timeout && !q.fc.gone() && (!res.sent || q.a.replayable(q)) {
+		// A kept connection failed before any answer (not a malformed
+		// one, which is an answer): most likely the app
 		// closed it meanwhile (its keep-alive timeout, or a crash), and
 		// the other kept ones with it. As net/http's Transport does, once
 		// more on a new connection, not counted as a try or a failure.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/textproto"
 	"os"
 	"regexp"
 	"strconv"
@@ -182,6 +183,19 @@ func FuzzH1Heads(f *testing.F) {
 		n := headEnd(head, 0)
 		if n < 0 {
 			return
+		}
+		// A head net/http's server would read with Transfer-Encoding and
+		// Content-Length, or Transfer-Encoding in HTTP/1.0, the front
+		// rejects before it gets there.
+		if req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head[:n]))); err == nil {
+			tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(head[:n])))
+			tp.ReadLine()
+			hdr, _ := tp.ReadMIMEHeader()
+			_, te := hdr["Transfer-Encoding"]
+			_, cl := hdr["Content-Length"]
+			if te && (cl || !req.ProtoAtLeast(1, 1)) && !ambiguousFraming(head[:n]) {
+				t.Fatalf("request %q: net/http reads Transfer-Encoding with Content-Length or in HTTP/1.0, the front does not", head[:n])
+			}
 		}
 		var h reqHead
 		if !parseRequestHead(head[:n], &h) {

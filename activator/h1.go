@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bytes"
+	"net/http"
 	"strconv"
 	"strings"
 )
@@ -132,7 +133,7 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 
 // ambiguousFraming reports whether a request head (whole, as headEnd
 // found it) frames its body in a way RFC 9112 6.1 says to treat as
-// faulty: Transfer-Encoding with Content-Length, or in HTTP/1.0 (which
+// faulty: Transfer-Encoding with Content-Length, or before HTTP/1.1 (which
 // net/http's server ignores there, reading what follows as the next
 // request). The front answers those 400 and closes the connection
 // (frontConn.reject) before net/http's server would see them; and that
@@ -140,11 +141,12 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 // for those it reads itself.
 func ambiguousFraming(head []byte) bool {
 	line, rest := nextLine(head)
-	http10 := bytes.HasSuffix(line, []byte(" HTTP/1.0"))
+	major, minor, ok := http.ParseHTTPVersion(string(line[bytes.LastIndexByte(line, ' ')+1:]))
+	old := !ok || major < 1 || (major == 1 && minor < 1)
 	te, cl := false, false
 	for {
 		if line, rest = nextLine(rest); len(line) == 0 {
-			return te && (cl || http10)
+			return te && (cl || old)
 		}
 		if i := bytes.IndexByte(line, ':'); i > 0 {
 			name := bytes.TrimRight(line[:i], " \t")

@@ -400,6 +400,11 @@ func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) 
 	}
 	out.Close = false
 	out.Body, out.ContentLength = body.reader(r.ContentLength)
+	if body.rest == nil {
+		// Read whole: sent with a Content-Length, which every app reads
+		// (not all read a chunked request body).
+		out.TransferEncoding = nil
+	}
 	removeHopHeaders(out.Header)
 	out.Header.Del("Expect") // rouse already has the body, or streams it now
 	if up := upgradeType(r.Header); up != "" {
