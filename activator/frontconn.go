@@ -20,13 +20,15 @@ import (
 // The front serves plain HTTP/1.1 requests itself, with its own keep-alive
 // connections to the app: with net/http's server and Transport, every
 // request crosses four goroutines, which costs more than the proxying. On a
-// TCP address an event loop (loop.go) serves what it can finish at once;
-// frontConn serves a connection on a goroutine: on a unix socket, and for
-// what a loop leaves (a held request, a slow or streamed response), after
-// which the connection goes back to a loop. A request the front does not
-// serve itself (see parseRequestHead), and every later one on its
-// connection, goes to net/http's server, with nothing read off the
-// connection lost.
+// TCP or Unix address an event loop (loop.go) serves what it can finish at
+// once; frontConn serves a connection on a goroutine: on other listeners,
+// and for what a loop leaves (a held request, a head or body in parts, a
+// slow or large response), after which the connection goes back to a
+// loop. A request the front does not serve itself (see parseRequestHead),
+// and every later one on its connection, goes to net/http's server, with
+// nothing read off the connection lost and the head's deadline kept
+// (handedConn); one whose framing is ambiguous does not (ambiguousFraming).
+// The rules all paths share, and their owners, are in doc.go.
 
 const (
 	frontReadBuffer  = 8 << 10  // the longest request head served here
