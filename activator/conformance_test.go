@@ -123,11 +123,15 @@ func (ra *recApp) take(resp string, closeResp bool) []string {
 }
 
 // normRequest is what the app read: request line, Host, headers sorted,
-// lower case, one a line, then the body (de-chunked).
+// lower case, one a line, then the body (de-chunked). Connection: close
+// is left out: when the app's connection ends is each path's own.
 func normRequest(r *http.Request, body []byte) string {
 	var lines []string
 	for k, vv := range r.Header {
 		for _, v := range vv {
+			if k == "Connection" && v == "close" {
+				continue
+			}
 			lines = append(lines, strings.ToLower(k)+": "+v)
 		}
 	}

@@ -398,7 +398,10 @@ func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) 
 	if _, ok := r.Header["User-Agent"]; !ok {
 		out.Header["User-Agent"] = []string{""} // else the Transport sends its own
 	}
-	out.Close = false
+	// A body an app sends to a HEAD would be in the Transport's buffer
+	// when it pools the connection, before it looks there: the next
+	// request would read it. The connection serves the HEAD alone.
+	out.Close = r.Method == http.MethodHead
 	out.Body, out.ContentLength = body.reader(r.ContentLength)
 	if body.rest == nil {
 		// Read whole: sent with a Content-Length, which every app reads
