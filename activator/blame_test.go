@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -53,19 +52,6 @@ func TestBlame(t *testing.T) {
 	}
 }
 
-// python3 is Debian's python3 when there is one (CI may have no other),
-// else the one on PATH.
-func python3(t testing.TB) string {
-	t.Helper()
-	if _, err := os.Stat("/usr/bin/python3"); err == nil {
-		return "/usr/bin/python3"
-	}
-	p, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatal("python3 is needed (.ci/deps installs it)")
-	}
-	return p
-}
 
 // newPyApp is an app whose process is examples/apps/pyapp.py (Python's
 // own servers with their defaults: backlog 5, HTTP/1.0) run with args

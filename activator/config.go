@@ -63,4 +63,29 @@ type Config struct {
 	// held as ever.
 	StartPage      bool
 	StartPageAfter time.Duration
+	// A client's side, on every path, as nginx names them; 0 is the
+	// default (DefaultHeaderTimeout, ...).
+	HeaderTimeout time.Duration // a request head must arrive within this (the longest of a front's apps)
+	BodyTimeout   time.Duration // between two reads of a request body, else 408 and the slot is freed
+	SendTimeout   time.Duration // between two writes to a client that takes nothing, else it is cut
+}
+
+// The client timeouts an http app gets when its Config leaves them 0.
+const (
+	DefaultHeaderTimeout = 10 * time.Second
+	DefaultBodyTimeout   = 60 * time.Second
+	DefaultSendTimeout   = 60 * time.Second
+)
+
+func (c *Config) headerTimeout() time.Duration {
+	return orDefault(c.HeaderTimeout, DefaultHeaderTimeout)
+}
+func (c *Config) bodyTimeout() time.Duration { return orDefault(c.BodyTimeout, DefaultBodyTimeout) }
+func (c *Config) sendTimeout() time.Duration { return orDefault(c.SendTimeout, DefaultSendTimeout) }
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
 }

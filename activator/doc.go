@@ -29,11 +29,32 @@
 //     the app holds (sock_diag, sampled while it runs), queued those in the
 //     backlogs.
 //
-// Mode http: an HTTPFront accepts and serves plain HTTP/1.1 requests
-// itself (frontConn, over the app's upConns); a request it does not
-// recognise as plain goes, with its connection and the bytes already read,
-// to net/http's server. Both paths take a request through App.proxy, where
-// the holding and retry rules live once.
+// Mode http: an HTTPFront serves requests on three paths: an event loop
+// per P (loop.go) for a plain request it can finish at once, a goroutine
+// per connection (frontConn) for the rest of what the front parses itself
+// (a held request, a body or head in parts, a slow or large response),
+// and net/http's server for requests the front does not parse (a chunked
+// body, Expect, an upgrade, HTTP/1.0...), which gets the connection and
+// the bytes read so far. Each rule has one owner that every path calls:
+//   - holding, retries, 502/503/504: App.proxy.
+//   - which requests the front parses: parseRequestHead; end of a head:
+//     headEnd; a Host or absolute-form host: validHost.
+//   - request framing rejected with 400 and a close (Transfer-Encoding
+//     with Content-Length, or before HTTP/1.1): ambiguousFraming.
+//   - headers a client may not set (X-Forwarded-*, Forwarded, any '_'
+//     spelling): forwardedHeader, in appendOutgoing and setForwarded.
+//   - response framing, and 502 for what cannot be passed on:
+//     appendResponseHead; chunked bodies: chunkScanner.
+//   - keeping an app connection: respHead.keepsConn after a response,
+//     reusable (nothing unread, still open) each time it is taken again.
+//   - client timeouts, per app: header_timeout (HTTPFront.headerTimeout,
+//     its deadline handed on by startOver and handedConn), body_timeout
+//     (frontConn.readBody, timedBody; bodyFailed answers 408),
+//     send_timeout (evLoop.writeClient, frontConn.Write, clientWriter).
+//   - the quiet retry of a request a dead kept connection lost:
+//     rawRequest.exchange (net/http's Transport has its own).
+//   - a response the app broke off cuts the client's connection:
+//     cutRelay, frontConn.relay, exchangeResult.cut.
 //   - inetd: one process per connection, at most max_conns at once; the
 //     state is ready while one runs, idle when none does, never starting
 //     or stopping; starts counts spawns; failures count spawn errors (which

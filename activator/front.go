@@ -33,8 +33,6 @@ type HTTPFront struct {
 	// handedOff counts the connections given to srv; leftLoops those an
 	// event loop gave to a goroutine.
 	handedOff, leftLoops atomic.Int64
-	// sendTimeout, in nanoseconds (tests shorten it; a loop reads it once).
-	sendTimeout atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool                    // Close began: no new handler or connection may join
@@ -43,19 +41,19 @@ type HTTPFront struct {
 	nextLoop  int
 	loopConns int      // served by the loops
 	lnFile    *os.File // the listener, once the loops accept on it
-	// The event loops' copy of srv's ReadHeaderTimeout and IdleTimeout,
-	// read as each loop is made (under mu).
-	loopTimeouts struct{ header, idle time.Duration }
-	httpConns    int            // handed to srv, not yet closed or hijacked
-	changed      chan struct{}  // closed and replaced when conns or httpConns drop
-	handlers     sync.WaitGroup // requests srv is serving, also hijacked ones
-	connWG       sync.WaitGroup // goroutines of conns
-	shutting     atomic.Bool    // Shutdown or Close began
-	stop         chan struct{}  // closed when shutting is set
-	stopOnce     sync.Once
-	started      atomic.Bool
-	serving      sync.WaitGroup // Serve's goroutines
-	accepting    chan struct{}  // closed when the accept loop returned
+	// The event loops' copy of srv's IdleTimeout, read as each loop is
+	// made (under mu).
+	loopIdleTimeout time.Duration
+	httpConns       int            // handed to srv, not yet closed or hijacked
+	changed         chan struct{}  // closed and replaced when conns or httpConns drop
+	handlers        sync.WaitGroup // requests srv is serving, also hijacked ones
+	connWG          sync.WaitGroup // goroutines of conns
+	shutting        atomic.Bool    // Shutdown or Close began
+	stop            chan struct{}  // closed when shutting is set
+	stopOnce        sync.Once
+	started         atomic.Bool
+	serving         sync.WaitGroup // Serve's goroutines
+	accepting       chan struct{}  // closed when the accept loop returned
 }
 
 // routes is a front's Host table.
@@ -101,11 +99,6 @@ func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
 	return r, nil
 }
 
-// sendTimeout cuts a client that takes none of its response for that long
-// (nginx's send_timeout): a reader that stops, or reads a byte a minute,
-// would hold the exchange, and the app's slot, for ever.
-const sendTimeout = 60 * time.Second
-
 // NewHTTPFront returns a front for apps on ln; at most one of them may have
 // no hosts (it gets every request no other app claims).
 func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, error) {
@@ -118,11 +111,15 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 		return nil, err
 	}
 	f.srv = &http.Server{
-		Handler:           f,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: f,
+		// For the heads of later requests on a connection handed to srv
+		// (the first has what was left of headerTimeout: handedConn).
+		ReadHeaderTimeout: f.headerTimeout(),
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10, // beyond: 431
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// OPTIONS * is the app's to answer, as on the front's own paths.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
 				f.mu.Lock()
@@ -132,9 +129,19 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 			}
 		},
 	}
-	f.loopTimeouts.header, f.loopTimeouts.idle = f.srv.ReadHeaderTimeout, f.srv.IdleTimeout
-	f.sendTimeout.Store(int64(sendTimeout))
+	f.loopIdleTimeout = f.srv.IdleTimeout
 	return f, nil
+}
+
+// headerTimeout is how long a client has for a request head, from its
+// first byte (or from the connection, for the first request): the longest
+// header_timeout of the front's apps, as the head says which app it is for.
+func (f *HTTPFront) headerTimeout() time.Duration {
+	d := time.Duration(0)
+	for _, a := range f.routes.Load().apps {
+		d = max(d, a.config().headerTimeout())
+	}
+	return orDefault(d, DefaultHeaderTimeout)
 }
 
 func sortRoutes(r []hostRoute) {
@@ -511,6 +518,16 @@ func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.handlers.Add(1)
 	f.mu.Unlock()
 	defer f.handlers.Done()
+	if !validHost(r.Host) && (r.Host != "" || r.ProtoAtLeast(1, 1)) {
+		// (An absolute-form target's host: net/http checks only the
+		// Host header.) It would be routed, and become X-Forwarded-Host.
+		h := w.Header()
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		h.Set("Connection", "close")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, "400 Bad Request: rouse: invalid host %q\n", r.Host)
+		return
+	}
 	a := f.route(r.Host)
 	if a == nil {
 		h := w.Header()

@@ -3,9 +3,11 @@ package activator
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,13 +20,15 @@ import (
 // The front serves plain HTTP/1.1 requests itself, with its own keep-alive
 // connections to the app: with net/http's server and Transport, every
 // request crosses four goroutines, which costs more than the proxying. On a
-// TCP address an event loop (loop.go) serves what it can finish at once;
-// frontConn serves a connection on a goroutine: on a unix socket, and for
-// what a loop leaves (a held request, a slow or streamed response), after
-// which the connection goes back to a loop. A request the front does not
-// serve itself (see parseRequestHead), and every later one on its
-// connection, goes to net/http's server, with nothing read off the
-// connection lost.
+// TCP or Unix address an event loop (loop.go) serves what it can finish at
+// once; frontConn serves a connection on a goroutine: on other listeners,
+// and for what a loop leaves (a held request, a head or body in parts, a
+// slow or large response), after which the connection goes back to a
+// loop. A request the front does not serve itself (see parseRequestHead),
+// and every later one on its connection, goes to net/http's server, with
+// nothing read off the connection lost and the head's deadline kept
+// (handedConn); one whose framing is ambiguous does not (ambiguousFraming).
+// The rules all paths share, and their owners, are in doc.go.
 
 const (
 	frontReadBuffer  = 8 << 10  // the longest request head served here
@@ -63,15 +67,19 @@ type frontConn struct {
 	cancel context.CancelFunc // the client went away
 	state  atomic.Int32
 
-	served     int       // requests served before, by an event loop
-	start      time.Time // of the request an event loop began (rq.held)
-	closeAfter bool      // the request or response said Connection: close
-	cut        bool      // the response broke off: close without flushing
-	rq         rawRequest
-	head       reqHead
-	out        []byte // the request as sent to the app
-	resp       []byte // a response head from the app
-	line       []byte
+	served int // requests served before, by an event loop
+	// headDeadline is when the head of the request being read must be
+	// whole: header_timeout from its first byte, or from the connection
+	// for the first request; zero between requests.
+	headDeadline time.Time
+	start        time.Time // of the request an event loop began (rq.held)
+	closeAfter   bool      // the request or response said Connection: close
+	cut          bool      // the response broke off: close without flushing
+	rq           rawRequest
+	head         reqHead
+	out          []byte // the request as sent to the app
+	resp         []byte // a response head from the app
+	line         []byte
 }
 
 func newFrontConn(f *HTTPFront, c net.Conn) *frontConn {
@@ -116,7 +124,10 @@ func (fc *frontConn) serve() {
 			}
 			fc.c.SetReadDeadline(time.Now().Add(f.srv.IdleTimeout))
 		} else {
-			fc.c.SetReadDeadline(time.Now().Add(f.srv.ReadHeaderTimeout))
+			if fc.headDeadline.IsZero() {
+				fc.headDeadline = time.Now().Add(f.headerTimeout())
+			}
+			fc.c.SetReadDeadline(fc.headDeadline)
 		}
 		if f.shutting.Load() {
 			// Set after Shutdown's, or Shutdown's came after this.
@@ -135,6 +146,10 @@ func (fc *frontConn) serve() {
 		}
 		var a *App
 		if ok {
+			if head, _ := fc.br.Peek(n); ambiguousFraming(head) {
+				fc.reject(ambiguousFramingText)
+				return
+			}
 			a, ok = fc.simple(n)
 		}
 		if !ok {
@@ -145,6 +160,7 @@ func (fc *frontConn) serve() {
 			fc.close()
 			return
 		}
+		fc.headDeadline = time.Time{}
 		if fc.backToLoop(served + 1) {
 			return
 		}
@@ -201,6 +217,9 @@ func (fc *frontConn) shutdownDeadline() {
 // (too long, bare LF); n < 0 when the connection is to be closed (read
 // error, timeout).
 func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
+	if fc.headDeadline.IsZero() {
+		fc.headDeadline = time.Now().Add(fc.f.headerTimeout()) // its first byte came
+	}
 	from := 0
 	for {
 		buf, _ := fc.br.Peek(fc.br.Buffered())
@@ -212,8 +231,8 @@ func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 		}
 		if idleDeadline {
 			// The head came in parts: from now on it has
-			// ReadHeaderTimeout, not the keep-alive's IdleTimeout.
-			fc.c.SetReadDeadline(time.Now().Add(fc.f.srv.ReadHeaderTimeout))
+			// headDeadline, not the keep-alive's IdleTimeout.
+			fc.c.SetReadDeadline(fc.headDeadline)
 			idleDeadline = false
 		}
 		from = max(0, len(buf)-2)
@@ -247,18 +266,37 @@ func (fc *frontConn) simple(n int) (*App, bool) {
 func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 	fc.br.Discard(n)
 	if cl := int(fc.head.contentLength); cl > 0 {
-		if fc.br.Buffered() < cl {
-			// Not the deadline of the wait for the head, which a shutdown
-			// may have cut short as the head came.
-			fc.c.SetReadDeadline(time.Now().Add(fc.f.srv.ReadHeaderTimeout))
-		}
 		m := len(fc.out)
 		fc.out = append(fc.out, make([]byte, cl)...)
-		if _, err := io.ReadFull(fc.br, fc.out[m:]); err != nil {
+		if err := fc.readBody(a, fc.out[m:]); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				q := &fc.rq
+				q.a, fc.closeAfter = a, true
+				a.bodyFailed(q.errorWriter(), err)
+				q.err.writeTo(fc)
+				fc.bw.Flush()
+			}
 			return false
 		}
 	}
 	return fc.serveRequest(a, start)
+}
+
+// readBody reads p, a request body, whole: each read from the client
+// within the app's body_timeout of the previous one.
+func (fc *frontConn) readBody(a *App, p []byte) error {
+	timeout := a.config().bodyTimeout()
+	for len(p) > 0 {
+		if fc.br.Buffered() == 0 {
+			fc.c.SetReadDeadline(time.Now().Add(timeout))
+		}
+		n, err := fc.br.Read(p)
+		p = p[n:]
+		if err != nil && len(p) > 0 {
+			return err
+		}
+	}
+	return nil
 }
 
 // serveRequest serves the request in fc.head and fc.out. It returns false
@@ -280,13 +318,23 @@ func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 	return true
 }
 
+// reject answers 400 with text, and closes the connection.
+func (fc *frontConn) reject(text string) {
+	fc.bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
+	fc.bw.WriteString(strconv.Itoa(len(text)))
+	fc.bw.WriteString("\r\n\r\n")
+	fc.bw.WriteString(text)
+	fc.bw.Flush()
+	fc.close()
+}
+
 // handOff gives the connection, and what was read off it, to net/http's
 // server.
 func (fc *frontConn) handOff() {
 	fc.c.SetDeadline(time.Time{}) // net/http sets its own, or none
 	fc.bw.Reset(nil)
 	writerPool.Put(fc.bw)
-	hc := &handedConn{Conn: fc.c, r: fc.br}
+	hc := &handedConn{Conn: fc.c, r: fc.br, headDeadline: fc.headDeadline}
 	fc.c, fc.br, fc.bw = nil, nil, nil
 	fc.f.handOff(hc)
 }
@@ -307,10 +355,18 @@ func (fc *frontConn) abandon() {
 }
 
 // Write is where fc.bw's bytes go: to the client, which must take some
-// within sendTimeout.
+// within the app's send_timeout.
 func (fc *frontConn) Write(p []byte) (int, error) {
-	fc.c.SetWriteDeadline(time.Now().Add(time.Duration(fc.f.sendTimeout.Load())))
+	fc.c.SetWriteDeadline(time.Now().Add(fc.sendTimeout()))
 	return fc.c.Write(p)
+}
+
+// sendTimeout is the send_timeout of the app of the request being served.
+func (fc *frontConn) sendTimeout() time.Duration {
+	if a := fc.rq.a; a != nil {
+		return a.config().sendTimeout()
+	}
+	return DefaultSendTimeout
 }
 
 // close closes the connection and recycles its buffers.
@@ -445,6 +501,18 @@ func (h *reqHead) isHead() bool { return string(h.method) == http.MethodHead }
 type handedConn struct {
 	net.Conn
 	r io.Reader
+	// headDeadline, if set, is the deadline of the head the front began
+	// to read: it replaces the fresh ReadHeaderTimeout net/http's first
+	// SetReadDeadline would give it.
+	headDeadline time.Time
+}
+
+func (c *handedConn) SetReadDeadline(t time.Time) error {
+	if d := c.headDeadline; !d.IsZero() {
+		c.headDeadline = time.Time{}
+		t = d
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

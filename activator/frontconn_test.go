@@ -71,12 +71,17 @@ func TestFrontServesPlainRequestsAndHandsOffTheRest(t *testing.T) {
 	}
 	// A chunked body is net/http's to read: the connection goes there,
 	// with the request, and goes on working.
-	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "abc" {
-		t.Fatalf("chunked POST: %d %q", resp.StatusCode, body)
+	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Other\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "abc" || !resp.Close {
+		t.Fatalf("chunked POST: %d %q, close %v (want a close after a chunked request)", resp.StatusCode, body, resp.Close)
 	}
 	if n := ta.front.handedOff.Load(); n != 1 {
 		t.Fatalf("%d connections handed to net/http, want 1", n)
+	}
+	rc = dialRaw(t, ta.addr)
+	rc.send("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Other\r\n\r\n")
+	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET handed off: %d", resp.StatusCode)
 	}
 	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
@@ -244,8 +249,8 @@ func TestFrontStaleKeepAliveToTheApp(t *testing.T) {
 		if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != fmt.Sprintf("%02d", i) {
 			t.Fatalf("POST %d: %d %q", i, resp.StatusCode, body)
 		}
-		// Past the app's keep-alive timeout and the front's staleAfter.
-		time.Sleep(staleAfter + 100*time.Millisecond) // the idle time is the point of the test
+		// Past the app's keep-alive timeout.
+		time.Sleep(150 * time.Millisecond) // the idle time is the point of the test
 	}
 	if n := hitCount(t, hits, "/echo"); n != 3 {
 		t.Errorf("app saw %d POSTs, want 3", n)
@@ -312,9 +317,9 @@ func TestFrontDropsKeptConnectionsAfterOneFails(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	// The app closes them after 20ms; the front checks a kept one only
-	// after staleAfter (100ms). In between they look fine and are dead.
-	time.Sleep(60 * time.Millisecond) // the point of the test: inside that window
+	// The app closes them after 20ms: the front must notice, or retry
+	// quietly on a new connection.
+	time.Sleep(60 * time.Millisecond) // the point of the test: after the app closed them
 	rc := dialRaw(t, ta.addr)
 	rc.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, body := rc.response("GET"); resp.StatusCode != 200 {

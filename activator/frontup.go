@@ -24,12 +24,7 @@ const (
 	maxIdleUpstream = 128       // kept per app; more are closed
 	maxResponseHead = 1 << 20   // as net/http's Transport, about
 	spliceMin       = 64 << 10  // body bytes left for which splice(2) pays
-	spliceStep      = 256 << 10 // spliced at most at once: sendTimeout is per step
-	// staleAfter is how long an idle connection may wait before it is
-	// checked, when taken again, for having been closed by the app (a
-	// keep-alive timeout of the app's): a request sent on it would be
-	// lost, and a POST could not be repeated.
-	staleAfter = 100 * time.Millisecond
+	spliceStep      = 256 << 10 // spliced at most at once: send_timeout is per step
 )
 
 var (
@@ -39,11 +34,11 @@ var (
 
 // upConn is a keep-alive connection to an app's process.
 type upConn struct {
-	c         net.Conn
-	raw       syscall.RawConn
-	br        *bufio.Reader
-	inst      *instance // the process it goes to
-	idleSince time.Time
+	c      net.Conn
+	raw    syscall.RawConn
+	br     *bufio.Reader
+	inst   *instance // the process it goes to
+	reused bool      // it served a request before: the quiet retry applies
 }
 
 // upPool is an app's idle upConns.
@@ -89,16 +84,13 @@ func (up *httpUpstream) takeIdleFD(inst *instance) int {
 	if uc == nil {
 		return -1
 	}
-	fd := -1
-	if uc.raw != nil && uc.br.Buffered() == 0 {
-		fd = dupFD(uc.raw)
-	}
+	fd := dupFD(uc.raw) // reusable: raw is set, and nothing is buffered
 	uc.c.Close()
 	return fd
 }
 
-// popIdle takes the newest idle connection to inst's process that is still
-// open (see staleAfter), closing those that are not; nil if none is left.
+// popIdle takes the newest idle connection to inst's process that may be
+// reused (see reusable), closing those that may not; nil if none is left.
 func (up *httpUpstream) popIdle(inst *instance) *upConn {
 	for {
 		up.pool.mu.Lock()
@@ -110,7 +102,8 @@ func (up *httpUpstream) popIdle(inst *instance) *upConn {
 		uc := up.pool.idle[n-1]
 		up.pool.idle = up.pool.idle[:n-1]
 		up.pool.mu.Unlock()
-		if uc.inst == inst && (time.Since(uc.idleSince) < staleAfter || uc.alive()) {
+		if uc.inst == inst && uc.reusable() {
+			uc.reused = true
 			return uc
 		}
 		uc.c.Close()
@@ -132,7 +125,6 @@ func dupFD(rc syscall.RawConn) int {
 
 // put keeps uc for the next request.
 func (up *httpUpstream) put(uc *upConn) {
-	uc.idleSince = time.Now()
 	up.pool.mu.Lock()
 	if !up.pool.retired && len(up.pool.idle) < maxIdleUpstream {
 		up.pool.idle = append(up.pool.idle, uc)
@@ -175,18 +167,29 @@ func (up *httpUpstream) retire() {
 	up.closeIdle()
 }
 
-// alive reports whether an idle connection is still open and has nothing
-// to read, without blocking.
-func (uc *upConn) alive() bool {
-	if uc.raw == nil || uc.br.Buffered() > 0 {
+// reusable reports whether a kept connection may serve another request
+// (see reusable).
+func (uc *upConn) reusable() bool {
+	if uc.raw == nil {
 		return false
 	}
-	open := false
+	ok := false
 	err := uc.raw.Read(func(fd uintptr) bool {
-		open = quiet(fd)
+		ok = reusable(uc.br.Buffered(), fd)
 		return true
 	})
-	return err == nil && open
+	return err == nil && ok
+}
+
+// reusable is the one rule, on every path, for taking a kept connection
+// to an app again, checked each time it is taken: nothing is left unread,
+// neither in rouse's buffer (buffered bytes) nor in the socket fd, and the
+// app has not closed it. Bytes there are the app's after a complete
+// response (a HEAD or a 204 answered with a body, a late duplicate):
+// another client would get them for its own response. (A connection is
+// kept only after a complete response: keepsConn.)
+func reusable(buffered int, fd uintptr) bool {
+	return buffered == 0 && quiet(fd)
 }
 
 // quiet reports whether the socket fd is open and has nothing to read,
@@ -206,13 +209,14 @@ func (q *rawRequest) exchange(inst *instance) exchangeResult {
 	if uc := q.resume; uc != nil {
 		// The attempt an event loop began.
 		q.resume = nil
-		reused = !uc.idleSince.IsZero()
+		reused = uc.reused
 		res = q.finish(uc, len(q.fc.out)-q.unsent)
 	} else {
 		res, reused = q.attempt(inst)
 	}
-	if reused && res.err != nil && !res.answered && !res.timeout && !q.fc.gone() && (!res.sent || q.a.replayable(q)) {
-		// A kept connection failed before any answer: most likely the app
+	if reused && res.err != nil && !errors.Is(res.err, errBadResponse) && !res.answered && !res.timeout && !q.fc.gone() && (!res.sent || q.a.replayable(q)) {
+		// A kept connection failed before any answer (not a malformed
+		// one, which is an answer): most likely the app
 		// closed it meanwhile (its keep-alive timeout, or a crash), and
 		// the other kept ones with it. As net/http's Transport does, once
 		// more on a new connection, not counted as a try or a failure.
@@ -229,9 +233,9 @@ func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
 	if err != nil {
 		return exchangeResult{err: err, stage: stageDial}, false
 	}
-	// Before finish: it may put uc back in the pool, where another
-	// request takes it and put sets idleSince again.
-	reused = !uc.idleSince.IsZero()
+	// Read before finish: it may put uc back in the pool, where another
+	// exchange may take it at once.
+	reused = uc.reused
 	return q.finish(uc, 0), reused
 }
 
@@ -274,7 +278,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		}
 		var ok bool
 		fc.resp, ok = appendResponseHead(fc.resp[:0], fc.line, &r)
-		if !ok || r.badLengths || r.status == 101 {
+		if !ok {
 			return exchangeResult{err: errBadResponse, sent: true, stage: stageConnected}, false
 		}
 		if r.status >= 200 {
@@ -312,12 +316,12 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 			a.judge(inst, err, blame(err, stageConnected, false))
 			a.log.Info("response cut by the app", "method", fc.rq.method(), "path", fc.rq.path(), "err", err)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			a.log.Info("client cut: it took none of its response", "for", time.Duration(fc.f.sendTimeout.Load()), "client", fc.ip)
+			a.log.Info("client cut: it took none of its response", "for", a.config().sendTimeout(), "client", fc.ip)
 		}
 		fc.cut = true
 		return exchangeResult{answered: true}, false
 	}
-	return exchangeResult{answered: true}, !r.close && !r.http10 && !r.bodyUntilClose() && uc.br.Buffered() == 0
+	return exchangeResult{answered: true}, r.keepsConn() && uc.br.Buffered() == 0
 }
 
 // fill waits until uc has need bytes buffered (need <= its size). Before
@@ -423,7 +427,7 @@ func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
 		// for that long is cut, a slow one is not.
 		step := min(n, spliceStep)
 		src.N = step
-		dst.SetWriteDeadline(time.Now().Add(time.Duration(fc.f.sendTimeout.Load())))
+		dst.SetWriteDeadline(time.Now().Add(fc.sendTimeout()))
 		_, err = dst.ReadFrom(src)
 		n -= step - src.N
 		if src.N > 0 {

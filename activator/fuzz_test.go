@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/textproto"
 	"os"
 	"regexp"
 	"strconv"
@@ -183,6 +184,19 @@ func FuzzH1Heads(f *testing.F) {
 		if n < 0 {
 			return
 		}
+		// A head net/http's server would read with Transfer-Encoding and
+		// Content-Length, or Transfer-Encoding in HTTP/1.0, the front
+		// rejects before it gets there.
+		if req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head[:n]))); err == nil {
+			tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(head[:n])))
+			tp.ReadLine()
+			hdr, _ := tp.ReadMIMEHeader()
+			_, te := hdr["Transfer-Encoding"]
+			_, cl := hdr["Content-Length"]
+			if te && (cl || !req.ProtoAtLeast(1, 1)) && !ambiguousFraming(head[:n]) {
+				t.Fatalf("request %q: net/http reads Transfer-Encoding with Content-Length or in HTTP/1.0, the front does not", head[:n])
+			}
+		}
 		var h reqHead
 		if !parseRequestHead(head[:n], &h) {
 			return
@@ -291,6 +305,13 @@ func TestChunkScanner(t *testing.T) {
 		{"3\r\nabcX", 6, false},
 		{"00000000000000003\r\n", 16, false}, // 17 digits
 		{"3\r\nabc\r\n0\r\n" + strings.Repeat("X: y\r\n", maxChunkLine/6+1) + "\r\n", -2, false},
+		// A CR is a line's end or an error, never passed on alone.
+		{"3\rx\r\nabc\r\n0\r\n\r\n", 2, false},
+		{"3;a\rb\r\nabc\r\n0\r\n\r\n", 4, false},
+		{"3\r\r\nabc\r\n0\r\n\r\n", 2, false},
+		{"3\r\nabc\r\n0\r\n\r\r\n", 12, false},
+		{"3\r\nabc\r\n0\r\nX: \x00\r\n\r\n", 14, false},
+		{"3;a=\x01\r\nabc\r\n0\r\n\r\n", 4, false},
 	} {
 		got := feedPieces([]byte(tc.body), len(tc.body)+1)
 		switch {

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bytes"
+	"net/http"
 	"strconv"
 	"strings"
 )
@@ -130,6 +131,33 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 	return sawHost && len(rest) == 0
 }
 
+// ambiguousFraming reports whether a request head (whole, as headEnd
+// found it) frames its body in a way RFC 9112 6.1 says to treat as
+// faulty: Transfer-Encoding with Content-Length, or before HTTP/1.1 (which
+// net/http's server ignores there, reading what follows as the next
+// request). The front answers those 400 and closes the connection
+// (frontConn.reject) before net/http's server would see them; and that
+// server closes the connection after any chunked request (App.ServeHTTP),
+// for those it reads itself.
+func ambiguousFraming(head []byte) bool {
+	line, rest := nextLine(head)
+	major, minor, ok := http.ParseHTTPVersion(string(line[bytes.LastIndexByte(line, ' ')+1:]))
+	old := !ok || major < 1 || (major == 1 && minor < 1)
+	te, cl := false, false
+	for {
+		if line, rest = nextLine(rest); len(line) == 0 {
+			return te && (cl || old)
+		}
+		if i := bytes.IndexByte(line, ':'); i > 0 {
+			name := bytes.TrimRight(line[:i], " \t")
+			te = te || foldEq(name, "transfer-encoding")
+			cl = cl || foldEq(name, "content-length")
+		}
+	}
+}
+
+const ambiguousFramingText = "400 Bad Request: rouse: a request with Transfer-Encoding must be HTTP/1.1 and have no Content-Length\n"
+
 // appendOutgoing appends the head to send to the app: h's request line and
 // headers without the hop-by-hop ones and the client's X-Forwarded-*, then
 // rouse's X-Forwarded-* (ip is the client's, "" for a unix socket).
@@ -184,11 +212,35 @@ var hopHeadersLower = func() []string {
 	return l
 }()
 
-// forwardedHeader reports whether a request header is one rouse replaces
-// with its own (X-Forwarded-For/-Proto/-Host) or drops (Forwarded).
-func forwardedHeader(name []byte) bool {
-	return foldEq(name, "x-forwarded-for") || foldEq(name, "x-forwarded-proto") ||
-		foldEq(name, "x-forwarded-host") || foldEq(name, "forwarded")
+// forwardedHeader is the one rule, on every path, for the request headers
+// a client may not set: those rouse replaces with its own
+// (X-Forwarded-For/-Proto/-Host) or drops (Forwarded). It reads '_' as '-':
+// servers of the CGI convention (PHP, WSGI, Rack) map both to one variable
+// (HTTP_X_FORWARDED_FOR), so X_Forwarded_For would pass for rouse's own.
+func forwardedHeader[S string | []byte](name S) bool {
+	return cgiEq(name, "x-forwarded-for") || cgiEq(name, "x-forwarded-proto") ||
+		cgiEq(name, "x-forwarded-host") || cgiEq(name, "forwarded")
+}
+
+// cgiEq reports whether name equals the lower-case s, ignoring case and
+// reading '_' as '-'.
+func cgiEq[S string | []byte](name S, s string) bool {
+	if len(name) != len(s) {
+		return false
+	}
+	for i := range len(s) {
+		c := name[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // cutLine cuts the first CRLF-terminated line off b. A bare LF is not
@@ -239,13 +291,15 @@ func foldEq(b []byte, s string) bool {
 	return true
 }
 
-// validHost accepts a plain host name or address with an optional port.
-func validHost(v []byte) bool {
+// validHost accepts a plain host name or address with an optional port:
+// the one rule for a Host (and an absolute-form target's host), on every
+// path, before it is routed or becomes X-Forwarded-Host.
+func validHost[S string | []byte](v S) bool {
 	if len(v) == 0 {
 		return false
 	}
-	for _, c := range v {
-		switch {
+	for i := range len(v) {
+		switch c := v[i]; {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
 		case c == '.', c == '-', c == '_', c == ':', c == '[', c == ']':
 		default:
@@ -295,26 +349,39 @@ func connectionTokens(v []byte, close *bool) bool {
 
 // respHead is what the front needs to know of a response head from an app.
 type respHead struct {
-	status     int
-	http10     bool
-	length     int64 // -1: none given
-	chunked    bool
-	encoded    bool // Transfer-Encoding without chunked last: read to the end
-	close      bool // Connection: close
-	noBody     bool // set by the caller for HEAD, and here for 1xx, 204, 304
-	badLengths bool // Content-Length given twice with different values, or invalid
+	status  int
+	http10  bool
+	length  int64 // -1: none given
+	chunked bool
+	close   bool // Connection: close
+	noBody  bool // set by the caller for HEAD, and here for 1xx, 204, 304
+}
+
+// keepsConn reports whether the app's connection may serve another request
+// once this response is through (and then only with nothing unread after
+// it: see reusable).
+func (r *respHead) keepsConn() bool {
+	return !r.close && !r.http10 && !r.bodyUntilClose()
 }
 
 // bodyUntilClose reports whether the body ends only when the app closes.
 func (r *respHead) bodyUntilClose() bool {
-	return !r.noBody && !r.chunked && (r.encoded || r.length < 0)
+	return !r.noBody && !r.chunked && r.length < 0
 }
 
 // appendResponseHead parses a response head from an app (lenient about
 // bare LF, like net/http's Transport) and appends what the client gets:
 // the status line as HTTP/1.1 and the headers without the hop-by-hop ones.
-// Content-Length and Transfer-Encoding are kept: the body is passed on as
-// it comes. The closing empty line is not appended.
+// Content-Length (once) and Transfer-Encoding are kept: the body is passed
+// on as it comes; a response without a body (1xx, 204, 304) loses both.
+// The closing empty line is not appended.
+//
+// It is the one rule for the framing of responses on the front's paths,
+// and returns false for what must be answered 502, never passed on:
+// a malformed head, a Content-Length that is invalid or given twice with
+// different values, Transfer-Encoding other than one "chunked", both
+// (RFC 9112 6.3: ambiguous), Transfer-Encoding in HTTP/1.0, and 101 (the
+// front never forwards an upgrade: net/http's server has those).
 func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 	*r = respHead{length: -1}
 	lines := head
@@ -363,7 +430,9 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 			}
 		}
 	}
-	var te []byte
+	if r.status == 101 || (hasTE && r.http10) {
+		return out, false
+	}
 	for {
 		var line []byte
 		if line, lines = nextLine(lines); len(line) == 0 {
@@ -371,16 +440,24 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		}
 		name, value, _ := splitHeader(line)
 		switch {
-		case foldEq(name, "content-length") && hasTE:
-			continue // Transfer-Encoding overrides it
 		case foldEq(name, "content-length"):
 			n, ok := parseLength(value)
-			if !ok || (r.length >= 0 && r.length != n) {
-				r.badLengths = true
+			if !ok || (r.length >= 0 && r.length != n) || hasTE {
+				return out, false
 			}
+			first := r.length < 0
 			r.length = n
+			if !first || r.noBody {
+				continue
+			}
 		case foldEq(name, "transfer-encoding"):
-			te = value
+			if r.chunked || !foldEq(value, "chunked") {
+				return out, false // twice, or a coding rouse cannot frame, as nginx
+			}
+			r.chunked = true
+			if r.noBody {
+				continue
+			}
 		case droppedHeader(name, dropped):
 			continue
 		case hopByHop(name) && !foldEq(name, "trailer"):
@@ -389,13 +466,8 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		out = append(out, line...)
 		out = append(out, '\r', '\n')
 	}
-	if te != nil {
-		last := te
-		if i := bytes.LastIndexByte(te, ','); i >= 0 {
-			last = bytes.Trim(te[i+1:], " \t")
-		}
-		r.chunked = foldEq(last, "chunked")
-		r.encoded = !r.chunked
+	if r.noBody {
+		r.length, r.chunked = -1, false
 	}
 	return out, true
 }
@@ -429,14 +501,16 @@ func nextLine(b []byte) (line, rest []byte) {
 // find where it ends: chunk-size lines (extensions allowed), the data of
 // each chunk, and the trailer lines after the last, up to an empty one.
 // Both the event loop and the goroutine path pass chunked bodies with it.
-// As nextLine, it takes a bare LF for a line end.
+// As nextLine, it takes a bare LF for a line end; a CR anywhere but
+// before a LF, and control characters in extensions and trailers, are
+// errors: passed byte for byte, they could be read another way further on.
 type chunkScanner struct {
 	state  int
 	size   int64 // csSize: the size so far; csData: bytes of the chunk still to come
 	digits int   // csSize: hex digits so far
 	ext    bool  // csSizeLine: past a ';'
 	line   int   // csSizeLine, csTrailer: bytes of the line so far, CR aside
-	crlf   bool  // csDataEnd: the CR came
+	crlf   bool  // csDataEnd, csSizeLine, csTrailer: the CR came
 	trail  int   // csTrailer: bytes of the trailers so far
 }
 
@@ -476,11 +550,11 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 			if s.digits == 0 {
 				return n, false, errBadResponse
 			}
-			s.state, s.ext, s.line = csSizeLine, false, 0
+			s.state, s.ext, s.line, s.crlf = csSizeLine, false, 0, false
 		case csSizeLine:
 			n++
-			if s.line++; s.line > maxChunkLine {
-				return n, false, errBadResponse
+			if s.line++; s.line > maxChunkLine || !s.lineByte(b) {
+				return n - 1, false, errBadResponse
 			}
 			switch {
 			case b == '\n':
@@ -510,6 +584,9 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 			n++
 		case csTrailer:
 			n++
+			if !s.lineByte(b) {
+				return n - 1, false, errBadResponse
+			}
 			switch b {
 			case '\n':
 				if s.line == 0 {
@@ -529,6 +606,20 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 		}
 	}
 	return n, s.state == csDone, nil
+}
+
+// lineByte takes the next byte of a size line or a trailer line: false
+// for a CR not followed by LF, and for other control characters.
+func (s *chunkScanner) lineByte(b byte) bool {
+	cr := s.crlf
+	s.crlf = b == '\r'
+	switch {
+	case cr:
+		return b == '\n'
+	case b == '\r', b == '\n', b == '\t':
+		return true
+	}
+	return b >= ' ' && b != 0x7f
 }
 
 // dataLeft is how many bytes of the current chunk's data are still to

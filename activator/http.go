@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,19 +67,30 @@ func newHTTPUpstream(cfg Config, gate *dialGate) *httpUpstream {
 func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := a.now()
 	rq := &httpRequest{a: a, w: w, r: r}
+	if len(r.TransferEncoding) > 0 {
+		// net/http's server read it de-chunked; it might have come with a
+		// Content-Length, which net/http does not say (ambiguousFraming):
+		// close after it, as RFC 9112 6.3 asks then.
+		w.Header().Set("Connection", "close")
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		rq.timed = &timedBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: a.config().bodyTimeout()}
+		r.Body = rq.timed
+	}
 	// With Expect: 100-continue the client waits for a go-ahead before
 	// sending the body; net/http sends "100 Continue" when the body is
 	// first read, so read it only once the app is ready.
 	if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
 		if err := rq.prepare(); err != nil {
 			a.log.Debug("reading request body", "remote", r.RemoteAddr, "err", err)
-			a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+			a.bodyFailed(w, err)
 			return
 		}
 	}
-	if !a.proxy(rq, start) {
-		// No made-up answer (net/http would send an empty 200): cut the
-		// connection.
+	if !a.proxy(rq, start) || rq.cut {
+		// No made-up answer (net/http would send an empty 200), no
+		// complete-looking short response: cut the connection (after
+		// proxy released the app's slot).
 		panic(http.ErrAbortHandler)
 	}
 }
@@ -145,7 +157,7 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 		}
 		if err := rq.prepare(); err != nil {
 			a.release(inst)
-			a.writeError(rq.errorWriter(), http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+			a.bodyFailed(rq.errorWriter(), err)
 			return true
 		}
 		res := rq.exchange(inst)
@@ -202,10 +214,12 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 
 // httpRequest is a request read by net/http's server.
 type httpRequest struct {
-	a    *App
-	w    http.ResponseWriter
-	r    *http.Request
-	body *requestBody
+	a     *App
+	w     http.ResponseWriter
+	r     *http.Request
+	body  *requestBody
+	timed *timedBody // r.Body, when there is one
+	cut   bool       // the response broke off: cut the client's connection
 }
 
 func (q *httpRequest) context() context.Context         { return q.r.Context() }
@@ -227,7 +241,52 @@ func (q *httpRequest) prepare() error {
 }
 
 func (q *httpRequest) exchange(inst *instance) exchangeResult {
-	return q.a.exchange(q.w, q.r, inst, q.body)
+	res := q.a.exchange(q.w, q.r, inst, q.body)
+	q.cut = res.cut
+	if res.err != nil && !res.answered && q.timed != nil && q.timed.stalled.Load() {
+		// The client stalled a body streamed to the app: its fault, not
+		// the app's.
+		q.a.bodyFailed(q.w, os.ErrDeadlineExceeded)
+		return exchangeResult{answered: true}
+	}
+	return res
+}
+
+// timedBody is a request body net/http's server reads: each read must
+// come within body_timeout of the previous one (nginx's
+// client_body_timeout), or the request is answered 408.
+type timedBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+	stalled atomic.Bool
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF:
+		// net/http watches the client from now on (a background read),
+		// with no deadline.
+		b.rc.SetReadDeadline(time.Time{})
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.stalled.Store(true)
+	}
+	return n, err
+}
+
+// bodyFailed answers a request whose body could not be read, on every
+// path: 408 when the client let body_timeout pass between two reads, 400
+// otherwise. The client's connection closes after it.
+func (a *App) bodyFailed(w http.ResponseWriter, err error) {
+	w.Header().Set("Connection", "close")
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		a.writeError(w, http.StatusRequestTimeout, 0, "http_request_error",
+			fmt.Sprintf("the client sent none of its request body for %s", a.config().bodyTimeout()))
+		return
+	}
+	a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
 }
 
 // replayable reports whether a request that reached the app but got no
@@ -252,6 +311,7 @@ type exchangeResult struct {
 	answered bool  // the client got a response (or part of one): never retry
 	sent     bool  // request bytes reached the app
 	timeout  bool  // the app was too slow to answer
+	cut      bool  // the response broke off (net/http's path): cut the client's connection
 	stage    attemptStage
 }
 
@@ -280,6 +340,10 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if upgradeType(r.Header) == "" {
+			a.writeError(w, http.StatusBadGateway, 0, "http_protocol_error", "the app switched protocols for a request that did not ask to")
+			return exchangeResult{answered: true}
+		}
 		a.metrics.outcome(statusClass(resp.StatusCode))
 		return a.upgrade(w, r, inst, resp)
 	}
@@ -293,13 +357,12 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 		h.Add("Trailer", k)
 	}
 	a.metrics.outcome(statusClass(resp.StatusCode))
-	w.WriteHeader(resp.StatusCode)
 	// A response of unknown length (SSE, streaming) is flushed as it comes;
 	// one of known length is left to net/http's buffering.
-	dst := clientWriter{w: w}
-	if resp.ContentLength < 0 {
-		dst.flush = http.NewResponseController(w)
-	}
+	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.config().sendTimeout()}
+	dst.flush = resp.ContentLength < 0
+	dst.deadline() // for the head, written with the first bytes of the body or at the end
+	w.WriteHeader(resp.StatusCode)
 	up := a.http.Load()
 	buf := up.buffers.Get().(*[]byte)
 	_, err = io.CopyBuffer(dst, resp.Body, *buf)
@@ -311,7 +374,7 @@ func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, b
 			a.judge(inst, err, blame(err, stageConnected, false))
 			a.log.Info("response cut by the app", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
-		panic(http.ErrAbortHandler)
+		return exchangeResult{answered: true, cut: true}
 	}
 	for k, vv := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vv
@@ -329,26 +392,33 @@ type writeError struct{ error }
 
 func (e writeError) Unwrap() error { return e.error }
 
-// clientWriter marks errors as the client's, and when flush is set flushes
-// after every write, so streamed responses (SSE) reach the client as the
-// app sends them.
+// clientWriter marks errors as the client's, gives each write the app's
+// send_timeout, and when flush is set flushes after every write, so
+// streamed responses (SSE) reach the client as the app sends them.
 type clientWriter struct {
-	w     io.Writer
-	flush *http.ResponseController
+	w       io.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
+	flush   bool
 }
 
 func (c clientWriter) Write(p []byte) (int, error) {
+	c.deadline()
 	n, err := c.w.Write(p)
 	if err != nil {
 		return n, writeError{err}
 	}
-	if c.flush != nil {
-		if err := c.flush.Flush(); err != nil {
+	if c.flush {
+		if err := c.rc.Flush(); err != nil {
 			return n, writeError{err}
 		}
 	}
 	return n, nil
 }
+
+// deadline gives the client send_timeout from now to take what is
+// written next (net/http resets it after the response).
+func (c clientWriter) deadline() { c.rc.SetWriteDeadline(time.Now().Add(c.timeout)) }
 
 // outgoing builds the request to the app: same method, URI, Host and
 // headers, minus hop-by-hop headers, plus X-Forwarded-*.
@@ -357,8 +427,25 @@ func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) 
 	out.RequestURI = ""
 	out.URL.Scheme = "http"
 	out.URL.Host = r.Host
-	out.Close = false
+	if t := r.RequestURI; !absoluteForm(t) && !strings.HasPrefix(t, "//") {
+		// The target as the client sent it (x:80, *, an escaped path):
+		// rebuilt from URL, net/http would change some. An absolute-form
+		// one goes in origin form, its host being Host.
+		out.URL.Opaque, out.URL.RawQuery = t, ""
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = []string{""} // else the Transport sends its own
+	}
+	// A body an app sends to a HEAD would be in the Transport's buffer
+	// when it pools the connection, before it looks there: the next
+	// request would read it. The connection serves the HEAD alone.
+	out.Close = r.Method == http.MethodHead
 	out.Body, out.ContentLength = body.reader(r.ContentLength)
+	if body.rest == nil {
+		// Read whole: sent with a Content-Length, which every app reads
+		// (not all read a chunked request body).
+		out.TransferEncoding = nil
+	}
 	removeHopHeaders(out.Header)
 	out.Header.Del("Expect") // rouse already has the body, or streams it now
 	if up := upgradeType(r.Header); up != "" {
@@ -370,6 +457,13 @@ func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) 
 	}
 	a.setForwarded(r, out)
 	return out
+}
+
+// absoluteForm reports whether a request target is in absolute form
+// (http://host/path).
+func absoluteForm(target string) bool {
+	i := strings.Index(target, "://")
+	return i > 0 && !strings.ContainsAny(target[:i], "/?#")
 }
 
 // setForwarded sets X-Forwarded-For/-Proto/-Host. What the client sent is
@@ -405,6 +499,17 @@ func (a *App) setForwarded(r *http.Request, out *http.Request) {
 	}
 	if !trusted {
 		out.Header.Del("Forwarded")
+	}
+	for k := range out.Header {
+		// Set above, or kept from a trusted proxy, are the canonical
+		// spellings; any other (X_Forwarded_For) is a spoof.
+		switch k {
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded":
+		default:
+			if forwardedHeader(k) {
+				delete(out.Header, k)
+			}
+		}
 	}
 }
 
@@ -567,6 +672,9 @@ func (a *App) writeError(w http.ResponseWriter, code int, retryAfter time.Durati
 		h.Set("Retry-After", strconv.Itoa(int(max(1, roundUp(retryAfter)/time.Second))))
 	}
 	a.metrics.outcome("rouse_" + strconv.Itoa(code))
+	// (Not for the front's own rawResponse: it is written through
+	// frontConn.Write, with its own deadline.)
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(a.config().sendTimeout()))
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "%d %s: rouse: app %s: %s\n", code, http.StatusText(code), a.config().Name, msg)
 }

@@ -325,6 +325,20 @@ func newTestAppNoListen(t *testing.T, name string, args []string, hosts []string
 	return a
 }
 
+// Two apps without hosts on one address are refused, by name.
+func TestHTTPTwoAppsWithoutHostsNamed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	apps := []*App{newTestAppNoListen(t, "blog", nil, nil), newTestAppNoListen(t, "shop", nil, nil)}
+	_, err = NewHTTPFront(ln, apps, nil)
+	if want := "apps blog and shop share " + ln.Addr().String() + " without hosts"; err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+	}
+}
+
 func TestHTTPBadRequestsFromClients(t *testing.T) {
 	ta, hits := newHTTPTestApp(t, nil, nil)
 	raw := func(req string) string {

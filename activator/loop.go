@@ -84,9 +84,8 @@ type evLoop struct {
 	polled int
 	wake   int // eventfd: commands from other goroutines
 
-	// As the front's net/http server has them, and sendTimeout (copied:
-	// tests change them).
-	headerTimeout, idleTimeout, sendTimeout time.Duration
+	// As the front's net/http server has it (copied: tests change it).
+	idleTimeout time.Duration
 
 	mu       sync.Mutex
 	closed   bool
@@ -187,8 +186,8 @@ func newEvLoop(f *HTTPFront) (*evLoop, error) {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
 	l := &evLoop{f: f, epfd: epfd, wake: -1, done: make(chan struct{}),
-		headerTimeout: f.loopTimeouts.header, idleTimeout: f.loopTimeouts.idle, sendTimeout: time.Duration(f.sendTimeout.Load()),
-		conns: make(map[*loopConn]struct{}), idle: make(map[*httpUpstream][]*loopUp)}
+		idleTimeout: f.loopIdleTimeout,
+		conns:       make(map[*loopConn]struct{}), idle: make(map[*httpUpstream][]*loopUp)}
 	fail := func(what string, err error) (*evLoop, error) {
 		if l.wake >= 0 {
 			unix.Close(l.wake)
@@ -406,7 +405,7 @@ func (l *evLoop) adopt() {
 		case c.served > 0:
 			c.deadline = now.Add(l.idleTimeout) // back from a goroutine
 		default:
-			c.deadline = now.Add(l.headerTimeout)
+			c.deadline = now.Add(l.f.headerTimeout())
 		}
 	}
 }
@@ -427,7 +426,7 @@ func (l *evLoop) scan(now time.Time) {
 			}
 		case lcAnswering, lcRelaying:
 			if c.blocked && now.After(c.deadline) {
-				c.a.log.Info("client cut: it took none of its response", "for", l.sendTimeout, "client", c.ip)
+				c.a.log.Info("client cut: it took none of its response", "for", c.a.config().sendTimeout(), "client", c.ip)
 				l.closeConn(c)
 			}
 		}
@@ -589,7 +588,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 			l.shed(c)
 			timeout := l.idleTimeout
 			if c.served == 0 {
-				timeout = l.headerTimeout
+				timeout = l.f.headerTimeout()
 			}
 			if !l.shutdown {
 				c.deadline = l.now.Add(timeout)
@@ -653,7 +652,7 @@ func (l *evLoop) connect(c *loopConn, up *httpUpstream) bool {
 		u := ups[len(ups)-1]
 		ups = ups[:len(ups)-1]
 		l.idle[up] = ups // kept even when empty: keep appends to it, allocating nothing
-		if u.inst == c.inst && u.gen == gen && !u.eof && !u.hup {
+		if u.inst == c.inst && u.gen == gen && !u.eof && !u.hup && reusable(0, uintptr(u.fd)) {
 			u.c, u.reused, u.buf = c, true, u.buf[:0]
 			c.up = u
 			return true
@@ -839,7 +838,7 @@ func (l *evLoop) receive(c *loopConn) {
 		}
 		var ok bool
 		c.resp, ok = appendResponseHead(c.resp[:0], u.buf[from:from+n], &r)
-		if !ok || r.badLengths || r.status == 101 {
+		if !ok {
 			l.continueElsewhere(c)
 			return
 		}
@@ -875,7 +874,7 @@ func (l *evLoop) receive(c *loopConn) {
 	c.resp = append(c.resp, u.buf[from:end]...)
 	c.up = nil
 	u.c = nil
-	if !r.close && !r.http10 && end == len(u.buf) && !u.eof && !u.hup {
+	if r.keepsConn() && end == len(u.buf) && !u.eof && !u.hup {
 		l.keep(u)
 	} else {
 		l.closeUp(u)
@@ -906,7 +905,7 @@ func (l *evLoop) endHead(c *loopConn, r *respHead) {
 }
 
 // writeClient writes out[c.written:] to the client; false when it has to
-// wait for the client's EPOLLOUT (sendTimeout from the last write that
+// wait for the client's EPOLLOUT (send_timeout from the last write that
 // took anything), or the client went away and the connection is closed.
 func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 	for c.written < len(out) {
@@ -914,7 +913,7 @@ func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 		if err == unix.EAGAIN {
 			c.blocked = true
 			if c.wrote {
-				c.deadline, c.wrote = l.now.Add(l.sendTimeout), false
+				c.deadline, c.wrote = l.now.Add(c.a.config().sendTimeout()), false
 			}
 			return false
 		}
@@ -949,9 +948,9 @@ func (l *evLoop) answered(c *loopConn) {
 func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
 	u := c.up
 	rs := &c.relay
-	*rs = relayState{left: r.length, chunked: r.chunked, keep: !r.close && !r.http10}
+	*rs = relayState{left: r.length, chunked: r.chunked, keep: r.keepsConn()}
 	if r.bodyUntilClose() {
-		rs.left, rs.keep = -1, false
+		rs.left = -1
 	}
 	body := u.buf[from:]
 	n, done, err := rs.take(body)
@@ -1015,8 +1014,10 @@ func (l *evLoop) relayOn(c *loopConn) {
 		case err != nil || n == 0:
 			u.eof = true
 			if rs.left < 0 && !rs.chunked && err == nil {
-				rs.done = true // the end of a body read until the app closes
-				c.written = 0
+				// The end of a body read until the app closes: what out
+				// held is written already (the write above), nothing
+				// more comes.
+				rs.done = true
 				continue
 			}
 			if err == nil {
@@ -1144,6 +1145,12 @@ func (l *evLoop) startOver(c *loopConn) {
 	if fc == nil {
 		return
 	}
+	// The head's time runs on: from the connection for a first request,
+	// from now (its first bytes) for a later one.
+	fc.headDeadline = c.deadline
+	if c.served > 0 {
+		fc.headDeadline = l.now.Add(l.f.headerTimeout())
+	}
 	fc.served = c.served
 	l.f.goServe(fc)
 }
@@ -1178,9 +1185,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	if sc, ok := upc.(syscall.Conn); ok {
 		uc.raw, _ = sc.SyscallConn()
 	}
-	if u.reused {
-		uc.idleSince = start // not zero: the retry rules for a kept connection apply
-	}
+	uc.reused = u.reused // the retry rules for a kept connection apply
 	fc.served = c.served
 	fc.out = append(fc.out[:0], c.out...)
 	head := append([]byte(nil), c.in[c.headAt:c.headAt+c.headLen]...)

@@ -117,11 +117,10 @@ func TestLoopHandsLongExchangesToAGoroutine(t *testing.T) {
 // also one that came back from a goroutine (the first request started the
 // app, and waited for it there).
 func TestLoopTimesOutIdleConnections(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, nil)
+	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.HeaderTimeout = 200 * time.Millisecond })
 	f := ta.front
 	f.mu.Lock() // loops made after this see it (they are made under mu)
-	f.loopTimeouts.header = 200 * time.Millisecond
-	f.loopTimeouts.idle = 300 * time.Millisecond
+	f.loopIdleTimeout = 300 * time.Millisecond
 	f.mu.Unlock()
 
 	silent := dialRaw(t, ta.addr)
@@ -517,8 +516,7 @@ func dialSmallWindow(t *testing.T, addr string) *rawClient {
 // reading is not.
 func TestSendTimeoutCutsAClientThatTakesNothing(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, nil)
-	ta.front.sendTimeout.Store(int64(timeout))                            // before the first loop is made
+	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.SendTimeout = timeout })
 	paths := []string{"/bytes?n=50000000&chunked=1", "/bytes?n=50000000"} // relayed; spliced
 	for _, path := range paths {
 		rc := warmLoopConn(t, ta, func() *rawClient { return dialSmallWindow(t, ta.addr) })

@@ -78,14 +78,21 @@ type testApp struct {
 // running the backend with args. edit may change the config.
 func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
 	t.Helper()
-	return newTestApps(t, Capacity{}, appSpec{args, edit})[0]
+	return newTestApps(t, Capacity{}, appSpec{args: args, edit: edit})[0]
 }
 
 // appSpec is one app of newTestApps: backend arguments and a config edit.
 type appSpec struct {
 	args []string
 	edit func(*Config)
+	// onGoroutines: an http app's front serves every connection on a
+	// goroutine (frontConn), never in an event loop.
+	onGoroutines bool
 }
+
+// goroutineListener hides a TCP listener's type from an HTTPFront, which
+// then serves its connections on goroutines.
+type goroutineListener struct{ net.Listener }
 
 // newTestApps starts apps under one Supervisor sharing limits, each on its
 // own listener, named t0, t1, ... Cleanup closes them all and checks that
@@ -139,7 +146,11 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 			t.Fatal(err)
 		}
 		if cfg.Mode == ModeHTTP {
-			f, err := NewHTTPFront(ln, []*App{a}, log)
+			var fln net.Listener = ln
+			if spec.onGoroutines {
+				fln = goroutineListener{ln}
+			}
+			f, err := NewHTTPFront(fln, []*App{a}, log)
 			if err != nil {
 				t.Fatal(err)
 			}
