@@ -334,7 +334,7 @@ func TestHTTPTwoAppsWithoutHostsNamed(t *testing.T) {
 	defer ln.Close()
 	apps := []*App{newTestAppNoListen(t, "blog", nil, nil), newTestAppNoListen(t, "shop", nil, nil)}
 	_, err = NewHTTPFront(ln, apps, nil)
-	if want := "apps blog and shop share " + ln.Addr().String() + " without hosts"; err == nil || err.Error() != want {
+	if want := "apps blog and shop both take every host on " + ln.Addr().String() + ` (no hosts, or "*")`; err == nil || err.Error() != want {
 		t.Errorf("error %v, want %q", err, want)
 	}
 }

@@ -192,6 +192,7 @@ command = ["/usr/bin/blog", "--port", "{port}"]
 			HeaderTimeout:   10 * time.Second,
 			BodyTimeout:     time.Minute,
 			SendTimeout:     time.Minute,
+			StartPageAfter:  time.Second,
 		},
 		Addrs:  []listeners.Addr{{Kind: listeners.TCP, Address: "127.0.0.1:8001"}},
 		Port:   41000,
