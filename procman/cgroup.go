@@ -232,12 +232,35 @@ func killCgroup(dir string) {
 // killCgroupProcs is killCgroup without cgroup.kill.
 func killCgroupProcs(dir string) {
 	frozen := writeCgroup(dir, "cgroup.freeze", "1") == nil
+	if frozen {
+		// Freezing is not immediate: until cgroup.events says frozen, a
+		// process may still fork a child that the list below misses.
+		deadline := time.Now().Add(time.Second)
+		for !cgroupFrozen(dir) && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	for _, pid := range cgroupPids(dir) {
 		_ = unix.Kill(pid, unix.SIGKILL)
 	}
 	if frozen {
 		_ = writeCgroup(dir, "cgroup.freeze", "0")
 	}
+}
+
+// cgroupFrozen reports whether the cgroup at dir is frozen whole
+// (cgroup.events: "frozen 1").
+func cgroupFrozen(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+	if err != nil {
+		return true // nothing to wait for
+	}
+	for line := range strings.Lines(string(b)) {
+		if strings.TrimSpace(line) == "frozen 1" {
+			return true
+		}
+	}
+	return false
 }
 
 // removeCgroup kills what is in the cgroup at dir, waits until it is
