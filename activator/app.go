@@ -92,6 +92,7 @@ type instance struct {
 	booting  bool                   // holds a start slot of the pool
 	retiring bool                   // a reload changed the command: hand it nothing new, stop it when done
 	rssPeak  uint64                 // the largest RSS sampled of this process
+	noFreeze bool                   // freezing it failed: it is stopped after idle_timeout instead (freeze.go)
 }
 
 // Options are the app's collaborators, shared by all apps of a daemon.
@@ -262,9 +263,10 @@ func (a *App) spawnLocked(why string) {
 
 // stopLocked asks the current instance to stop; call with mu held.
 func (a *App) stopLocked(why string, failure error) {
-	if a.inst == nil || (a.state != Ready && a.state != Starting) {
+	if a.inst == nil || (a.state != Ready && a.state != Starting && a.state != Frozen) {
 		return
 	}
+	// A frozen process is thawed by its Stop, so that it gets the signal.
 	a.inst.why, a.inst.failure = why, failure
 	a.setState(Stopping)
 	a.inst.stop()
@@ -481,28 +483,57 @@ func (a *App) endBackoffLocked() {
 }
 
 // armIdleLocked (re)starts the idle countdown; call with mu held when the
-// last connection went away.
+// last connection went away, or the app was frozen.
 func (a *App) armIdleLocked() {
 	a.idleSince = a.now()
-	if a.config().IdleTimeout <= 0 {
+	d, _ := a.idleStepLocked(a.config())
+	if d <= 0 {
 		return
 	}
 	if a.idleTimer == nil {
-		a.idleTimer = time.AfterFunc(a.config().IdleTimeout, a.idleCheck)
+		a.idleTimer = time.AfterFunc(d, a.idleCheck)
 		return
 	}
-	a.idleTimer.Reset(a.config().IdleTimeout)
+	a.idleTimer.Reset(d)
+}
+
+// idleStepLocked is how long the app may stay idle in its state, and
+// whether what follows is a freeze (else a stop); 0 when nothing follows.
+// A ready app is frozen after freeze_after, if set, else stopped after
+// idle_timeout; a frozen one is stopped idle_timeout after its freeze. A
+// keep_warm app is never stopped for idleness, but it may be frozen.
+func (a *App) idleStepLocked(cfg *Config) (d time.Duration, freeze bool) {
+	switch a.state {
+	case Ready:
+		if cfg.FreezeAfter > 0 && !a.inst.retiring && !a.inst.noFreeze {
+			return cfg.FreezeAfter, true
+		}
+		fallthrough
+	case Frozen:
+		if !cfg.KeepWarm && cfg.IdleTimeout > 0 {
+			return cfg.IdleTimeout, false
+		}
+	}
+	return 0, false
 }
 
 func (a *App) idleCheck() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cfg := a.config() // a reload may have changed idle_timeout since the timer was armed
-	if a.state != Ready || a.active > 0 || a.queued > 0 || a.closing || cfg.KeepWarm || cfg.IdleTimeout <= 0 {
+	cfg := a.config() // a reload may have changed the timeouts since the timer was armed
+	if a.inst == nil || a.active > 0 || a.queued > 0 || a.closing {
 		return
 	}
-	if left := cfg.IdleTimeout - a.now().Sub(a.idleSince); left > 0 {
+	d, freeze := a.idleStepLocked(cfg)
+	if d <= 0 {
+		return
+	}
+	if left := d - a.now().Sub(a.idleSince); left > 0 {
 		a.idleTimer.Reset(left)
+		return
+	}
+	if freeze {
+		a.freezeLocked()
 		return
 	}
 	a.stopLocked("idle", nil)
@@ -513,6 +544,9 @@ func (a *App) idleCheck() {
 func (a *App) tryAcquire() *instance {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.state == Frozen && !a.closing {
+		a.thawLocked("connection")
+	}
 	if a.closing || a.state != Ready || a.inst.retiring {
 		return nil
 	}
@@ -543,6 +577,10 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 					a.metrics.waited(a.now().Sub(w.arrived))
 				}
 				return a.inst, nil
+			}
+		case Frozen:
+			if a.thawLocked("connection") {
+				continue
 			}
 		case Idle:
 			if !w.waiting && a.queueFullLocked() {
@@ -770,6 +808,11 @@ func (a *App) Start(ctx context.Context) error {
 		case Ready:
 			a.mu.Unlock()
 			return nil
+		case Frozen:
+			if a.thawLocked("asked") {
+				a.mu.Unlock()
+				return nil
+			}
 		case Idle:
 			if a.closing {
 				a.mu.Unlock()
@@ -807,7 +850,7 @@ func (a *App) Stop(ctx context.Context) error {
 			a.endBackoffLocked()
 			a.mu.Unlock()
 			return nil
-		case Ready, Starting:
+		case Ready, Starting, Frozen:
 			a.stopLocked("asked", nil)
 		}
 		ch := a.changed
@@ -890,26 +933,30 @@ func describeErr(err error) string {
 	return strings.TrimSpace(err.Error())
 }
 
-// evictable reports whether the pool may stop the app to make room, and
-// when it was last used.
-func (a *App) evictable() (time.Time, bool) {
+// evictable reports whether the pool may stop the app to make room, when
+// it was last used and whether it is frozen.
+func (a *App) evictable() (last time.Time, frozen bool, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Ready || a.active > 0 || a.queued > 0 || a.config().KeepWarm || a.draining {
-		return time.Time{}, false
+	if !a.evictableLocked() {
+		return time.Time{}, false, false
 	}
-	last := a.lastUsed
+	last = a.lastUsed
 	if a.inst != nil && last.Before(a.inst.readyAt) {
 		last = a.inst.readyAt
 	}
-	return last, true
+	return last, a.state == Frozen, true
+}
+
+func (a *App) evictableLocked() bool {
+	return (a.state == Ready || a.state == Frozen) && a.active == 0 && a.queued == 0 && !a.config().KeepWarm && !a.draining
 }
 
 // stopFor stops the app for the pool if it is still evictable.
 func (a *App) stopFor(why string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Ready || a.active > 0 || a.queued > 0 || a.config().KeepWarm || a.draining {
+	if !a.evictableLocked() {
 		return false
 	}
 	a.log.Info("stopping to make room", "why", why)

@@ -278,16 +278,19 @@ func (u usage) over(budget int64, extra uint64) bool {
 }
 
 // evict stops the least recently used app that has nothing in flight and
-// is not keep_warm (and is not for). It reports whether one was found.
+// is not keep_warm (and is not for): a frozen one first, then a ready one.
+// It reports whether one was found.
 func (p *pool) evict(forApp *App) bool {
 	var victim *App
 	var used time.Time
+	var frozen bool
 	for _, a := range p.apps() {
 		if a == forApp {
 			continue
 		}
-		if last, ok := a.evictable(); ok && (victim == nil || last.Before(used)) {
-			victim, used = a, last
+		last, fz, ok := a.evictable()
+		if ok && (victim == nil || fz && !frozen || fz == frozen && last.Before(used)) {
+			victim, used, frozen = a, last, fz
 		}
 	}
 	if victim == nil {
