@@ -143,10 +143,13 @@ func (p *pool) run(ctx context.Context) {
 	for {
 		p.settle()
 		// With a memory budget, look again in a while as long as apps
-		// run; with nothing running there is nothing to watch.
+		// run; with nothing running, or only frozen apps (whose memory
+		// does not grow; a thaw wakes the manager), there is nothing to
+		// watch.
 		p.mu.Lock()
 		watch := p.limits.MemoryBudget > 0 && p.running > 0
 		p.mu.Unlock()
+		watch = watch && p.anyRunsUnfrozen()
 		switch {
 		case watch && checkC == nil:
 			check = time.NewTimer(budgetCheck)
@@ -229,6 +232,16 @@ func (p *pool) settle() {
 			return // nothing can be stopped now; a release will wake us
 		}
 	}
+}
+
+// anyRunsUnfrozen reports whether an app has a process that is not frozen.
+func (p *pool) anyRunsUnfrozen() bool {
+	for _, a := range p.apps() {
+		if st := a.State(); st != Idle && st != Backoff && st != Frozen {
+			return true
+		}
+	}
+	return false
 }
 
 // dropHead takes the head off the queue; only settle removes from it, so

@@ -50,6 +50,9 @@ func (a *App) thawLocked(why string) bool {
 	}
 	a.metrics.thawed()
 	a.setState(Ready)
+	if a.pool != nil {
+		a.pool.wake() // its memory may grow again: the budget is watched
+	}
 	a.log.Info("thawed", "state", Ready, "pid", p.Pid(), "why", why)
 	a.armIdleLocked()
 	return true
