@@ -34,7 +34,8 @@ type report struct {
 	lateDelay      time.Duration
 	lateBackendCmd string
 
-	thaw []*thawResult
+	thaw  []*thawResult
+	fleet *fleetResult
 
 	bursts   []*burstResult
 	burstCmd string

@@ -110,6 +110,7 @@ type appStatus struct {
 	Failures    int     `json:"failures"`
 	LastStartMS float64 `json:"last_start_ms"`
 	LastError   string  `json:"last_error"`
+	RSSBytes    int64   `json:"rss_bytes"`
 }
 
 func (d *rouseDaemon) status(ctx context.Context) ([]appStatus, error) {

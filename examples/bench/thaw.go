@@ -2,11 +2,17 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -169,7 +175,7 @@ func timedGet(listen string) (time.Duration, error) {
 }
 
 func (r *report) renderThaw(p func(string, ...any)) {
-	if len(r.thaw) == 0 {
+	if len(r.thaw) == 0 && r.fleet == nil {
 		return
 	}
 	p("## Freeze and thaw\n\n")
@@ -188,6 +194,7 @@ func (r *report) renderThaw(p func(string, ...any)) {
 			ms(percentile(t.warm, 50)), ms(percentile(t.warm, 90)), ms(percentile(d, 50)), ms(percentile(d, 90)))
 	}
 	p("\n")
+	r.renderFleet(p)
 }
 
 func (r *report) summarizeThaw(p func(string, ...any)) {
@@ -199,4 +206,268 @@ func (r *report) summarizeThaw(p func(string, ...any)) {
 		p("- Thaw, %s: thawed − warm p50 **%s** against a cold start p50 of %s (n=%d); %s.\n", t.c.name, ms(d),
 			ms(percentile(t.cold, 50)), len(t.thawed), verdict(d <= thawGoal, "goal p50 <= "+ms(thawGoal)+" (issue 16)"))
 	}
+	if f := r.fleet; f != nil && f.requests > 0 {
+		p("- %d apps under a budget for %d: %d requests across all of them, %d lost, %d LRU stops; then %d frozen: rouse used %s of CPU in %s idle.\n",
+			f.apps, thawFleetRoom, f.requests, f.lost, f.lruStops, f.frozen, ms(f.cpuSched), f.idle.Round(time.Second))
+	}
+}
+
+// fleetResult is the run of thawFleetApps apps under one memory budget.
+type fleetResult struct {
+	apps, passes      int
+	appRSS            int64 // one app's, measured first
+	budget            int64
+	requests, lost    int
+	firstLost         string
+	lruStops          int
+	peakUsed          int64   // the largest sum of the apps' memory sampled during the traffic
+	overBudget        float64 // share of those samples above the budget
+	idle              time.Duration
+	frozen            int           // apps frozen when the idle period began
+	cpuSched          time.Duration // rouse's time on CPU over the idle period
+	cpuTicks          time.Duration
+	wakeups, switches int64 // rouse's context switches over the idle period (voluntary, involuntary)
+}
+
+const (
+	thawFleetApps   = 50
+	thawFleetPasses = 3
+	thawFleetRoom   = 20 // apps the budget holds
+)
+
+// thawFleet runs thawFleetApps apps with freeze_after under a memory
+// budget that holds thawFleetRoom of them: traffic passes over all of them
+// (4 clients, each app in turn), then everything is left alone for
+// -density-idle and rouse's CPU is measured while the apps are frozen.
+func (h *harness) thawFleet(ctx context.Context) error {
+	ps := &procs{}
+	defer h.cleanup(ps)
+	ports, err := freePorts(thawFleetApps)
+	if err != nil {
+		return err
+	}
+	apps := make([]rouseApp, thawFleetApps)
+	for i := range apps {
+		name := fmt.Sprintf("fleet%02d", i)
+		apps[i] = rouseApp{name: name, mode: "http", listen: addr(ports[i]), freeze: thawFreeze,
+			command: []string{h.rouse, "__backend", "-proto", "http", "-name", name, "-listen", "127.0.0.1:{port}"}}
+	}
+	res := &fleetResult{apps: thawFleetApps, passes: thawFleetPasses}
+	h.rep.fleet = res
+
+	// One app's memory first, with no budget.
+	file, control, err := h.writeRouseConfig("rouse-fleet-probe", apps[:1], "0")
+	if err != nil {
+		return err
+	}
+	rd, _, err := h.startRouse(ctx, ps, "rouse (fleet probe)", file, control)
+	if err != nil {
+		return err
+	}
+	if _, err := timedGet(apps[0].listen); err != nil {
+		return err
+	}
+	st, err := rd.status(ctx)
+	if err != nil {
+		return err
+	}
+	res.appRSS = st[0].RSSBytes
+	rd.stop(10 * time.Second)
+	if res.appRSS <= 0 {
+		return fmt.Errorf("fleet probe: app memory %d", res.appRSS)
+	}
+	res.budget = res.appRSS * thawFleetRoom
+
+	file, control, err = h.writeRouseConfig("rouse-fleet", apps, "0")
+	if err != nil {
+		return err
+	}
+	if err := addRouseKey(file, fmt.Sprintf("memory_budget = \"%dMiB\"", res.budget>>20)); err != nil {
+		return err
+	}
+	res.budget = res.budget >> 20 << 20
+	h.rep.addConfig("rouse config (frozen apps under a budget), first app", "toml", file)
+	if rd, _, err = h.startRouse(ctx, ps, "rouse (fleet)", file, control); err != nil {
+		return err
+	}
+
+	// Traffic across every app, memory sampled meanwhile.
+	var mu sync.Mutex
+	next := 0
+	sampled, over := 0, 0
+	stopSampling := make(chan struct{})
+	sampler := make(chan struct{})
+	go func() {
+		defer close(sampler)
+		for {
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			st, err := rd.status(ctx)
+			if err != nil {
+				continue
+			}
+			var used int64
+			for _, a := range st {
+				used += a.RSSBytes
+			}
+			mu.Lock()
+			res.peakUsed = max(res.peakUsed, used)
+			sampled++
+			if used > res.budget {
+				over++
+			}
+			mu.Unlock()
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				mu.Unlock()
+				if i >= thawFleetApps*thawFleetPasses {
+					return
+				}
+				_, err := timedGet(apps[i%thawFleetApps].listen)
+				mu.Lock()
+				res.requests++
+				if err != nil {
+					res.lost++
+					if res.firstLost == "" {
+						res.firstLost = err.Error()
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopSampling)
+	<-sampler
+	if sampled > 0 {
+		res.overBudget = float64(over) / float64(sampled)
+	}
+	n, err := lruStops(ctx, rd)
+	if err != nil {
+		return err
+	}
+	res.lruStops = n
+
+	// Left alone: every app still running freezes.
+	err = poll(ctx, "every running app frozen", 30*time.Second, 10*time.Millisecond, func() bool {
+		st, err := rd.status(ctx)
+		if err != nil {
+			return false
+		}
+		res.frozen = 0
+		for _, a := range st {
+			switch a.State {
+			case "frozen":
+				res.frozen++
+			case "idle":
+			default:
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	pid := rd.pid()
+	t0, ticks0, sched0 := time.Now(), must(cpuTime(pid)), runTime(pid)
+	vol0, invol0 := switches(pid)
+	h.logf("freeze and thaw: %d apps frozen, idle for %s", res.frozen, h.o.densityIdle)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(h.o.densityIdle):
+	}
+	res.idle = time.Since(t0)
+	res.cpuTicks = must(cpuTime(pid)) - ticks0
+	res.cpuSched = runTime(pid) - sched0
+	vol1, invol1 := switches(pid)
+	res.wakeups, res.switches = vol1-vol0, invol1-invol0
+	return nil
+}
+
+func must(d time.Duration, _ error) time.Duration { return d }
+
+// switches sums the voluntary and involuntary context switches of every
+// thread of pid: a voluntary one is a wake-up after a sleep.
+func switches(pid int) (voluntary, involuntary int64) {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		for line := range strings.SplitSeq(readFile(t), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				voluntary += n
+			}
+			if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				involuntary += n
+			}
+		}
+	}
+	return voluntary, involuntary
+}
+
+// addRouseKey adds line to the [rouse] table of the config file.
+func addRouseKey(file, line string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, bytes.Replace(b, []byte("[rouse]\n"), []byte("[rouse]\n"+line+"\n"), 1), 0o644)
+}
+
+// lruStops reads rouse_lru_stops_total from rouse's /metrics.
+func lruStops(ctx context.Context, rd *rouseDaemon) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://rouse/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := rd.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "rouse_lru_stops_total "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int(f), err
+		}
+	}
+	return 0, fmt.Errorf("no rouse_lru_stops_total in /metrics")
+}
+
+func (r *report) renderFleet(p func(string, ...any)) {
+	f := r.fleet
+	if f == nil || f.requests == 0 {
+		return
+	}
+	p("### %d frozen apps under one memory budget\n\n", f.apps)
+	p("%d http apps (`rouse __backend -proto http`, %s each after one request), `freeze_after = %q`, `idle_timeout = \"0\"`, `memory_budget` = %s (room for %d)."+
+		" 4 clients pass over every app in turn, %d times (`GET /`, a new connection each); rouse's status is sampled every 100 ms meanwhile."+
+		" Then nothing for %s while the apps that still run are frozen.\n\n",
+		f.apps, mib(f.appRSS), thawFreeze, mib(f.budget), thawFleetRoom, f.passes, f.idle.Round(time.Second))
+	lost := "0"
+	if f.lost > 0 {
+		lost = fmt.Sprintf("%d (first: %s)", f.lost, f.firstLost)
+	}
+	p("| requests | lost | LRU stops | peak memory of the apps | samples over budget | frozen then | rouse CPU over the idle period (schedstat / ticks) | wake-ups (voluntary / involuntary switches) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	p("| %d | %s | %d | %s | %.0f%% | %d | %s / %s | %d / %d |\n\n", f.requests, lost, f.lruStops, mib(f.peakUsed), 100*f.overBudget, f.frozen,
+		ms(f.cpuSched), ms(f.cpuTicks), f.wakeups, f.switches)
+	p("The budget is enforced when a start needs room and by a check every 2 s: between two checks, apps that grow can take the sum above it for a moment.\n\n")
 }
