@@ -92,6 +92,7 @@ type instance struct {
 	booting  bool                   // holds a start slot of the pool
 	retiring bool                   // a reload changed the command: hand it nothing new, stop it when done
 	rssPeak  uint64                 // the largest RSS sampled of this process
+	expect   uint64                 // the largest RSS of the run before: what it will likely take once started
 	noFreeze bool                   // freezing it failed: it is stopped after idle_timeout instead (freeze.go)
 }
 
@@ -252,7 +253,7 @@ func (a *App) spawnLocked(why string) {
 	a.asked = false
 	a.starts++
 	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{}),
-		pooled: a.pool != nil, booting: a.pool != nil}
+		pooled: a.pool != nil, booting: a.pool != nil, expect: a.rssSeen.Load()}
 	a.inst = inst
 	a.fails = a.fails[:0]
 	a.setState(Starting)
@@ -964,29 +965,36 @@ func (a *App) stopFor(why string) bool {
 	return true
 }
 
-// rss samples the RSS of the app's processes; 0 when it does not run.
+// rss samples the memory of the app's processes for the pool; 0 when it
+// does not run. While it starts it counts at least what its last run took:
+// an app that boots holds little yet, and several starting at once would
+// each be let in on that little and then take the budget past its limit.
 func (a *App) rss() uint64 {
 	a.mu.Lock()
 	inst := a.inst
 	var p *procman.Process
+	var expect uint64
 	if inst != nil {
 		p = inst.proc
+		if a.state == Starting {
+			expect = inst.expect
+		}
 	}
 	a.mu.Unlock()
 	if p == nil {
-		return 0
+		return expect
 	}
 	st, err := p.Stats()
 	if err != nil {
-		return 0
+		return expect
 	}
 	a.mu.Lock()
 	inst.rssPeak = max(inst.rssPeak, st.RSS)
-	if a.inst == inst {
+	if a.inst == inst && (a.state != Starting || inst.rssPeak > inst.expect) {
 		a.rssSeen.Store(inst.rssPeak)
 	}
 	a.mu.Unlock()
-	return st.RSS
+	return max(st.RSS, expect)
 }
 
 // lastRSS is the largest RSS seen of the app's last run (sampled): the
