@@ -157,6 +157,9 @@ func (c *Config) check() error {
 	default:
 		return fmt.Errorf("ready %q is not supported by this version of rouse", c.Ready.Kind)
 	}
+	if c.Mode == ModeInetd && c.FreezeAfter > 0 {
+		return errors.New("freeze_after: not in inetd mode (one process per connection)")
+	}
 	if c.StartTimeout <= 0 || c.QueueTimeout <= 0 || c.RetryTries < 1 || c.BackoffMax <= 0 {
 		return errors.New("start_timeout, queue_timeout, backoff_max and retry_tries must be set")
 	}
