@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,6 +27,7 @@ func TestStopOfFrozenAppLeavesNoProcess(t *testing.T) {
 			d := startDaemon(t, file, "cold", port, containment)
 			waitFor(t, "frozen", func() bool { return r.app(t, "cold").state == "frozen" })
 			app := r.app(t, "cold")
+			waitFor(t, "the kernel to freeze it", func() bool { return frozenOnOS(t, app.pid, containment == "auto") })
 			var out bytes.Buffer
 			if code := run(t.Context(), []string{"status", "--control", control, "cold"}, os.Getenv, nil, &out, &out); code != 0 || !strings.Contains(out.String(), "frozen") {
 				t.Errorf("rouse status cold: %d %q, want it frozen", code, out.String())
@@ -49,4 +52,21 @@ func TestStopOfFrozenAppLeavesNoProcess(t *testing.T) {
 			gone(t, d, rousePid)
 		})
 	}
+}
+
+// frozenOnOS reports whether the kernel has pid frozen: its cgroup's
+// freezer (cgroup), else stopped by SIGSTOP.
+func frozenOnOS(t *testing.T, pid int, cgroup bool) bool {
+	t.Helper()
+	if cgroup {
+		events, _ := os.ReadFile(filepath.Join(cgroupDir(t, cgroupOf(pid)), "cgroup.events"))
+		return strings.Contains(string(events), "frozen 1")
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) > 0 && f[0] == "T"
 }
