@@ -92,6 +92,8 @@ type instance struct {
 	booting  bool                   // holds a start slot of the pool
 	retiring bool                   // a reload changed the command: hand it nothing new, stop it when done
 	rssPeak  uint64                 // the largest RSS sampled of this process
+	expect   uint64                 // the largest RSS of the run before: what it will likely take once started
+	noFreeze bool                   // freezing it failed: it is stopped after idle_timeout instead (freeze.go)
 }
 
 // Options are the app's collaborators, shared by all apps of a daemon.
@@ -154,6 +156,9 @@ func (c *Config) check() error {
 		}
 	default:
 		return fmt.Errorf("ready %q is not supported by this version of rouse", c.Ready.Kind)
+	}
+	if c.Mode == ModeInetd && c.FreezeAfter > 0 {
+		return errors.New("freeze_after: not in inetd mode (one process per connection)")
 	}
 	if c.StartTimeout <= 0 || c.QueueTimeout <= 0 || c.RetryTries < 1 || c.BackoffMax <= 0 {
 		return errors.New("start_timeout, queue_timeout, backoff_max and retry_tries must be set")
@@ -251,7 +256,7 @@ func (a *App) spawnLocked(why string) {
 	a.asked = false
 	a.starts++
 	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{}),
-		pooled: a.pool != nil, booting: a.pool != nil}
+		pooled: a.pool != nil, booting: a.pool != nil, expect: a.rssSeen.Load()}
 	a.inst = inst
 	a.fails = a.fails[:0]
 	a.setState(Starting)
@@ -262,9 +267,10 @@ func (a *App) spawnLocked(why string) {
 
 // stopLocked asks the current instance to stop; call with mu held.
 func (a *App) stopLocked(why string, failure error) {
-	if a.inst == nil || (a.state != Ready && a.state != Starting) {
+	if a.inst == nil || (a.state != Ready && a.state != Starting && a.state != Frozen) {
 		return
 	}
+	// A frozen process is thawed by its Stop, so that it gets the signal.
 	a.inst.why, a.inst.failure = why, failure
 	a.setState(Stopping)
 	a.inst.stop()
@@ -481,28 +487,57 @@ func (a *App) endBackoffLocked() {
 }
 
 // armIdleLocked (re)starts the idle countdown; call with mu held when the
-// last connection went away.
+// last connection went away, or the app was frozen.
 func (a *App) armIdleLocked() {
 	a.idleSince = a.now()
-	if a.config().IdleTimeout <= 0 {
+	d, _ := a.idleStepLocked(a.config())
+	if d <= 0 {
 		return
 	}
 	if a.idleTimer == nil {
-		a.idleTimer = time.AfterFunc(a.config().IdleTimeout, a.idleCheck)
+		a.idleTimer = time.AfterFunc(d, a.idleCheck)
 		return
 	}
-	a.idleTimer.Reset(a.config().IdleTimeout)
+	a.idleTimer.Reset(d)
+}
+
+// idleStepLocked is how long the app may stay idle in its state, and
+// whether what follows is a freeze (else a stop); 0 when nothing follows.
+// A ready app is frozen after freeze_after, if set, else stopped after
+// idle_timeout; a frozen one is stopped idle_timeout after its freeze. A
+// keep_warm app is never stopped for idleness, but it may be frozen.
+func (a *App) idleStepLocked(cfg *Config) (d time.Duration, freeze bool) {
+	switch a.state {
+	case Ready:
+		if cfg.FreezeAfter > 0 && !a.inst.retiring && !a.inst.noFreeze {
+			return cfg.FreezeAfter, true
+		}
+		fallthrough
+	case Frozen:
+		if !cfg.KeepWarm && cfg.IdleTimeout > 0 {
+			return cfg.IdleTimeout, false
+		}
+	}
+	return 0, false
 }
 
 func (a *App) idleCheck() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cfg := a.config() // a reload may have changed idle_timeout since the timer was armed
-	if a.state != Ready || a.active > 0 || a.queued > 0 || a.closing || cfg.KeepWarm || cfg.IdleTimeout <= 0 {
+	cfg := a.config() // a reload may have changed the timeouts since the timer was armed
+	if a.inst == nil || a.active > 0 || a.queued > 0 || a.closing {
 		return
 	}
-	if left := cfg.IdleTimeout - a.now().Sub(a.idleSince); left > 0 {
+	d, freeze := a.idleStepLocked(cfg)
+	if d <= 0 {
+		return
+	}
+	if left := d - a.now().Sub(a.idleSince); left > 0 {
 		a.idleTimer.Reset(left)
+		return
+	}
+	if freeze {
+		a.freezeLocked()
 		return
 	}
 	a.stopLocked("idle", nil)
@@ -513,6 +548,9 @@ func (a *App) idleCheck() {
 func (a *App) tryAcquire() *instance {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.state == Frozen && !a.closing {
+		a.thawLocked("connection")
+	}
 	if a.closing || a.state != Ready || a.inst.retiring {
 		return nil
 	}
@@ -543,6 +581,10 @@ func (a *App) acquire(ctx context.Context, deadline time.Time, retrying bool) (*
 					a.metrics.waited(a.now().Sub(w.arrived))
 				}
 				return a.inst, nil
+			}
+		case Frozen:
+			if a.thawLocked("connection") {
+				continue
 			}
 		case Idle:
 			if !w.waiting && a.queueFullLocked() {
@@ -770,6 +812,11 @@ func (a *App) Start(ctx context.Context) error {
 		case Ready:
 			a.mu.Unlock()
 			return nil
+		case Frozen:
+			if a.thawLocked("asked") {
+				a.mu.Unlock()
+				return nil
+			}
 		case Idle:
 			if a.closing {
 				a.mu.Unlock()
@@ -807,7 +854,7 @@ func (a *App) Stop(ctx context.Context) error {
 			a.endBackoffLocked()
 			a.mu.Unlock()
 			return nil
-		case Ready, Starting:
+		case Ready, Starting, Frozen:
 			a.stopLocked("asked", nil)
 		}
 		ch := a.changed
@@ -890,26 +937,30 @@ func describeErr(err error) string {
 	return strings.TrimSpace(err.Error())
 }
 
-// evictable reports whether the pool may stop the app to make room, and
-// when it was last used.
-func (a *App) evictable() (time.Time, bool) {
+// evictable reports whether the pool may stop the app to make room, when
+// it was last used and whether it is frozen.
+func (a *App) evictable() (last time.Time, frozen bool, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Ready || a.active > 0 || a.queued > 0 || a.config().KeepWarm || a.draining {
-		return time.Time{}, false
+	if !a.evictableLocked() {
+		return time.Time{}, false, false
 	}
-	last := a.lastUsed
+	last = a.lastUsed
 	if a.inst != nil && last.Before(a.inst.readyAt) {
 		last = a.inst.readyAt
 	}
-	return last, true
+	return last, a.state == Frozen, true
+}
+
+func (a *App) evictableLocked() bool {
+	return (a.state == Ready || a.state == Frozen) && a.active == 0 && a.queued == 0 && !a.config().KeepWarm && !a.draining
 }
 
 // stopFor stops the app for the pool if it is still evictable.
 func (a *App) stopFor(why string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Ready || a.active > 0 || a.queued > 0 || a.config().KeepWarm || a.draining {
+	if !a.evictableLocked() {
 		return false
 	}
 	a.log.Info("stopping to make room", "why", why)
@@ -917,29 +968,36 @@ func (a *App) stopFor(why string) bool {
 	return true
 }
 
-// rss samples the RSS of the app's processes; 0 when it does not run.
+// rss samples the memory of the app's processes for the pool; 0 when it
+// does not run. While it starts it counts at least what its last run took:
+// an app that boots holds little yet, and several starting at once would
+// each be let in on that little and then take the budget past its limit.
 func (a *App) rss() uint64 {
 	a.mu.Lock()
 	inst := a.inst
 	var p *procman.Process
+	var expect uint64
 	if inst != nil {
 		p = inst.proc
+		if a.state == Starting {
+			expect = inst.expect
+		}
 	}
 	a.mu.Unlock()
 	if p == nil {
-		return 0
+		return expect
 	}
 	st, err := p.Stats()
 	if err != nil {
-		return 0
+		return expect
 	}
 	a.mu.Lock()
 	inst.rssPeak = max(inst.rssPeak, st.RSS)
-	if a.inst == inst {
+	if a.inst == inst && (a.state != Starting || inst.rssPeak > inst.expect) {
 		a.rssSeen.Store(inst.rssPeak)
 	}
 	a.mu.Unlock()
-	return st.RSS
+	return max(st.RSS, expect)
 }
 
 // lastRSS is the largest RSS seen of the app's last run (sampled): the

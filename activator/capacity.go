@@ -143,10 +143,13 @@ func (p *pool) run(ctx context.Context) {
 	for {
 		p.settle()
 		// With a memory budget, look again in a while as long as apps
-		// run; with nothing running there is nothing to watch.
+		// run; with nothing running, or only frozen apps (whose memory
+		// does not grow; a thaw wakes the manager), there is nothing to
+		// watch.
 		p.mu.Lock()
 		watch := p.limits.MemoryBudget > 0 && p.running > 0
 		p.mu.Unlock()
+		watch = watch && p.anyRunsUnfrozen()
 		switch {
 		case watch && checkC == nil:
 			check = time.NewTimer(budgetCheck)
@@ -231,6 +234,16 @@ func (p *pool) settle() {
 	}
 }
 
+// anyRunsUnfrozen reports whether an app has a process that is not frozen.
+func (p *pool) anyRunsUnfrozen() bool {
+	for _, a := range p.apps() {
+		if st := a.State(); st != Idle && st != Backoff && st != Frozen {
+			return true
+		}
+	}
+	return false
+}
+
 // dropHead takes the head off the queue; only settle removes from it, so
 // the head is the one settle looked at.
 func (p *pool) dropHead() {
@@ -278,16 +291,19 @@ func (u usage) over(budget int64, extra uint64) bool {
 }
 
 // evict stops the least recently used app that has nothing in flight and
-// is not keep_warm (and is not for). It reports whether one was found.
+// is not keep_warm (and is not for): a frozen one first, then a ready one.
+// It reports whether one was found.
 func (p *pool) evict(forApp *App) bool {
 	var victim *App
 	var used time.Time
+	var frozen bool
 	for _, a := range p.apps() {
 		if a == forApp {
 			continue
 		}
-		if last, ok := a.evictable(); ok && (victim == nil || last.Before(used)) {
-			victim, used = a, last
+		last, fz, ok := a.evictable()
+		if ok && (victim == nil || fz && !frozen || fz == frozen && last.Before(used)) {
+			victim, used, frozen = a, last, fz
 		}
 	}
 	if victim == nil {

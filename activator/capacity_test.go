@@ -364,3 +364,31 @@ func TestMemoryBudgetStartOfOversizeAppIsRefusedNotHung(t *testing.T) {
 		t.Errorf("busy app: %d %q", ans.code, ans.body)
 	}
 }
+
+// A starting app counts in the budget for what its last run took, not
+// for the little it holds while it boots: apps starting together cannot
+// each be let in on that little and then take the budget past its limit.
+func TestStartingAppCountsItsLastRun(t *testing.T) {
+	ta := newTestApp(t, []string{"-proto", "echo", "-delay", "1s"}, nil)
+	const last = 512 << 20
+	ta.rssSeen.Store(last)
+	started := make(chan error, 1)
+	go func() { started <- ta.Start(t.Context()) }()
+	waitFor(t, "the process spawned", func() bool {
+		ta.mu.Lock()
+		defer ta.mu.Unlock()
+		return ta.state == Starting && ta.inst != nil && ta.inst.proc != nil
+	})
+	if got := ta.rss(); got < last {
+		t.Errorf("starting app counts %d bytes, want at least its last run's %d", got, last)
+	}
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	if got := ta.rss(); got >= last {
+		t.Errorf("ready app counts %d bytes, want what it holds (well below %d)", got, last)
+	}
+	if got := ta.lastRSS(); got >= last {
+		t.Errorf("lastRSS %d once it ran, want this run's", got)
+	}
+}

@@ -40,7 +40,8 @@ type Config struct {
 	Ready           Readiness
 
 	StartTimeout time.Duration // spawn -> ready, else a failure and the process is killed
-	IdleTimeout  time.Duration // 0 = never stop for idleness
+	IdleTimeout  time.Duration // 0 = never stop for idleness; with FreezeAfter, counted from the freeze
+	FreezeAfter  time.Duration // idle this long -> frozen (thawed by the next connection); 0 = never frozen
 	QueueTimeout time.Duration // how long a held connection waits for ready or a free slot
 	MaxQueued    int           // held connections; beyond, new ones are refused
 	MaxConns     int           // concurrent connections; 0 = no limit

@@ -114,8 +114,12 @@ func (l *handoffListener) Close() error {
 }
 
 // samplePeriod is how often the connections of a running handoff app are
-// counted: often enough for idle_timeout, at most once a second.
-func samplePeriod(idle time.Duration) time.Duration {
+// counted: often enough for idle_timeout and freeze_after, at most once a
+// second.
+func samplePeriod(idle, freeze time.Duration) time.Duration {
+	if freeze > 0 && (idle <= 0 || freeze < idle) {
+		idle = freeze
+	}
 	if idle <= 0 {
 		return time.Second
 	}
@@ -408,6 +412,8 @@ func (a *App) handoffArrival() {
 			// Maybe gone again before the next sample: it is activity.
 			a.armIdleLocked()
 		}
+	case Frozen:
+		a.thawLocked("connection") // it waits in the backlog for the thawed app
 	}
 }
 
@@ -421,10 +427,10 @@ func (a *App) handoffArrival() {
 func (a *App) watchHandoffLocked() {
 	w := unwatched
 	switch a.state {
-	case Idle, Backoff, Stopping:
+	case Idle, Backoff, Stopping, Frozen:
 		w = following
 	case Ready:
-		if cfg := a.config(); cfg.IdleTimeout > 0 && !cfg.KeepWarm && a.active+a.queued == 0 {
+		if d, _ := a.idleStepLocked(a.config()); d > 0 && a.active+a.queued == 0 {
 			w = watchOnce
 		}
 	}
@@ -620,10 +626,19 @@ func (a *App) watchConns(inst *instance) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(samplePeriod(a.config().IdleTimeout))
+		period := samplePeriod(a.config().IdleTimeout, a.config().FreezeAfter)
+		t := time.NewTicker(period)
 		defer t.Stop()
 		warned := false
 		for {
+			if ch, frozen := a.frozenInst(inst); frozen {
+				t.Stop()
+				if !a.frozenLook(ctx, inst, ch) {
+					return
+				}
+				t.Reset(period)
+				continue
+			}
 			n, err := a.handoff.countConns()
 			switch {
 			case err == nil:
@@ -657,6 +672,13 @@ func (a *App) setConns(inst *instance, n connCount) {
 	if a.inst != inst {
 		return
 	}
+	if a.state == Frozen {
+		if n.accepted <= 0 && n.queued == 0 {
+			return
+		}
+		// Taken just before the freeze, or waiting: to be served.
+		a.thawLocked("connection")
+	}
 	if n.accepted < 0 {
 		n.accepted = max(a.active, 1)
 	}
@@ -674,4 +696,33 @@ func (a *App) setConns(inst *instance, n connCount) {
 		}
 	}
 	a.watchHandoffLocked() // each sample: a spent wake-up is armed again
+}
+
+// frozenInst reports whether inst is the app's frozen instance, with the
+// channel its next change of state closes.
+func (a *App) frozenInst(inst *instance) (<-chan struct{}, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.changed, a.inst == inst && a.state == Frozen
+}
+
+// frozenLook is the sampling of a frozen handoff app: none, but for one
+// look once the freeze took effect at what the app took just before it or
+// what waits in the backlog, which thaws it. It then waits for a change
+// of state (ch) and reports false when ctx ended.
+func (a *App) frozenLook(ctx context.Context, inst *instance, ch <-chan struct{}) bool {
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	err := inst.proc.WaitFrozen(wctx)
+	cancel()
+	if err == nil {
+		if n, err := a.handoff.countConns(); err == nil {
+			a.setConns(inst, n)
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-ch:
+		return true
+	}
 }

@@ -323,7 +323,7 @@ func TestHandoffArrivalsWhileReady(t *testing.T) {
 	}{
 		{"no idle timeout", 0, false, func(time.Duration) int64 { return 0 }},
 		{"the app holds a connection", idle, true, func(time.Duration) int64 { return 0 }},
-		{"the app looks idle", idle, false, func(d time.Duration) int64 { return 2*int64(d/samplePeriod(idle)+1) + 2 }},
+		{"the app looks idle", idle, false, func(d time.Duration) int64 { return 2*int64(d/samplePeriod(idle, 0)+1) + 2 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -26,6 +26,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == shimVerb { // before the backend: the shim runs it
 		os.Exit(ExecMain(os.Args[2:], os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == guardVerb {
+		os.Exit(procman.GuardMain(os.Stdin))
+	}
 	if os.Getenv("ROUSE_TEST_BACKEND") == "1" {
 		os.Exit(backend.Main(os.Args[1:], os.Stdout, os.Stderr))
 	}
@@ -88,6 +91,7 @@ type appSpec struct {
 	// onGoroutines: an http app's front serves every connection on a
 	// goroutine (frontConn), never in an event loop.
 	onGoroutines bool
+	guard        *procman.Guard // contains the app's processes (testGuard); nil: none
 }
 
 // goroutineListener hides a TCP listener's type from an HTTPFront, which
@@ -141,7 +145,7 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		if cfg.Mode == ModeHTTP {
 			lns = nil // the front accepts for an http app
 		}
-		a, err := New(cfg, lns, Options{Logger: log})
+		a, err := New(cfg, lns, Options{Logger: log, Guard: spec.guard})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -65,6 +65,8 @@ type Metrics struct {
 	Stops     map[string]uint64 // by reason: idle, lru, reload, shutdown, asked, failures
 	Outcomes  map[string]uint64 // by outcome (Outcome*, status class, rouse_5xx)
 	Errors    map[string]uint64 // request-level errors by kind (ErrKind*): not the process's fault
+	Freezes   uint64            // times the app was frozen (freeze_after)
+	Thaws     uint64            // times a frozen app was thawed
 	BytesIn   uint64            // from clients to the app (tcp)
 	BytesOut  uint64            // from the app to clients (tcp)
 	ColdStart Histogram         // spawn -> ready, seconds
@@ -95,6 +97,8 @@ func (m *metrics) update(f func(*Metrics)) {
 
 func (m *metrics) failure(kind string) { m.update(func(x *Metrics) { x.Failures[kind]++ }) }
 func (m *metrics) stop(why string)     { m.update(func(x *Metrics) { x.Stops[why]++ }) }
+func (m *metrics) froze()              { m.update(func(x *Metrics) { x.Freezes++ }) }
+func (m *metrics) thawed()             { m.update(func(x *Metrics) { x.Thaws++ }) }
 func (m *metrics) outcome(o string)    { m.update(func(x *Metrics) { x.Outcomes[o]++ }) }
 func (m *metrics) requestError(kind string) {
 	m.update(func(x *Metrics) { x.Errors[kind]++ })

@@ -51,11 +51,11 @@ func (a *App) Reconfigure(cfg Config) string {
 	if a.state == Ready && a.active == 0 && a.queued == 0 {
 		a.armIdleLocked() // with the new idle_timeout
 	}
-	if !restart || a.inst == nil || (a.state != Ready && a.state != Starting) {
+	if !restart || a.inst == nil || (a.state != Ready && a.state != Starting && a.state != Frozen) {
 		return "new settings from the next start"
 	}
 	a.inst.retiring = true
-	if a.state == Ready && a.active == 0 {
+	if (a.state == Ready || a.state == Frozen) && a.active == 0 {
 		a.stopLocked("reload", nil)
 	}
 	return "restarting with the new command once its connections are done"

@@ -16,6 +16,7 @@ const (
 	Ready                 // serving
 	Stopping              // asked to stop; connections arriving now are held
 	Backoff               // failed; no start attempt until the back-off ends
+	Frozen                // idle for freeze_after: the process is frozen; the next connection thaws it
 )
 
 func (s State) String() string {
@@ -30,6 +31,8 @@ func (s State) String() string {
 		return "stopping"
 	case Backoff:
 		return "backoff"
+	case Frozen:
+		return "frozen"
 	}
 	return fmt.Sprintf("State(%d)", int(s))
 }
@@ -39,7 +42,7 @@ func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // UnmarshalText reads a State from its name, as status clients need.
 func (s *State) UnmarshalText(b []byte) error {
-	for st := Idle; st <= Backoff; st++ {
+	for st := Idle; st <= Frozen; st++ {
 		if st.String() == string(b) {
 			*s = st
 			return nil

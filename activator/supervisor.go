@@ -227,7 +227,7 @@ func (s *Supervisor) Summary() Summary {
 	for _, a := range s.Apps() {
 		sum.Apps++
 		switch a.State() {
-		case Starting, Ready, Stopping:
+		case Starting, Ready, Frozen, Stopping:
 			sum.Running++
 		case Backoff:
 			sum.Backoff++

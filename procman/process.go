@@ -91,6 +91,7 @@ type Process struct {
 	mu       sync.Mutex
 	reaped   bool      // the leader is being or was reaped: its pid may be reused
 	stopSent time.Time // when Stop sent stopSignal; zero before
+	frozen   bool      // Freeze was asked and Thaw not since (freeze.go)
 
 	stats statsState
 }
@@ -319,9 +320,9 @@ func (p *Process) Err() error {
 	}
 }
 
-// Stop sends the stop signal to the process group, waits up to the stop
-// timeout for the process to exit, then SIGKILLs the group, and blocks until
-// Done is closed. It is idempotent: concurrent and repeated calls share one
+// Stop sends the stop signal to the process group (thawing it first if it
+// is frozen, or the signal would wait), waits up to the stop timeout for the
+// process to exit, then SIGKILLs the group, and blocks until Done is closed. It is idempotent: concurrent and repeated calls share one
 // stop signal and one deadline, and Stop after exit returns nil at once.
 // When ctx ends first, the group is SIGKILLed and an error wrapping
 // ctx.Err() is returned without waiting further.
@@ -357,6 +358,7 @@ func (p *Process) sendStopSignal() time.Time {
 	defer p.mu.Unlock()
 	if p.stopSent.IsZero() {
 		p.stopSent = time.Now()
+		p.thawForStopLocked()
 		p.signalLocked(p.stopSignal)
 	}
 	return p.stopSent.Add(p.stopTimeout)

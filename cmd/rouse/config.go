@@ -701,6 +701,7 @@ func (b *builder) build(ports map[int]string) *built {
 		Mode:               mode,
 		StartTimeout:       val(m, "start_timeout", defaultStartTimeout),
 		IdleTimeout:        val(m, "idle_timeout", defaultIdleTimeout),
+		FreezeAfter:        val[time.Duration](m, "freeze_after", 0),
 		QueueTimeout:       val(m, "queue_timeout", defaultQueueTimeout),
 		MaxQueued:          val(m, "max_queued", defaultMaxQueued),
 		MaxConns:           val(m, "max_conns", 0),
@@ -750,6 +751,9 @@ func (b *builder) build(ports map[int]string) *built {
 		addrs = append(addrs, addr)
 	}
 
+	if cfg.FreezeAfter > 0 && mode == activator.ModeInetd && !b.bad["mode"] {
+		b.problem("freeze_after", "not valid in inetd mode: its processes live for one connection each")
+	}
 	if len(cfg.Hosts) > 0 && mode != activator.ModeHTTP && !b.bad["mode"] {
 		b.problem("hosts", fmt.Sprintf("only valid in http mode; this app's mode is %s", mode))
 	}
@@ -959,6 +963,9 @@ func (c *Config) Describe(w io.Writer) {
 		idle := shortDuration(a.IdleTimeout)
 		if a.IdleTimeout == 0 {
 			idle = "never"
+		}
+		if a.FreezeAfter > 0 {
+			idle += ", freeze_after " + shortDuration(a.FreezeAfter)
 		}
 		fmt.Fprintf(w, "  ready     %s, idle_timeout %s\n", ready, idle)
 	}

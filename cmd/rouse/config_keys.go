@@ -78,6 +78,7 @@ var appKeys = map[string]parseFunc{
 	"ready":                parseReady,
 	"start_timeout":        durationKey(time.Nanosecond),
 	"idle_timeout":         durationKey(0),
+	"freeze_after":         durationKey(0),
 	"stop_timeout":         durationKey(time.Nanosecond),
 	"stop_signal":          parseSignal,
 	"queue_timeout":        durationKey(time.Nanosecond),

@@ -31,7 +31,7 @@ type appCollector struct {
 	budget int64 // [rouse].memory_budget in bytes, 0 = none
 
 	state, starts, failures, stops, requests, bytes *prometheus.Desc
-	reqErrors                                       *prometheus.Desc
+	reqErrors, freezes, thaws                       *prometheus.Desc
 	coldStart, queueWait                            *prometheus.Desc
 	rss, cpu, conns, queued                         *prometheus.Desc
 	apps, running, memUsed, memBudget, lruStops     *prometheus.Desc
@@ -56,15 +56,17 @@ func newAppCollector(sup *activator.Supervisor, memoryBudget int64) *appCollecto
 		sup:    sup,
 		budget: memoryBudget,
 
-		states:       []activator.State{activator.Idle, activator.Starting, activator.Ready, activator.Stopping, activator.Backoff},
+		states:       []activator.State{activator.Idle, activator.Starting, activator.Ready, activator.Stopping, activator.Backoff, activator.Frozen},
 		failureKinds: []string{activator.FailSpawn, activator.FailExit, activator.FailNotReady, activator.FailCrash, activator.FailRefused, activator.FailDialTimeout, activator.FailTooMany},
 		errorKinds:   []string{activator.ErrKindAppClosed, activator.ErrKindBadResponse, activator.ErrKindClient, activator.ErrKindUnforwardable, activator.ErrKindLocal, activator.ErrKindBacklog},
 		stopReasons:  []string{"idle", "lru", "reload", "shutdown", "asked", "failures"},
 		httpOutcomes: []string{"2xx", "3xx", "4xx", "5xx", "rouse_502", "rouse_503", "rouse_504"},
 		tcpOutcomes:  []string{activator.OutcomeServed, activator.OutcomeRefused},
 
-		state:     app("rouse_app_state", "Whether the app is in this state (1) or not (0): idle, starting, ready, stopping, backoff.", "state"),
+		state:     app("rouse_app_state", "Whether the app is in this state (1) or not (0): idle, starting, ready, stopping, backoff, frozen.", "state"),
 		starts:    app("rouse_app_starts_total", "Processes rouse spawned for the app."),
+		freezes:   app("rouse_app_freezes_total", "Times the app was frozen after freeze_after without activity."),
+		thaws:     app("rouse_app_thaws_total", "Times a frozen app was thawed (by a connection, or rouse start)."),
 		failures:  app("rouse_app_failures_total", "Evidence that the app's process is unhealthy, by kind: spawn, exit_before_ready, not_ready, crash, refused, dial_timeout, max_fails.", "kind"),
 		reqErrors: app("rouse_app_request_errors_total", "Requests or connections that failed without it being the process's fault, by kind: app_closed (accepted, then closed or reset before a whole response), bad_response, client, unforwardable (400 from rouse), local (rouse short of fds or memory), backlog_full. Never counted toward max_fails.", "kind"),
 		stops:     app("rouse_app_stops_total", "Processes rouse stopped on purpose, by reason: idle, lru, reload, shutdown, asked, failures.", "reason"),
@@ -88,7 +90,7 @@ func newAppCollector(sup *activator.Supervisor, memoryBudget int64) *appCollecto
 // Describe sends every Desc the collector uses.
 func (c *appCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.state, c.starts, c.failures, c.reqErrors, c.stops, c.requests, c.bytes,
+		c.state, c.starts, c.failures, c.reqErrors, c.stops, c.requests, c.bytes, c.freezes, c.thaws,
 		c.coldStart, c.queueWait, c.rss, c.cpu, c.conns, c.queued,
 		c.apps, c.running, c.memUsed, c.memBudget, c.lruStops,
 	} {
@@ -125,6 +127,8 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(c.state, boolValue(st.State == s), s.String())
 		}
 		counter(c.starts, m.Starts)
+		counter(c.freezes, m.Freezes)
+		counter(c.thaws, m.Thaws)
 		byLabel(c.failures, m.Failures, c.failureKinds)
 		byLabel(c.reqErrors, m.Errors, c.errorKinds)
 		byLabel(c.stops, m.Stops, c.stopReasons)
@@ -151,7 +155,7 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.queued, float64(st.Queued))
 
 		switch st.State {
-		case activator.Starting, activator.Ready, activator.Stopping:
+		case activator.Starting, activator.Ready, activator.Frozen, activator.Stopping:
 			running++
 			memUsed += st.RSSBytes
 		}

@@ -218,8 +218,8 @@ command = ["@BIN@", "__backend", "-exit", "1"]
 		if sum != 1 {
 			t.Errorf("rouse_app_state{app=%q} sums to %g, want 1", app, sum)
 		}
-		if n := len(metricsOf(fams, "rouse_app_state", "app", app)); n != 5 {
-			t.Errorf("rouse_app_state{app=%q} has %d series, want one per state (5)", app, n)
+		if n := len(metricsOf(fams, "rouse_app_state", "app", app)); n != 6 {
+			t.Errorf("rouse_app_state{app=%q} has %d series, want one per state (6)", app, n)
 		}
 	}
 

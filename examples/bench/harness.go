@@ -168,6 +168,9 @@ func (h *harness) run(ctx context.Context) (string, error) {
 	if h.o.want("cold") {
 		secs = append(secs, section{"cold start", h.coldStart}, section{"late backend", h.lateBackend})
 	}
+	if h.o.want("thaw") {
+		secs = append(secs, section{"freeze and thaw", h.thaw}, section{"frozen apps under a budget", h.thawFleet})
+	}
 	if h.o.want("burst") {
 		secs = append(secs, section{"burst", h.burst})
 	}

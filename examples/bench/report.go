@@ -34,6 +34,9 @@ type report struct {
 	lateDelay      time.Duration
 	lateBackendCmd string
 
+	thaw  []*thawResult
+	fleet *fleetResult
+
 	bursts   []*burstResult
 	burstCmd string
 
@@ -121,6 +124,7 @@ func (r *report) render(dir, rouse, self string) string {
 	r.renderTables(p)
 	r.renderIdleConns(p)
 	r.renderCold(p)
+	r.renderThaw(p)
 	r.renderBurst(p)
 	r.renderDensity(p)
 
@@ -194,7 +198,7 @@ func (t *tableResult) p99Ratio(a, b string) (float64, bool) {
 }
 
 func (r *report) renderSummary(p func(string, ...any)) {
-	if len(r.tables) == 0 && len(r.cold) == 0 && len(r.density) == 0 && len(r.bursts) == 0 {
+	if len(r.tables) == 0 && len(r.cold) == 0 && len(r.thaw) == 0 && len(r.density) == 0 && len(r.bursts) == 0 {
 		return
 	}
 	p("## Summary\n\n")
@@ -231,6 +235,7 @@ func (r *report) renderSummary(p func(string, ...any)) {
 		}
 		p(".\n")
 	}
+	r.summarizeThaw(p)
 	for _, l := range r.late {
 		p("- Backend still booting (%s): via %s, %d of %d requests answered.\n", r.lateDelay, l.name, l.kinds["ok"], l.n)
 	}

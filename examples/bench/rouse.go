@@ -21,6 +21,7 @@ type rouseApp struct {
 	command []string
 	ready   string // "" = rouse's default (tcp)
 	idle    string // idle_timeout; "" = the [defaults] one
+	freeze  string // freeze_after; "" = none
 }
 
 // writeRouseConfig writes DIR/NAME.toml for apps and returns it with the
@@ -43,6 +44,9 @@ func (h *harness) writeRouseConfig(name string, apps []rouseApp, idleDefault str
 		}
 		if a.idle != "" {
 			fmt.Fprintf(&b, "idle_timeout = %s\n", quote(a.idle))
+		}
+		if a.freeze != "" {
+			fmt.Fprintf(&b, "freeze_after = %s\n", quote(a.freeze))
 		}
 		quoted := make([]string, len(a.command))
 		for i, s := range a.command {
@@ -106,6 +110,7 @@ type appStatus struct {
 	Failures    int     `json:"failures"`
 	LastStartMS float64 `json:"last_start_ms"`
 	LastError   string  `json:"last_error"`
+	RSSBytes    int64   `json:"rss_bytes"`
 }
 
 func (d *rouseDaemon) status(ctx context.Context) ([]appStatus, error) {

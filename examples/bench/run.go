@@ -23,6 +23,7 @@ type options struct {
 	backend      string // go | nginx | auto
 	nginxWorkers string
 	coldN        int
+	thawN        int
 	idleConns    int
 	coldDelay    time.Duration
 	burstN       int
@@ -39,7 +40,7 @@ type options struct {
 
 func (o *options) want(section string) bool { return slices.Contains(o.only, section) }
 
-var sections = []string{"tcp", "http", "handoff", "cold", "burst", "density"}
+var sections = []string{"tcp", "http", "handoff", "cold", "thaw", "burst", "density"}
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	o := &options{args: args}
@@ -54,6 +55,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "auto", "worker_processes of the nginx proxy contender")
 	fs.IntVar(&o.idleConns, "idle-conns", 4000, "idle keep-alive connections held to each http proxy to measure their memory (0: none)")
 	fs.IntVar(&o.coldN, "cold-n", 50, "cold starts per case")
+	fs.IntVar(&o.thawN, "thaw-n", 20, "rounds of the thaw section (cold, thawed, warm request each; the app boots in 2 s)")
 	fs.DurationVar(&o.coldDelay, "cold-delay", 500*time.Millisecond, "boot time of the late backend (proxyd vs rouse)")
 	fs.IntVar(&o.burstN, "burst-n", 1000, "concurrent first requests of the burst section")
 	fs.IntVar(&o.burstRounds, "burst-rounds", 3, "rounds of the burst section")
@@ -74,7 +76,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		quickDefaults := map[string]string{"rounds": "2", "duration": "2s", "cold-n": "10", "density-idle": "5s", "burst-rounds": "1"}
+		quickDefaults := map[string]string{"rounds": "2", "duration": "2s", "cold-n": "10", "thaw-n": "5", "density-idle": "5s", "burst-rounds": "1"}
 		for name, v := range quickDefaults {
 			if !set[name] {
 				fs.Set(name, v)
@@ -92,7 +94,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("-duration and -warmup are whole seconds (wrk -d takes seconds); -warmup 0 skips the warm-up")
 	}
 	switch {
-	case o.rounds < 1, o.duration < time.Second, o.threads < 1, o.conns < o.threads, o.coldN < 1, o.densityApps < 1, o.idleConns < 0, o.burstN < 1, o.burstRounds < 1:
+	case o.rounds < 1, o.duration < time.Second, o.threads < 1, o.conns < o.threads, o.coldN < 1, o.thawN < 1, o.densityApps < 1, o.idleConns < 0, o.burstN < 1, o.burstRounds < 1:
 		return nil, errors.New("need -rounds >= 1, -duration >= 1s, -conns >= -threads >= 1, -cold-n >= 1, -density-apps >= 1, -idle-conns >= 0, -burst-n >= 1, -burst-rounds >= 1")
 	}
 	switch o.backend {
