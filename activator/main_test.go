@@ -88,6 +88,7 @@ type appSpec struct {
 	// onGoroutines: an http app's front serves every connection on a
 	// goroutine (frontConn), never in an event loop.
 	onGoroutines bool
+	access       func(AccessRecord) // Options.AccessLog
 }
 
 // goroutineListener hides a TCP listener's type from an HTTPFront, which
@@ -141,7 +142,7 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		if cfg.Mode == ModeHTTP {
 			lns = nil // the front accepts for an http app
 		}
-		a, err := New(cfg, lns, Options{Logger: log})
+		a, err := New(cfg, lns, Options{Logger: log, AccessLog: spec.access})
 		if err != nil {
 			t.Fatal(err)
 		}
