@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -208,5 +209,36 @@ func TestAccessRecordOfATCPConnection(t *testing.T) {
 	if r.Mode != ModeTCP || r.Status != http.StatusOK || r.Bytes != 5 || !r.Waited || r.Wait < 100*time.Millisecond ||
 		r.Attempts != 1 || r.Client != "127.0.0.1" || r.method != "" {
 		t.Errorf("record: %+v", r)
+	}
+}
+
+// An upgraded connection (net/http's path, through the access log's
+// ResponseWriter) is logged once it ends, as a 101.
+func TestAccessRecordOfAnUpgrade(t *testing.T) {
+	var log recordLog
+	ta := newTestApps(t, Capacity{}, appSpec{
+		args:   []string{"-proto", "http"},
+		edit:   func(c *Config) { c.Mode, c.AccessLog, c.ServerTiming = ModeHTTP, true, true },
+		access: log.log,
+	})[0]
+	c, err := net.Dial("tcp", ta.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	io.WriteString(c, "line\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "line\n" {
+		t.Fatalf("echo over the upgraded connection: %q %v", line, err)
+	}
+	c.Close()
+	if r := log.wait(t, 1)[0]; r.Status != 101 || r.target != "/upgrade" || !r.Waited || r.Attempts != 1 {
+		t.Errorf("record of the upgrade: %+v", r)
 	}
 }
