@@ -148,11 +148,17 @@ func (w *trackedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func (w *trackedWriter) WriteHeader(code int) {
 	if w.status == 0 && code >= 200 {
 		w.status = code
-		if w.tr.serverTiming(w.a.config()) {
-			w.Header().Add("Server-Timing", serverTimingValue(w.tr.waited(w.a.now())))
-		}
+		w.addServerTiming(w.Header())
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// addServerTiming adds Server-Timing to h, the head of the response, if
+// the request was held for the app.
+func (w *trackedWriter) addServerTiming(h http.Header) {
+	if w.tr.serverTiming(w.a.config()) {
+		h.Add("Server-Timing", serverTimingValue(w.tr.waited(w.a.now())))
+	}
 }
 
 func (w *trackedWriter) Write(p []byte) (int, error) {

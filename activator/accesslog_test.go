@@ -213,7 +213,8 @@ func TestAccessRecordOfATCPConnection(t *testing.T) {
 }
 
 // An upgraded connection (net/http's path, through the access log's
-// ResponseWriter) is logged once it ends, as a 101.
+// ResponseWriter) that waited for the start carries Server-Timing in its
+// 101, and is logged once it ends.
 func TestAccessRecordOfAnUpgrade(t *testing.T) {
 	var log recordLog
 	ta := newTestApps(t, Capacity{}, appSpec{
@@ -232,6 +233,9 @@ func TestAccessRecordOfAnUpgrade(t *testing.T) {
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != 101 {
 		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if st := resp.Header.Get("Server-Timing"); !strings.HasPrefix(st, "rouse-start;dur=") {
+		t.Errorf("the 101 of a cold app: Server-Timing %q", st)
 	}
 	io.WriteString(c, "line\n")
 	if line, err := br.ReadString('\n'); err != nil || line != "line\n" {

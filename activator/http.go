@@ -601,6 +601,9 @@ func (a *App) upgrade(w http.ResponseWriter, r *http.Request, inst *instance, re
 	removeHopHeaders(resp.Header)
 	resp.Header.Set("Connection", "Upgrade")
 	resp.Header.Set("Upgrade", proto)
+	if tw, ok := w.(*trackedWriter); ok {
+		tw.addServerTiming(resp.Header) // the 101 is written here, not by w
+	}
 	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	resp.Header.Write(brw)
 	brw.WriteString("\r\n")

@@ -116,14 +116,15 @@ func get(t *testing.T, url string) *http.Response {
 // waited, a warm request, Server-Timing on the first only), for an app
 // that cannot start (rouse's 503) and for a tcp connection; JSON for a
 // Python app, whose /drop route drops the connection (502 after the
-// retries). After the file is moved away and rouse gets SIGHUP (as
+// retries); an inetd app's connection goes to rouse's stderr. After the
+// file is moved away and rouse gets SIGHUP (as
 // logrotate does), lines go to a new file.
 func TestAccessLogOfARealRun(t *testing.T) {
 	script, err := filepath.Abs("../../examples/apps/pyapp.py")
 	if err != nil {
 		t.Fatal(err)
 	}
-	web, broken, py, echo := freePort(t), freePort(t), freePort(t), freePort(t)
+	web, broken, py, echo, inetd := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
 	file, control := writeConfig(t, fmt.Sprintf(`
 [apps.web]
 mode = "http"
@@ -145,7 +146,13 @@ access_log_format = "json"
 [apps.echo]
 listen = ["127.0.0.1:%d"]
 command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"]
-`, web, broken, py, pythonPath(t), script, echo))
+
+[apps.perconn]
+mode = "inetd"
+listen = ["127.0.0.1:%d"]
+command = ["@BIN@", "__backend", "-name", "perconn", "-inetd"]
+access_log = "stderr"
+`, web, broken, py, pythonPath(t), script, echo, inetd))
 	dir := filepath.Dir(file)
 	text, _ := os.ReadFile(file) // [rouse] is writeConfig's: the rouse-wide access log goes in it
 	text = []byte(strings.Replace(string(text), "[rouse]\n", "[rouse]\naccess_log = \"access.log\"\n", 1))
@@ -173,6 +180,9 @@ command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"
 	if got := echoOnce(t, echo, "ping"); got != "ping" {
 		t.Errorf("echo: %q", got)
 	}
+	if got := echoOnce(t, inetd, "hi\n"); !strings.HasPrefix(got, "perconn 127.0.0.1 ") {
+		t.Errorf("inetd: %q", got)
+	}
 	if resp := get(t, fmt.Sprintf("http://127.0.0.1:%d/", py)); resp.StatusCode != 200 {
 		t.Errorf("py: %s", resp.Status)
 	}
@@ -190,6 +200,18 @@ command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"
 		l := parseJSONLine(t, line)
 		byApp[l.App] = append(byApp[l.App], l)
 	}
+	var stderrLine string
+	waitFor(t, "the inetd app's line on rouse's stderr", func() bool {
+		for line := range strings.SplitSeq(r.log.String(), "\n") {
+			if strings.Contains(line, " app=perconn ") {
+				stderrLine = line
+				return true
+			}
+		}
+		return false
+	})
+	l := parseCombined(t, stderrLine)
+	byApp[l.App] = append(byApp[l.App], l)
 	check := func(app string, i int, ok func(l accessLine) bool) {
 		t.Helper()
 		if len(byApp[app]) <= i {
@@ -213,6 +235,9 @@ command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"
 	check("broken", 0, func(l accessLine) bool { return http1(l, "/", 503) && l.Waited && l.Attempts == 0 && l.Bytes > 0 })
 	check("echo", 0, func(l accessLine) bool {
 		return l.Mode == "tcp" && l.Method == "" && l.Status == 200 && l.Bytes == 4 && l.Waited && l.Attempts == 1
+	})
+	check("perconn", 0, func(l accessLine) bool {
+		return l.Mode == "inetd" && l.Client == "127.0.0.1" && l.Method == "" && l.Status == 200 && l.Bytes == 0 && l.Attempts == 1
 	})
 	check("py", 0, func(l accessLine) bool {
 		return http1(l, "/", 200) && l.UserAgent == `test "agent"/1` && l.Waited && l.Attempts == 1
