@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -305,4 +306,36 @@ func TestAccessLogCopiesAndDrops(t *testing.T) {
 	if l.Dropped() != 1 {
 		t.Errorf("dropped %d, want 1 once the batch is full", l.Dropped())
 	}
+}
+
+// Whatever bytes a client sends, a JSON line is one valid object that
+// gives them back (invalid UTF-8 as U+FFFD), and a combined line is one
+// line whose quoted fields hold no quote.
+func FuzzAccessLine(f *testing.F) {
+	f.Add([]byte("/a?b=c"), []byte("curl/8"))
+	f.Add([]byte("/\"\\\x00\xff"), []byte("\n\r\té"))
+	f.Fuzz(func(t *testing.T, target, ua []byte) {
+		r := activator.AccessRecord{App: "a", Mode: activator.ModeHTTP, Method: []byte("GET"), Target: target,
+			Proto: []byte("HTTP/1.1"), UserAgent: ua, Status: 200}
+		var l accessLine
+		js := appendAccessJSON(nil, &r)
+		if bytes.ContainsAny(js, "\n\r") || json.Unmarshal(js, &l) != nil {
+			t.Fatalf("not one JSON line: %q", js)
+		}
+		if l.Path != viaJSON(target) || l.UserAgent != viaJSON(ua) {
+			t.Errorf("read back %q %q from %q %q", l.Path, l.UserAgent, target, ua)
+		}
+		line := appendCombined(nil, &r)
+		if bytes.ContainsAny(line, "\n\r") || bytes.Count(line, []byte(`"`)) != 6 {
+			t.Fatalf("not one combined line with three quoted fields: %q", line)
+		}
+	})
+}
+
+// viaJSON is what encoding/json makes of p: each invalid byte U+FFFD.
+func viaJSON(p []byte) string {
+	b, _ := json.Marshal(string(p))
+	var s string
+	json.Unmarshal(b, &s)
+	return s
 }
