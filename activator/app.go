@@ -41,7 +41,8 @@ type App struct {
 	shim    []string // handoff and inetd modes: Options.ExecShim
 	handoff *handoff // handoff mode: the sockets handed to the app
 
-	movePort func(name string, taken int) (Config, error) // Options.MovePort
+	movePort  func(name string, taken int) (Config, error) // Options.MovePort
+	accessLog func(AccessRecord)                           // Options.AccessLog
 
 	metrics *metrics
 	pool    *pool         // shared capacity; nil when no limit is set
@@ -108,6 +109,12 @@ type Options struct {
 	// port ({port} and $PORT substituted anew). nil: ports never move. It
 	// is called with no lock of the app held.
 	MovePort func(name string, taken int) (Config, error)
+	// AccessLog takes the access record of each request (http) or
+	// connection (tcp, inetd) of an app whose Config.AccessLog is set. It
+	// is called on the serving paths, the event loops included: it must
+	// not block, and must copy what it keeps of the record's slices. nil:
+	// no access log.
+	AccessLog func(AccessRecord)
 }
 
 // New returns an app that serves on lns once Serve is called. It takes
@@ -130,7 +137,7 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		metrics: newMetrics(),
 		gate:    newDialGate(),
 	}
-	a.movePort = opts.MovePort
+	a.movePort, a.accessLog = opts.MovePort, opts.AccessLog
 	cfg.Process.Notify = cfg.Ready.Kind == "notify" // readiness is the app's READY=1
 	a.cfgp.Store(&cfg)
 	if cfg.Mode == ModeHTTP {

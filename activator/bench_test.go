@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -107,8 +109,41 @@ func lastReady(b *testing.B, file string) time.Time {
 // reports both latencies and their ratio. allocs/op counts the whole test
 // process, rouse included (the client side here allocates nothing), so it
 // is what rouse allocates per proxied request.
-func BenchmarkHTTPKeepAlive(b *testing.B) {
-	ta := newTestApp(b, []string{"-proto", "http", "-plain"}, func(c *Config) { c.Mode = ModeHTTP })
+func BenchmarkHTTPKeepAlive(b *testing.B) { benchKeepAlive(b, nil) }
+
+// BenchmarkHTTPKeepAliveAccessLog is BenchmarkHTTPKeepAlive with the
+// access log on, into a sink that copies the record's bytes as
+// cmd/rouse's does: the record costs the event loop no allocation.
+func BenchmarkHTTPKeepAliveAccessLog(b *testing.B) {
+	var sink copySink
+	benchKeepAlive(b, sink.log)
+	if sink.n.Load() < int64(b.N) {
+		b.Errorf("%d access records for %d requests", sink.n.Load(), b.N)
+	}
+}
+
+// copySink copies each record's request line into a buffer of its own.
+type copySink struct {
+	mu  sync.Mutex
+	buf [512]byte
+	n   atomic.Int64
+}
+
+func (s *copySink) log(r AccessRecord) {
+	s.mu.Lock()
+	k := copy(s.buf[:], r.Method)
+	k += copy(s.buf[k:], r.Target)
+	copy(s.buf[k:], r.UserAgent)
+	s.mu.Unlock()
+	s.n.Add(1)
+}
+
+func benchKeepAlive(b *testing.B, access func(AccessRecord)) {
+	ta := newTestApps(b, Capacity{}, appSpec{
+		args:   []string{"-proto", "http", "-plain"},
+		edit:   func(c *Config) { c.Mode, c.AccessLog = ModeHTTP, access != nil },
+		access: access,
+	})[0]
 	via := dialHTTP(b, ta.addr)
 	via.get(b) // starts the app
 	direct := dialHTTP(b, ta.config().UpstreamAddress)

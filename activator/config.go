@@ -52,6 +52,7 @@ type Config struct {
 	FailTimeout  time.Duration
 	BackoffMax   time.Duration // cap of the crash-loop back-off (1s, 2s, 4s, ...)
 	KeepWarm     bool          // started with rouse, never stopped for idleness or to make room
+	AccessLog    bool          // each request (http) or connection (tcp, inetd) goes to Options.AccessLog
 
 	// http mode
 	Hosts              []string       // Host names routed to this app on a shared listen address ("*.example.com" too)
@@ -64,6 +65,9 @@ type Config struct {
 	// held as ever.
 	StartPage      bool
 	StartPageAfter time.Duration
+	// ServerTiming: a response that waited for the app carries
+	// Server-Timing: rouse-start;dur=MS (accesslog.go).
+	ServerTiming bool
 	// A client's side, on every path, as nginx names them; 0 is the
 	// default (DefaultHeaderTimeout, ...).
 	HeaderTimeout time.Duration // a request head must arrive within this (the longest of a front's apps)

@@ -80,6 +80,10 @@ type frontConn struct {
 	out          []byte // the request as sent to the app
 	resp         []byte // a response head from the app
 	line         []byte
+	// For the access log: the status of the response being sent, the
+	// bytes written to the client so far, and where the body began.
+	status         int
+	sent, bodyFrom int64
 }
 
 func newFrontConn(f *HTTPFront, c net.Conn) *frontConn {
@@ -272,9 +276,11 @@ func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				q := &fc.rq
 				q.a, fc.closeAfter = a, true
+				fc.beginResponse()
 				a.bodyFailed(q.errorWriter(), err)
 				q.err.writeTo(fc)
 				fc.bw.Flush()
+				fc.logAccess(a, start)
 			}
 			return false
 		}
@@ -305,6 +311,8 @@ func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 	q := &fc.rq
 	q.a, q.err = a, nil
 	fc.closeAfter, fc.cut = fc.head.close, false
+	fc.beginResponse()
+	defer fc.logAccess(a, start)
 	if !a.proxy(q, start) || fc.cut {
 		return false
 	}
@@ -316,6 +324,61 @@ func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// beginResponse readies the access log's counts for the next response.
+func (fc *frontConn) beginResponse() {
+	fc.rq.proxyTrace = proxyTrace{}
+	fc.status, fc.sent, fc.bodyFrom = 0, 0, 0
+}
+
+// written is how many response bytes went to fc.bw so far: sent to the
+// client, or buffered.
+func (fc *frontConn) written() int64 {
+	if fc.bw == nil {
+		return fc.sent
+	}
+	return fc.sent + int64(fc.bw.Buffered())
+}
+
+// headWritten notes a response head (of status) written to fc.bw; what
+// follows is its body.
+func (fc *frontConn) headWritten(status int) {
+	fc.status, fc.bodyFrom = status, fc.written()
+}
+
+// appendServerTiming adds to a response head being built for the request
+// in progress the Server-Timing header of a request held for the app.
+func (fc *frontConn) appendServerTiming(head []byte) []byte {
+	q := &fc.rq
+	if !q.serverTiming(q.a.config()) {
+		return head
+	}
+	head = append(head, "Server-Timing: "...)
+	return append(appendServerTiming(head, q.waited(q.a.now())), '\r', '\n')
+}
+
+// logAccess logs the request of fc.out, served since start.
+func (fc *frontConn) logAccess(a *App, start time.Time) {
+	if !a.logsAccess() {
+		return
+	}
+	status, body := fc.status, int64(0)
+	if status == 0 {
+		status = StatusClientGone
+	} else {
+		body = fc.written() - fc.bodyFrom
+	}
+	// From fc.out, not fc.head: the reader's buffer, where fc.head
+	// points, may hold the next request by now.
+	method, target := requestLine(fc.out)
+	q := &fc.rq
+	a.logAccess(AccessRecord{
+		Client: fc.ip, Time: start, Duration: a.now().Sub(start),
+		Method: method, Target: target, Proto: proto11,
+		Referer: headerBytes(fc.out, "referer"), UserAgent: headerBytes(fc.out, "user-agent"),
+		Status: status, Bytes: body, Waited: q.wasHeld, Wait: q.wait, Attempts: q.attempts,
+	})
 }
 
 // reject answers 400 with text, and closes the connection.
@@ -358,7 +421,9 @@ func (fc *frontConn) abandon() {
 // within the app's send_timeout.
 func (fc *frontConn) Write(p []byte) (int, error) {
 	fc.c.SetWriteDeadline(time.Now().Add(fc.sendTimeout()))
-	return fc.c.Write(p)
+	n, err := fc.c.Write(p)
+	fc.sent += int64(n)
+	return n, err
 }
 
 // sendTimeout is the send_timeout of the app of the request being served.
@@ -422,6 +487,7 @@ type rawRequest struct {
 	held   *instance
 	resume *upConn
 	unsent int
+	proxyTrace
 }
 
 func (q *rawRequest) context() context.Context { return q.fc.ctx }
@@ -487,8 +553,12 @@ func (w *rawResponse) writeTo(fc *frontConn) {
 	if fc.closeAfter || fc.f.shutting.Load() {
 		w.header.Set("Connection", "close")
 	}
+	if q := &fc.rq; q.serverTiming(q.a.config()) {
+		w.header.Add("Server-Timing", serverTimingValue(q.waited(q.a.now())))
+	}
 	w.header.Write(bw)
 	bw.WriteString("\r\n")
+	fc.headWritten(w.code)
 	if !fc.head.isHead() {
 		bw.Write(w.body)
 	}

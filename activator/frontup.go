@@ -294,11 +294,12 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		fc.closeAfter = true
 		fc.resp = append(fc.resp, "Connection: close\r\n"...)
 	}
-	fc.resp = append(fc.resp, '\r', '\n')
+	fc.resp = append(fc.appendServerTiming(fc.resp), '\r', '\n')
 	_, err := fc.bw.Write(fc.resp)
 	if err != nil {
 		err = writeError{err}
 	}
+	fc.headWritten(r.status)
 	switch {
 	case err != nil, r.noBody:
 	case r.chunked:
@@ -430,6 +431,7 @@ func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
 		dst.SetWriteDeadline(time.Now().Add(fc.sendTimeout()))
 		_, err = dst.ReadFrom(src)
 		n -= step - src.N
+		fc.sent += step - src.N
 		if src.N > 0 {
 			break // the app closed early
 		}

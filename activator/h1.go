@@ -50,6 +50,7 @@ func headEnd(b []byte, from int) int {
 // reqHead is what the front needs to know of a request head it parsed.
 type reqHead struct {
 	method, target, host []byte // slices of the head
+	referer, userAgent   []byte // for the access log
 	contentLength        int64
 	close                bool // Connection: close
 	teTrailers           bool // TE: trailers, forwarded as the app may send trailers
@@ -122,6 +123,10 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 			}
 		case foldEq(name, "te"):
 			h.teTrailers = foldEq(value, "trailers")
+		case foldEq(name, "referer"):
+			h.referer = value
+		case foldEq(name, "user-agent"):
+			h.userAgent = value
 		case foldEq(name, "transfer-encoding"), foldEq(name, "expect"), foldEq(name, "upgrade"):
 			return false
 		case forwardedHeader(name):

@@ -67,6 +67,11 @@ func newHTTPUpstream(cfg Config, gate *dialGate) *httpUpstream {
 func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := a.now()
 	rq := &httpRequest{a: a, w: w, r: r}
+	if cfg := a.config(); cfg.AccessLog || cfg.ServerTiming {
+		tw := &trackedWriter{ResponseWriter: w, a: a, r: r, tr: &rq.proxyTrace}
+		w, rq.w = tw, tw
+		defer tw.done(start)
+	}
 	if len(r.TransferEncoding) > 0 {
 		// net/http's server read it de-chunked; it might have come with a
 		// Content-Length, which net/http does not say (ambiguousFraming):
@@ -118,6 +123,9 @@ type proxyRequest interface {
 	// taken returns, once, the app's slot taken for the request before
 	// proxy (by an event loop), or nil.
 	taken() *instance
+	// trace is where proxy notes how long the request was held and how
+	// many attempts it took.
+	trace() *proxyTrace
 }
 
 // proxy takes one request through its attempts, under the retry rules of
@@ -129,6 +137,7 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 	defer a.pending.Add(-1)
 	ctx := rq.context()
 	cfg := a.config()
+	tr := rq.trace()
 	deadline := start.Add(cfg.QueueTimeout)
 	retryDeadline := start.Add(cfg.RetryTimeout)
 	var lastErr error
@@ -138,6 +147,7 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 			inst = a.tryAcquire()
 		}
 		if inst == nil {
+			tr.holdBegan(a.now())
 			release := rq.hold()
 			var err error
 			if try == 1 && a.wantsStartPage(rq) {
@@ -145,12 +155,14 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 				inst, answered, err = a.holdForPage(rq, start, deadline)
 				if answered {
 					release()
+					tr.holdEnded(a.now())
 					return true
 				}
 			} else {
 				inst, err = a.acquire(ctx, deadline, try > 1)
 			}
 			release()
+			tr.holdEnded(a.now())
 			if err != nil {
 				return a.refuse(rq, err, lastErr)
 			}
@@ -160,6 +172,7 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 			a.bodyFailed(rq.errorWriter(), err)
 			return true
 		}
+		tr.attempts++
 		res := rq.exchange(inst)
 		a.release(inst)
 		if res.err == nil || res.answered {
@@ -220,6 +233,7 @@ type httpRequest struct {
 	body  *requestBody
 	timed *timedBody // r.Body, when there is one
 	cut   bool       // the response broke off: cut the client's connection
+	proxyTrace
 }
 
 func (q *httpRequest) context() context.Context         { return q.r.Context() }
@@ -587,6 +601,9 @@ func (a *App) upgrade(w http.ResponseWriter, r *http.Request, inst *instance, re
 	removeHopHeaders(resp.Header)
 	resp.Header.Set("Connection", "Upgrade")
 	resp.Header.Set("Upgrade", proto)
+	if tw, ok := w.(*trackedWriter); ok {
+		tw.addServerTiming(resp.Header) // the 101 is written here, not by w
+	}
 	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	resp.Header.Write(brw)
 	brw.WriteString("\r\n")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -62,20 +63,26 @@ func (a *App) serveInetdConn(c *inetdConn) {
 	defer a.untrack(c)
 	defer c.Close()
 	remote := c.RemoteAddr().String()
-	if err := a.inetdAcquire(c); err != nil {
+	start := a.now()
+	var tr proxyTrace
+	if err := a.inetdAcquire(c, &tr); err != nil {
 		why := describeErr(err)
 		if errors.Is(err, ErrQueueTimeout) {
 			why = fmt.Sprintf("no free process slot (max_conns %d) within queue_timeout", a.config().MaxConns)
 		}
 		a.log.Info("connection closed", "remote", remote, "why", why)
+		a.logConn(c, start, connStatus(err), 0, &tr)
 		return
 	}
 	t0 := a.now()
+	tr.attempts = 1
 	p, err := a.spawnInetd(c)
 	if err != nil {
 		a.inetdEnd(c, nil, false, err)
+		a.logConn(c, start, http.StatusBadGateway, 0, &tr)
 		return
 	}
+	defer a.logConn(c, start, http.StatusOK, 0, &tr)
 	c.Conn.Close() // the process has the connection now
 	a.log.Debug("spawned", "pid", p.Pid(), "remote", remote)
 	stopped := false
@@ -90,12 +97,18 @@ func (a *App) serveInetdConn(c *inetdConn) {
 }
 
 // inetdAcquire takes one of the max_conns process slots for c, waiting up
-// to queue_timeout for one to be free.
-func (a *App) inetdAcquire(c *inetdConn) error {
+// to queue_timeout for one to be free; tr notes the wait.
+func (a *App) inetdAcquire(c *inetdConn, tr *proxyTrace) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	w := heldWait{a: a, arrived: a.now()}
 	defer w.done()
+	defer func() {
+		if w.waiting {
+			tr.holdBegan(w.arrived)
+			tr.holdEnded(a.now())
+		}
+	}()
 	deadline := w.arrived.Add(a.config().QueueTimeout)
 	for {
 		switch {

@@ -153,6 +153,11 @@ type loopConn struct {
 	closeAfter bool
 	retried    bool       // the one silent retry on a new connection was used
 	relay      relayState // lcRelaying
+	// For the access log: the response's status and head length, and
+	// the bytes of it written to the client so far.
+	status   int
+	respHead int
+	toClient int64
 }
 
 // relayState is where a response the loop passes on as it comes stands.
@@ -638,6 +643,7 @@ func (l *evLoop) serveRequest(c *loopConn) {
 	c.r += n + body
 	c.a, c.inst, c.start = a, inst, l.now
 	c.closeAfter, c.retried, c.sent = h.close, false, 0
+	c.status, c.toClient = 0, 0
 	c.state = lcSending
 	l.busy++
 	if l.connect(c, up) {
@@ -902,6 +908,7 @@ func (l *evLoop) endHead(c *loopConn, r *respHead) {
 		c.resp = append(c.resp, "Connection: close\r\n"...)
 	}
 	c.resp = append(c.resp, '\r', '\n')
+	c.status, c.respHead = r.status, len(c.resp)
 }
 
 // writeClient writes out[c.written:] to the client; false when it has to
@@ -923,12 +930,14 @@ func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 		}
 		c.written += n
 		c.wrote = true
+		c.toClient += int64(n)
 	}
 	return true
 }
 
 // answered goes on to the next request, the response being sent.
 func (l *evLoop) answered(c *loopConn) {
+	l.logAccess(c)
 	c.served++
 	c.state = lcWaiting
 	if c.closeAfter {
@@ -1062,6 +1071,26 @@ func (l *evLoop) cutRelay(c *loopConn, err error) {
 	l.closeConn(c)
 }
 
+// logAccess logs the exchange of c, which ends: answered, or cut short.
+func (l *evLoop) logAccess(c *loopConn) {
+	a := c.a
+	if !a.logsAccess() {
+		return
+	}
+	status, body := c.status, int64(0)
+	if status == 0 {
+		status = StatusClientGone
+	} else {
+		body = max(0, c.toClient-int64(c.respHead))
+	}
+	h := &c.head
+	a.logAccess(AccessRecord{
+		Client: c.ip, Time: c.start, Duration: l.now.Sub(c.start),
+		Method: h.method, Target: h.target, Proto: proto11, Referer: h.referer, UserAgent: h.userAgent,
+		Status: status, Bytes: body, Attempts: 1,
+	})
+}
+
 // release gives back the app's slot the request held.
 func (l *evLoop) release(c *loopConn) {
 	if c.inst != nil {
@@ -1119,6 +1148,9 @@ func (l *evLoop) forget(fd int) {
 
 // closeConn closes a client connection and whatever it had going.
 func (l *evLoop) closeConn(c *loopConn) {
+	if c.state != lcWaiting && c.state != lcGone {
+		l.logAccess(c) // an exchange cut short
+	}
 	if c.up != nil {
 		c.up.c = nil
 		l.closeUp(c.up)

@@ -91,7 +91,8 @@ type appSpec struct {
 	// onGoroutines: an http app's front serves every connection on a
 	// goroutine (frontConn), never in an event loop.
 	onGoroutines bool
-	guard        *procman.Guard // contains the app's processes (testGuard); nil: none
+	guard        *procman.Guard     // contains the app's processes (testGuard); nil: none
+	access       func(AccessRecord) // Options.AccessLog
 }
 
 // goroutineListener hides a TCP listener's type from an HTTPFront, which
@@ -145,7 +146,7 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		if cfg.Mode == ModeHTTP {
 			lns = nil // the front accepts for an http app
 		}
-		a, err := New(cfg, lns, Options{Logger: log, Guard: spec.guard})
+		a, err := New(cfg, lns, Options{Logger: log, Guard: spec.guard, AccessLog: spec.access})
 		if err != nil {
 			t.Fatal(err)
 		}

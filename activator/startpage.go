@@ -118,15 +118,18 @@ func (a *App) holdForPage(rq proxyRequest, start, deadline time.Time) (inst *ins
 
 // headerValue returns the value of the first header called name (lower
 // case) in the request head, "" if none.
-func headerValue(head []byte, name string) string {
+func headerValue(head []byte, name string) string { return string(headerBytes(head, name)) }
+
+// headerBytes is headerValue as a slice of head; nil if there is none.
+func headerBytes(head []byte, name string) []byte {
 	_, rest, _ := cutLine(head) // the request line
 	for {
 		line, more, ok := cutLine(rest)
 		if !ok || len(line) == 0 {
-			return ""
+			return nil
 		}
 		if n, v, ok := splitHeader(line); ok && foldEq(n, name) {
-			return string(v)
+			return v
 		}
 		rest = more
 	}

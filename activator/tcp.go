@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 )
 
@@ -127,10 +128,13 @@ func (a *App) serveConn(c net.Conn) {
 	defer a.wg.Done()
 	defer a.untrack(c)
 	defer c.Close()
-	inst, up, err := a.connect(context.Background(), c)
+	start := a.now()
+	var tr proxyTrace
+	inst, up, err := a.connect(context.Background(), c, &tr)
 	if err != nil {
 		a.metrics.outcome(OutcomeRefused)
 		a.log.Info("connection refused", "remote", c.RemoteAddr().String(), "why", describeErr(err))
+		a.logConn(c, start, connStatus(err), 0, &tr)
 		return
 	}
 	a.metrics.outcome(OutcomeServed)
@@ -138,6 +142,7 @@ func (a *App) serveConn(c net.Conn) {
 	defer up.Close()
 	in, out, err := proxy(c, up)
 	a.metrics.bytes(in, out)
+	a.logConn(c, start, http.StatusOK, out, &tr)
 	if err != nil {
 		// Whichever side broke it, the app had accepted the connection:
 		// never evidence against its process.
@@ -146,9 +151,9 @@ func (a *App) serveConn(c net.Conn) {
 }
 
 // connect waits for the app and dials it for client, retrying a failed dial
-// within retry_tries and retry_timeout. On success the caller owns a slot
-// and must release it.
-func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn, error) {
+// within retry_tries and retry_timeout, and notes the wait and the dials
+// in tr. On success the caller owns a slot and must release it.
+func (a *App) connect(ctx context.Context, client net.Conn, tr *proxyTrace) (*instance, net.Conn, error) {
 	a.pending.Add(1)
 	defer a.pending.Add(-1)
 	start := a.now()
@@ -156,13 +161,20 @@ func (a *App) connect(ctx context.Context, client net.Conn) (*instance, net.Conn
 	retryDeadline := start.Add(a.config().RetryTimeout)
 	var lastErr error
 	for try := 1; ; try++ {
-		inst, err := a.acquire(ctx, deadline, try > 1)
+		inst := a.tryAcquire()
+		var err error
+		if inst == nil {
+			tr.holdBegan(a.now())
+			inst, err = a.acquire(ctx, deadline, try > 1)
+			tr.holdEnded(a.now())
+		}
 		if err != nil {
 			if lastErr != nil {
 				return nil, nil, errors.Join(lastErr, err)
 			}
 			return nil, nil, err
 		}
+		tr.attempts++
 		up, err := a.gate.open(ctx, a.config().UpstreamNetwork, a.config().UpstreamAddress)
 		if err == nil {
 			if a.adopt(inst, client, up) {

@@ -36,6 +36,8 @@ type Config struct {
 	LogLevel     slog.Level          // [rouse].log_level: "debug"|"info"|"warn"|"error", default info
 	PortRange    portRange           // [rouse].port_range: where port = 0 picks app ports
 	Containment  procman.Containment // [rouse].containment: "auto" (cgroup when possible) | "subreaper"
+	AccessLog    string              // [rouse].access_log: "off" (default) | "stderr" | "journal" | an absolute file path
+	AccessFormat string              // [rouse].access_log_format: "combined" (default) | "json"
 	Apps         []App               // sorted by name
 	// Warnings are things that are allowed but likely wrong (an include
 	// pattern that matches no file); `rouse check --strict` fails on them.
@@ -51,6 +53,10 @@ type App struct {
 	Addrs            []listeners.Addr // parsed listen addresses, same order as Listen
 	Port             int              // the app's port ({port}, $PORT): as written, picked when 0 and needed, or 0
 	Source           string           // "file:line" of its [apps.NAME] table
+	// Where its access log goes and how, the [rouse] ones filled in:
+	// as Config.AccessLog and AccessFormat (Config.AccessLog is whether
+	// it is on).
+	AccessTarget, AccessFormat string
 
 	tmpl portTemplate // what holds {port}, to move the app to another picked port
 }
@@ -285,6 +291,8 @@ func (l *loader) load(path, abs string, data []byte) *Config {
 		Control:      defaultControl,
 		DrainTimeout: defaultDrainTimeout,
 		LogLevel:     slog.LevelInfo,
+		AccessLog:    defaultAccessLog,
+		AccessFormat: defaultAccessFormat,
 	}
 	main, doc := l.parse(path, filepath.Dir(abs), data)
 	if doc == nil {
@@ -324,6 +332,16 @@ func (l *loader) load(path, abs string, data []byte) *Config {
 	}
 	cfg.Apps = l.buildApps(unique, defs)
 	sort.Slice(cfg.Apps, func(i, j int) bool { return cfg.Apps[i].Name < cfg.Apps[j].Name })
+	for i := range cfg.Apps {
+		a := &cfg.Apps[i]
+		if a.AccessTarget == "" {
+			a.AccessTarget = cfg.AccessLog
+		}
+		if a.AccessFormat == "" {
+			a.AccessFormat = cfg.AccessFormat
+		}
+		a.Config.AccessLog = a.AccessTarget != accessOff && a.Mode != activator.ModeHandoff
+	}
 	return cfg
 }
 
@@ -370,6 +388,10 @@ func (l *loader) rouseTable(cfg *Config, f *srcFile, v any) []string {
 			cfg.PortRange = val.(portRange)
 		case "containment":
 			cfg.Containment = val.(procman.Containment)
+		case "access_log":
+			cfg.AccessLog = val.(string)
+		case "access_log_format":
+			cfg.AccessFormat = val.(string)
 		}
 	}
 	return include
@@ -721,6 +743,7 @@ func (b *builder) build(ports map[int]string) *built {
 		TrustedProxies:     val[[]netip.Prefix](m, "trusted_proxies", nil),
 		StartPage:          val(m, "start_page", false),
 		StartPageAfter:     val(m, "start_page_after", defaultStartPageAfter),
+		ServerTiming:       val(m, "server_timing", true),
 	}
 	rd := val(m, "ready", readiness{kind: "tcp"})
 	cfg.Ready.Kind, cfg.Ready.Path = rd.kind, rd.path
@@ -809,7 +832,8 @@ func (b *builder) build(ports map[int]string) *built {
 			b.problem(p.Key, p.Msg)
 		}
 	}
-	return &built{App: App{Config: cfg, Addrs: addrs, Port: port, Source: b.a.source(), tmpl: tmpl}, b: b}
+	return &built{App: App{Config: cfg, Addrs: addrs, Port: port, Source: b.a.source(), tmpl: tmpl,
+		AccessTarget: val(m, "access_log", ""), AccessFormat: val(m, "access_log_format", "")}, b: b}
 }
 
 // pick asks PickPort for a port no other app has, unless the app had one

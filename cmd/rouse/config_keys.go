@@ -39,6 +39,8 @@ const (
 	defaultBackoffMax     = 5 * time.Minute
 	defaultResponseTime   = 60 * time.Second
 	defaultStartPageAfter = time.Second
+	defaultAccessLog      = accessOff
+	defaultAccessFormat   = "combined"
 	defaultUpstream       = "127.0.0.1:{port}"
 )
 
@@ -60,6 +62,9 @@ var rouseKeys = map[string]parseFunc{
 	"procs":         intKey(0, 4096),
 	"port_range":    parsePortRangeKey,
 	"containment":   parseContainment,
+
+	"access_log":        parseAccessLog(false),
+	"access_log_format": parseAccessLogFormat(false),
 }
 
 // appKeys are the keys of an [apps.NAME] table and of [defaults]; it is
@@ -103,6 +108,9 @@ var appKeys = map[string]parseFunc{
 	"memory_max":           parseMemoryMax,
 	"cpu_max":              parseCPUMax,
 	"tasks_max":            intKey(1, math.MaxInt32),
+	"access_log":           parseAccessLog(true),
+	"access_log_format":    parseAccessLogFormat(true),
+	"server_timing":        func(v any, _ string) (any, error) { return asBool(v) },
 }
 
 // stopSignals are the signals stop_signal may name.
@@ -554,4 +562,47 @@ func parsePortRangeKey(v any, _ string) (any, error) {
 		return nil, err
 	}
 	return parsePortRange(s)
+}
+
+// parseAccessLog reads access_log: "off", "stderr", "journal" or a file
+// (relative to the config file's directory); in an app (orRouseWide) also
+// "", the [rouse] one.
+func parseAccessLog(orRouseWide bool) parseFunc {
+	return func(v any, dir string) (any, error) {
+		s, err := asString(v)
+		if err != nil {
+			return nil, err
+		}
+		switch s {
+		case accessOff, accessStderr, accessJournal:
+			return s, nil
+		case "":
+			if orRouseWide {
+				return s, nil
+			}
+			return nil, errors.New(`want "off", "stderr", "journal" or a file path`)
+		}
+		if strings.HasSuffix(s, "/") || strings.ContainsRune(s, 0) {
+			return nil, fmt.Errorf(`invalid file %q: want "off", "stderr", "journal" or a file path`, s)
+		}
+		if !filepath.IsAbs(s) {
+			s = filepath.Join(dir, s)
+		}
+		return filepath.Clean(s), nil
+	}
+}
+
+// parseAccessLogFormat reads access_log_format: "combined" or "json"; in
+// an app (orRouseWide) also "", the [rouse] one.
+func parseAccessLogFormat(orRouseWide bool) parseFunc {
+	return func(v any, _ string) (any, error) {
+		s, err := asString(v)
+		if err != nil {
+			return nil, err
+		}
+		if s == "combined" || s == "json" || (s == "" && orRouseWide) {
+			return s, nil
+		}
+		return nil, fmt.Errorf("unknown format %q: want combined or json", s)
+	}
 }

@@ -193,10 +193,13 @@ command = ["/usr/bin/blog", "--port", "{port}"]
 			BodyTimeout:     time.Minute,
 			SendTimeout:     time.Minute,
 			StartPageAfter:  time.Second,
+			ServerTiming:    true,
 		},
-		Addrs:  []listeners.Addr{{Kind: listeners.TCP, Address: "127.0.0.1:8001"}},
-		Port:   41000,
-		Source: filepath.Join(dir, "rouse.toml") + ":2",
+		Addrs:        []listeners.Addr{{Kind: listeners.TCP, Address: "127.0.0.1:8001"}},
+		Port:         41000,
+		Source:       filepath.Join(dir, "rouse.toml") + ":2",
+		AccessTarget: "off",
+		AccessFormat: "combined",
 	}
 	want.Ready.Kind = "tcp"
 	got.tmpl = portTemplate{} // what moving the port rebuilds from: TestPortTemplate
@@ -759,6 +762,65 @@ command = ["/bin/true", "{port}"]
 	for _, a := range cfg.Apps {
 		if a.Port == 30001 || a.Port == 30002 {
 			t.Errorf("app %s got port %d, which rouse listens on", a.Name, a.Port)
+		}
+	}
+}
+
+// TestConfigAccessLog: access_log and access_log_format in [rouse] are
+// every app's unless it (or [defaults]) says otherwise; "" is the [rouse]
+// one; a relative file is relative to the config file; handoff apps log
+// nothing (rouse never sees their connections).
+func TestConfigAccessLog(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"rouse.toml": `
+[rouse]
+access_log = "logs/access.log"
+access_log_format = "json"
+
+[defaults]
+server_timing = false
+
+[apps.a]
+listen = ["127.0.0.1:8001"]
+command = ["/usr/bin/a"]
+
+[apps.b]
+listen = ["127.0.0.1:8002"]
+command = ["/usr/bin/b"]
+access_log = "stderr"
+access_log_format = "combined"
+server_timing = true
+
+[apps.c]
+listen = ["127.0.0.1:8003"]
+command = ["/usr/bin/c"]
+access_log = "off"
+
+[apps.d]
+listen = ["127.0.0.1:8004"]
+command = ["/usr/bin/d"]
+access_log = ""
+access_log_format = ""
+
+[apps.h]
+mode = "handoff"
+listen = ["127.0.0.1:8005"]
+command = ["/usr/bin/h"]
+`})
+	cfg := mustLoad(t, filepath.Join(dir, "rouse.toml"), LoadOptions{Euid: 1000})
+	file := filepath.Join(dir, "logs", "access.log")
+	for _, want := range []struct {
+		name, target, format string
+		on, timing           bool
+	}{
+		{"a", file, "json", true, false},
+		{"b", "stderr", "combined", true, true},
+		{"c", "off", "json", false, false},
+		{"d", file, "json", true, false},
+		{"h", file, "json", false, false},
+	} {
+		a := app(t, cfg, want.name)
+		if a.AccessTarget != want.target || a.AccessFormat != want.format || a.Config.AccessLog != want.on || a.ServerTiming != want.timing {
+			t.Errorf("app %s: access_log %q format %q on %v server_timing %v; want %+v", a.Name, a.AccessTarget, a.AccessFormat, a.Config.AccessLog, a.ServerTiming, want)
 		}
 	}
 }

@@ -51,6 +51,15 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 		log.Warn("config", "warning", w.String())
 	}
 	setProcs(cfg.Procs, os.Getenv("GOMAXPROCS") != "", log)
+	stderr := logs.stderr
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	access := newAccessLog(log, stderr)
+	defer access.Close() // after the apps, which log until they are closed
+	if err := access.configure(cfg); err != nil {
+		return err
+	}
 	// First, before anything is spawned: the notifier takes NOTIFY_SOCKET
 	// out of the environment the apps inherit.
 	notify := newNotifier(log)
@@ -73,7 +82,7 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	}
 	defer guard.Close()
 
-	d := &daemon{file: cfg.File, log: log, guard: guard, sockets: sockets, notify: notify}
+	d := &daemon{file: cfg.File, log: log, guard: guard, sockets: sockets, notify: notify, access: access}
 	sup, err := d.build(cfg)
 	if err != nil {
 		return err
@@ -85,7 +94,7 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 		sup.Close(context.Background())
 		return err
 	}
-	metrics := newMetricsHandler(sup, cfg.MemoryBudget, log, logs.Dropped)
+	metrics := newMetricsHandler(sup, cfg.MemoryBudget, log, logs.Dropped, access.Dropped)
 	stopMetrics, err := startMetrics(cfg.Metrics, metrics, newStatusPage(sup, cfg.MemoryBudget, log), log)
 	if err != nil {
 		ctl.Close()

@@ -24,7 +24,9 @@ func newLogger(stderr io.Writer, level slog.Level) *logQueue {
 			out = &journalHandler{level: level, send: journal.Send, fallback: text}
 		}
 	}
-	return newLogQueue(out, alt, w.gone.Load)
+	q := newLogQueue(out, alt, w.gone.Load)
+	q.stderr = w
+	return q
 }
 
 // journalHandler sends each record to journald as one entry. Attributes

@@ -40,6 +40,7 @@ type logQueue struct {
 	done    chan struct{}
 	root    *queueHandler
 	gone    func() bool // whether stderr's reader is gone (EPIPE)
+	stderr  io.Writer   // rouse's stderr (newLogger's), for the access log; nil: none
 	once    sync.Once
 }
 

@@ -202,8 +202,9 @@ func cumulativeBuckets(h activator.Histogram) map[float64]uint64 {
 // newMetricsHandler serves the metrics of sup's apps, plus the Go runtime's
 // and the rouse process's own, from a registry of this daemon's (never the
 // global one, so two daemons in one process do not collide). logDropped
-// counts the log lines dropped because stderr did not take them.
-func newMetricsHandler(sup *activator.Supervisor, memoryBudget int64, log *slog.Logger, logDropped func() uint64) http.Handler {
+// counts the log lines dropped because stderr did not take them,
+// accessDropped the access log's records dropped.
+func newMetricsHandler(sup *activator.Supervisor, memoryBudget int64, log *slog.Logger, logDropped, accessDropped func() uint64) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		newAppCollector(sup, memoryBudget),
@@ -211,6 +212,10 @@ func newMetricsHandler(sup *activator.Supervisor, memoryBudget int64, log *slog.
 			Name: "rouse_log_dropped_lines_total",
 			Help: "Log lines (rouse's own and its apps' output) dropped because stderr did not take them in time.",
 		}, func() float64 { return float64(logDropped()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "rouse_access_log_dropped_total",
+			Help: "Access log records dropped: its buffer was full, or their target could not be written.",
+		}, func() float64 { return float64(accessDropped()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

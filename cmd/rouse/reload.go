@@ -26,6 +26,7 @@ type daemon struct {
 	guard   *procman.Guard
 	sockets *listeners.Set
 	notify  *notifier
+	access  *accessLog
 
 	mu     sync.Mutex // one build or reload at a time
 	cfg    *Config
@@ -104,7 +105,8 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 			own = append(own, lns...)
 		}
 	}
-	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard, ExecShim: []string{"/proc/self/exe", execVerb}, MovePort: d.movePort})
+	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard, ExecShim: []string{"/proc/self/exe", execVerb},
+		MovePort: d.movePort, AccessLog: d.access.Log})
 	if err != nil {
 		closeAll(own)
 		return nil, err
@@ -172,6 +174,7 @@ func (d *daemon) reload() error {
 	cfg, err := Load(d.file, LoadOptions{Euid: os.Geteuid(), Ports: ports})
 	if err != nil {
 		d.log.Error("reload rejected; the running config stays", "file", d.file, "err", err)
+		d.access.reopen() // a rotated log is let go of all the same
 		return err
 	}
 	for _, w := range cfg.Warnings {
@@ -179,7 +182,12 @@ func (d *daemon) reload() error {
 	}
 	if err := checkReloadable(d.cfg, cfg); err != nil {
 		d.log.Error("reload rejected; the running config stays", "file", d.file, "err", err)
+		d.access.reopen()
 		return err
+	}
+	// Before the apps: a new one logs from its first request.
+	if err := d.access.configure(cfg); err != nil {
+		d.log.Error("reload", "err", err)
 	}
 	old := make(map[string]App, len(d.cfg.Apps))
 	for _, a := range d.cfg.Apps {

@@ -95,7 +95,7 @@ pid %[1]s/%[2]s.pid;
 error_log %[1]s/%[2]s.err warn;
 events { worker_connections 16384; }
 http {
-	access_log off;
+	%[7]s
 	keepalive_requests 1000000;
 %[4]s
 	upstream backend {
@@ -116,8 +116,17 @@ http {
 		}
 	}
 }
-`, h.dir, name, h.o.nginxWorkers, nginxTempPaths(h.dir, name), port, backend)
+`, h.dir, name, h.o.nginxWorkers, nginxTempPaths(h.dir, name), port, backend, h.nginxAccessLog(name))
 	return h.nginxArgv(name, conf)
+}
+
+// nginxAccessLog is the proxy contender's access_log directive: off, or
+// with -access-log a file written through a buffer, as rouse's is.
+func (h *harness) nginxAccessLog(name string) string {
+	if !h.o.accessLog {
+		return "access_log off;"
+	}
+	return fmt.Sprintf("access_log %s/%s-access.log combined buffer=64k flush=1s;", h.dir, name)
 }
 
 // proxydArgv runs systemd-socket-proxyd as a socket-activated service

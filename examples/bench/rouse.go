@@ -29,7 +29,11 @@ type rouseApp struct {
 func (h *harness) writeRouseConfig(name string, apps []rouseApp, idleDefault string) (file, control string, err error) {
 	control = filepath.Join(h.dir, name+".sock")
 	var b strings.Builder
-	fmt.Fprintf(&b, "# written by examples/bench\n[rouse]\ncontrol = %s\ndrain_timeout = \"1s\"\nlog_level = \"warn\"\n\n[defaults]\n", quote(control))
+	fmt.Fprintf(&b, "# written by examples/bench\n[rouse]\ncontrol = %s\ndrain_timeout = \"1s\"\nlog_level = \"warn\"\n", quote(control))
+	if h.o.accessLog {
+		fmt.Fprintf(&b, "access_log = %s\n", quote(filepath.Join(h.dir, name+"-access.log")))
+	}
+	b.WriteString("\n[defaults]\n")
 	fmt.Fprintf(&b, "idle_timeout = %s\n", quote(idleDefault))
 	if os.Geteuid() == 0 {
 		b.WriteString("user = \"root\"   # rouse requires an explicit user when it runs as root\n")

@@ -35,6 +35,7 @@ type options struct {
 	out          string
 	keep         bool
 	rouseBin     string   // use this rouse instead of building one
+	accessLog    bool     // rouse and the nginx proxy log every request to a file
 	args         []string // as given, for the report
 }
 
@@ -64,6 +65,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	only := fs.String("only", strings.Join(sections, ","), "sections to run: "+strings.Join(sections, ","))
 	fs.StringVar(&o.perf, "perf", "auto", "profile rouse with perf in one extra round per workload: auto | on | off")
 	fs.StringVar(&o.out, "out", "", "write the report to this file (default: stdout)")
+	fs.BoolVar(&o.accessLog, "access-log", false, "rouse ([rouse].access_log) and the nginx proxy (buffered, as rouse's) write an access log file each")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, logs)")
 	fs.StringVar(&o.rouseBin, "rouse", "", "benchmark this rouse binary instead of building ./cmd/rouse (it must have the __backend verb)")
 	quick := fs.Bool("quick", false, "short run: -rounds 2 -duration 2s -warmup 500ms -cold-n 10 -density-idle 5s -burst-rounds 1, unless given")
