@@ -262,6 +262,13 @@ func (fc *frontConn) simple(n int) (*App, bool) {
 		return nil, false // the trusted proxy's headers are extended there
 	}
 	fc.out = appendOutgoing(fc.out[:0], head, h, fc.ip)
+	// head is fc.br's buffer, which the watch goroutine refills with a
+	// pipelined request during the exchange: from here on the request
+	// line is read from fc.out, which starts with it, and nothing else
+	// of head is kept.
+	m, t := len(h.method), len(h.target)
+	h.method, h.target = fc.out[:m:m], fc.out[m+1:m+1+t:m+1+t]
+	h.host, h.referer, h.userAgent = nil, nil, nil
 	return a, true
 }
 

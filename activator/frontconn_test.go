@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -366,5 +367,31 @@ func TestFrontChunkedResponsesOnAGoroutine(t *testing.T) {
 			t.Errorf("%s: trailer %v", tc.path, resp.Trailer)
 		}
 		moved(1) // the held request
+	}
+}
+
+// A request pipelined while the one before waits for a slow app lands in
+// the client's read buffer, where the first request's head was: the front
+// must still know the first by its own method. Here a non-idempotent
+// method of three letters, dropped by the app, followed by a GET: read
+// from the refilled buffer it would look like a GET and be replayed.
+func TestFrontPipelinedRequestKeepsTheFirstOnesMethod(t *testing.T) {
+	hits := filepath.Join(t.TempDir(), "hits")
+	ta := newTestApps(t, Capacity{}, appSpec{onGoroutines: true, args: []string{"-proto", "http", "-hits", hits},
+		edit: func(c *Config) { c.Mode = ModeHTTP }})[0]
+	if resp, _ := get(t, newClient(t), "http://"+ta.addr+"/pid"); resp.StatusCode != 200 { // started, warm
+		t.Fatal(resp.Status)
+	}
+	rc := dialRaw(t, ta.addr)
+	rc.send("ABC /raw?after=400ms HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+	// The front watches the client once the app has taken 50 ms.
+	waitFor(t, "the app to have the request", func() bool { return hitCount(t, hits, "/raw") == 1 })
+	time.Sleep(150 * time.Millisecond) // the watch has begun: what is under test is a byte arriving then
+	rc.send("GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := rc.response("ABC"); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("dropped ABC: %s %q, want 502 (not replayed)", resp.Status, body)
+	}
+	if n := hitCount(t, hits, "/raw"); n != 1 {
+		t.Errorf("the app got the ABC request %d times, want once", n)
 	}
 }

@@ -319,12 +319,16 @@ func serveHTTP(ctx context.Context, ln net.Listener, name, hits string, plain bo
 	})
 	// /raw?r=BYTES answers with exactly BYTES and closes the connection:
 	// responses net/http would not make (framing, 1xx, HTTP/1.0, malformed).
+	// &after=D waits D first.
 	mux.HandleFunc("/raw", func(w http.ResponseWriter, r *http.Request) {
 		c, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			return
 		}
 		defer c.Close()
+		if d, err := time.ParseDuration(r.URL.Query().Get("after")); err == nil {
+			time.Sleep(d)
+		}
 		brw.WriteString(r.URL.Query().Get("r"))
 		brw.Flush()
 	})
