@@ -52,10 +52,9 @@ func (s *scope) env() []string {
 	return []string{s.marker}
 }
 
-// spawned is called once the process runs. Without CLONE_INTO_CGROUP
-// (joinCgroup), it moves the process into its cgroup now: what the leader
-// forked before that stays outside, which is why spawning into the cgroup
-// is preferred.
+// spawned moves a process started without CLONE_INTO_CGROUP into the
+// scope's cgroup; it is called while the process is held stopped at its
+// exec (startStopped), so nothing it forks stays outside.
 func (s *scope) spawned(pid int, joinCgroup bool) error {
 	if s == nil || s.cg == nil || !joinCgroup {
 		return nil

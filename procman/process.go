@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -156,7 +157,7 @@ func Start(spec Spec) (*Process, error) {
 		p.notify.abort()
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
-	cmd, join, err := p.spawn(cmd, spec)
+	cmd, err = p.spawn(cmd, spec)
 	if err != nil {
 		readers.abort()
 		p.notify.abort()
@@ -176,22 +177,18 @@ func Start(spec Spec) (*Process, error) {
 	p.stats.prevAt = p.startedAt
 	// Registered before the reaper runs, so the guard always sees "+" before "-".
 	p.guard.add(p.pid)
-	if err := p.scope.spawned(p.pid, join); err != nil {
-		// Not contained: stop it rather than run it outside its cgroup.
-		p.Kill()
-	}
 	go p.reap(readers)
 	return p, nil
 }
 
 // spawn starts cmd in a new scope of the guard: straight into its cgroup
-// (clone3 with CLONE_INTO_CGROUP) when it has one, moved there just after
-// when the kernel refuses that (join is then true). Without a guard it
-// just starts cmd.
-func (p *Process) spawn(cmd *exec.Cmd, spec Spec) (_ *exec.Cmd, join bool, err error) {
+// (clone3 with CLONE_INTO_CGROUP) when it has one; when the kernel refuses
+// that, stopped at its exec, moved there, then let run (startStopped).
+// Without a guard it just starts cmd.
+func (p *Process) spawn(cmd *exec.Cmd, spec Spec) (*exec.Cmd, error) {
 	sc, cgfd, err := p.guard.newScope(spec.Name, spec.Limits)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	cmd.Env = append(cmd.Env, sc.env()...)
 	p.startedAt = time.Now()
@@ -207,17 +204,51 @@ func (p *Process) spawn(cmd *exec.Cmd, spec Spec) (_ *exec.Cmd, join bool, err e
 			attr := *cmd.SysProcAttr
 			attr.UseCgroupFD, attr.CgroupFD = false, 0
 			again.SysProcAttr = &attr
-			cmd, join = again, true
-			err = cmd.Start()
+			cmd = again
+			err = startStopped(cmd, func(pid int) error { return sc.spawned(pid, true) })
 		}
 		unix.Close(cgfd)
 	}
 	if err != nil {
 		_ = sc.release()
-		return nil, false, err
+		return nil, err
 	}
 	p.scope = sc
-	return cmd, join, nil
+	return cmd, nil
+}
+
+// startStopped starts cmd stopped at its exec (traced), calls moved with
+// its pid, and only then lets it run: a process moved into its cgroup after
+// it started could fork a daemon first, which would stay outside. ptrace
+// requests come from the thread that forked, hence the locked thread. If
+// moved fails the process is killed and the error returned.
+func startStopped(cmd *exec.Cmd, moved func(pid int) error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd.SysProcAttr.Ptrace = true
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	pid := cmd.Process.Pid
+	var ws unix.WaitStatus
+	// The SIGTRAP stop at exec; __WALL|WNOWAIT-free: a stop is reported
+	// and consumed here, the exit later by cmd.Wait.
+	_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
+	if err == nil && !ws.Stopped() {
+		err = fmt.Errorf("pid %d did not stop at exec: status %#x", pid, ws)
+	}
+	if err == nil {
+		err = moved(pid)
+	}
+	if derr := unix.PtraceDetach(pid); err == nil && derr != nil {
+		err = fmt.Errorf("release pid %d: %w", pid, derr)
+	}
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return err
+	}
+	return nil
 }
 
 // baseEnv is the environment Spec.Env is added to. With inherit it is

@@ -175,6 +175,9 @@ func TestReloadRemovalFinishesAcceptedRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	keepPort, webPort, echoPort := freePort(t), freePort(t), freePort(t)
+	for webPort == keepPort || echoPort == keepPort || echoPort == webPort {
+		webPort, echoPort = freePort(t), freePort(t) // the kernel may hand out a port twice
+	}
 	apps := func(withGone bool) string {
 		s := fmt.Sprintf("\n[apps.keep]\nlisten = [\"127.0.0.1:%d\"]\ncommand = [\"@BIN@\", \"__backend\", \"-proto\", \"echo\", \"-listen\", \"127.0.0.1:{port}\"]\n", keepPort)
 		if withGone {
