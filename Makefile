@@ -13,14 +13,17 @@ build:
 deps:
 	@bash .ci/deps
 
+# -p 1: one package at a time. Tests pick free loopback ports and start
+# apps on them; two packages' tests in parallel can be handed the same port
+# by the kernel, and one then talks to the other's app.
 test: deps
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -p 1 -timeout 20m ./...
 
 # faults runs the fault suite (files tagged `faults`): SIGKILLs, idle-stop
 # races, slowloris, garbage and fd exhaustion, each ending in a count of
 # what clients got. It includes the normal tests.
 faults: deps
-	$(GO) test -race -count=1 -tags faults -timeout 20m ./...
+	$(GO) test -race -count=1 -p 1 -tags faults -timeout 20m ./...
 
 # fuzz runs each fuzz target after its seed corpus, for a budget of runs
 # (about 5 s each); FUZZTIME=1m or FUZZTIME=500000x overrides it.
