@@ -52,7 +52,6 @@ func TestBlame(t *testing.T) {
 	}
 }
 
-
 // newPyApp is an app whose process is examples/apps/pyapp.py (Python's
 // own servers with their defaults: backlog 5, HTTP/1.0) run with args
 // after its kind; mode http unless edit says otherwise.

@@ -153,17 +153,22 @@ S(("127.0.0.1", PORT), H).serve_forever()
 
 // Bytes an app sends after a complete response never reach another
 // client: a kept connection to the app with anything unread is closed, not
-// reused, on every path.
+// reused, on every path (net/http's server too).
 func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
-	for _, onGoroutines := range []bool{false, true} {
-		t.Run(map[bool]string{false: "loop", true: "goroutine"}[onGoroutines], func(t *testing.T) {
-			ta := newPythonHTTPApp(t, pyExtraBytes, onGoroutines, nil)
+	same := func(req string) string { return req }
+	for _, path := range []struct {
+		name         string
+		onGoroutines bool
+		shape        func(string) string
+	}{{"loop", false, same}, {"goroutine", true, same}, {"net/http", false, netHTTPShape}} {
+		t.Run(path.name, func(t *testing.T) {
+			ta := newPythonHTTPApp(t, pyExtraBytes, path.onGoroutines, nil)
 			a := dialRaw(t, ta.addr)
 			n := 0
 			good := func(rc *rawClient) {
 				t.Helper()
 				n++
-				rc.send(fmt.Sprintf("GET /good/%d HTTP/1.1\r\nHost: x\r\n\r\n", n))
+				rc.send(path.shape(fmt.Sprintf("GET /good/%d HTTP/1.1\r\nHost: x\r\n\r\n", n)))
 				if resp, body := rc.response("GET"); resp.StatusCode != 200 || body != fmt.Sprintf("good %d", n) {
 					t.Fatalf("GET /good/%d: %d %q", n, resp.StatusCode, body)
 				}
@@ -174,7 +179,7 @@ func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
 				{"GET", "nocontent", ""},
 				{"GET", "late", "ok"},
 			} {
-				a.send(fmt.Sprintf("%s /%s/%d HTTP/1.1\r\nHost: x\r\n\r\n", tc.method, tc.kind, i))
+				a.send(path.shape(fmt.Sprintf("%s /%s/%d HTTP/1.1\r\nHost: x\r\n\r\n", tc.method, tc.kind, i)))
 				if resp, body := a.response(tc.method); body != tc.body {
 					t.Fatalf("%s /%s: %d %q, want %q", tc.method, tc.kind, resp.StatusCode, body, tc.body)
 				}
