@@ -230,10 +230,26 @@ type timedBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
+	ended   atomic.Bool // see end
+}
+
+var errBodyEnded = errors.New("the app answered before the request body was through")
+
+// end cuts short a read of the body, and fails every later one: the app
+// answered without it, and the handler must not wait for the client's
+// next bytes to return that answer. (The client's connection then closes
+// after the response, as net/http's server does when a body is left
+// unread.)
+func (b *timedBody) end() {
+	b.ended.Store(true)
+	b.rc.SetReadDeadline(aLongTimeAgo)
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	if b.ended.Load() { // (after the deadline: end's comes last)
+		return 0, errBodyEnded
+	}
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
 		// net/http watches the client from now on (a background read),

@@ -206,14 +206,18 @@ func (x *netExchange) run() (res exchangeResult) {
 		}
 		x.wrote = nil
 	}
-	if keep && x.wrote != nil {
-		// The app answered before it read the whole request: the rest
-		// of it is still on its way.
+	if res.err == nil && x.wrote != nil {
 		select {
 		case err := <-x.wrote:
-			x.wrote, keep = nil, err == nil
+			x.wrote, keep = nil, keep && err == nil
 		default:
+			// The app answered before it read the whole request: the
+			// rest of it is still on its way, and the writer may wait
+			// for the client's next bytes; the answer may not.
 			keep = false
+			if tb, ok := x.r.Body.(*timedBody); ok {
+				tb.end()
+			}
 		}
 	}
 	return res

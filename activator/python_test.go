@@ -233,3 +233,47 @@ func TestHTTPForwardedHeadersCannotBeSpoofedWithUnderscores(t *testing.T) {
 		}
 	}
 }
+
+// pyEarlyAnswer answers 413 as soon as it has a request's head, and then
+// reads nothing more of that connection (as an app refusing an upload
+// does), keeping it open.
+const pyEarlyAnswer = `
+import socket, socketserver
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = self.request.recv(65536)
+            if not d:
+                return
+            buf += d
+        self.request.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+        time.sleep(60)
+class S(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("127.0.0.1", PORT), H).serve_forever()
+`
+
+// An app that answers a large upload before reading it has its answer
+// passed on at once, on the net/http path (which streams such bodies):
+// not when the client sends its next bytes, nor body_timeout later.
+func TestHTTPEarlyAnswerToAStreamedBody(t *testing.T) {
+	ta := newPythonHTTPApp(t, pyEarlyAnswer, false, func(c *Config) {
+		c.RequestBuffer = 1 << 10
+		c.BodyTimeout = time.Minute
+	})
+	for _, framing := range []string{"Content-Length: 1000000\r\n", "Transfer-Encoding: chunked\r\n"} {
+		rc := dialRaw(t, ta.addr)
+		part := strings.Repeat("x", 4<<10)
+		if strings.HasPrefix(framing, "Transfer") {
+			part = fmt.Sprintf("%x\r\n%s\r\n", len(part), part)
+		}
+		// More than request_buffer, then the client waits.
+		rc.send("POST /upload HTTP/1.1\r\nHost: x\r\n" + framing + "\r\n" + part)
+		rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if resp, body := rc.response("POST"); resp.StatusCode != 413 || body != "big!" {
+			t.Errorf("%q: %d %q", framing, resp.StatusCode, body)
+		}
+	}
+}
