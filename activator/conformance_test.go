@@ -217,6 +217,7 @@ var confCases = []confCase{
 		client: []string{"200 ok"}, app: []string{appReq("GET /p?q", "a.example", "")}},
 	{name: "absolute form, bad host", req: "GET http://a\"<b/ HTTP/1.1\r\nHost: x\r\n\r\n", client: []string{"400"}, closed: true},
 	{name: "authority target", req: "GET x:80 HTTP/1.1\r\nHost: x\r\n\r\n", client: []string{"200 ok"}, app: []string{appReq("GET x:80", "x", "")}},
+	{name: "CONNECT", req: "CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", client: []string{"400"}},
 	{name: "OPTIONS *", req: "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", client: []string{"200 ok"}, app: []string{appReq("OPTIONS *", "x", "")}},
 	{name: "upgrade without 101", req: "GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
 		client: []string{"200 ok"}, app: []string{appReq("GET /a", "x", "", "connection: Upgrade", "upgrade: websocket")}},

@@ -104,8 +104,13 @@ func (a *App) retryQuietly(rq proxyRequest, res exchangeResult, reused bool, att
 // the headers (outgoingHeader) and the body's framing: Content-Length for
 // a body read whole or of a known length, chunked for the rest.
 func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
-	if r.Host == "" {
+	switch {
+	case r.Host == "":
 		return nil, errors.New("no Host in the request") // an HTTP/1.0 one: the app is sent HTTP/1.1
+	case r.Method == http.MethodConnect:
+		// Its 2xx would make the connection a tunnel, which rouse, in
+		// front of one app, does not open.
+		return nil, errors.New("CONNECT is for forward proxies")
 	}
 	target := r.RequestURI
 	if absoluteForm(target) {
