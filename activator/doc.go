@@ -60,7 +60,8 @@
 //   - the quiet retry of a request a dead kept connection lost:
 //     App.retryQuietly (in the loop: evLoop.sendFailed, before any byte).
 //   - a response the app broke off cuts the client's connection:
-//     cutRelay, frontConn.relay, netExchange.relay (exchangeResult.cut).
+//     App.responseCut, from cutRelay, frontConn.relay and
+//     netExchange.relay (exchangeResult.cut).
 //   - inetd: one process per connection, at most max_conns at once; the
 //     state is ready while one runs, idle when none does, never starting
 //     or stopping; starts counts spawns; failures count spawn errors (which

@@ -288,8 +288,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		case !isWriteError(err) && !fc.gone():
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.judge(inst, err, blame(err, stageConnected, false))
-			a.log.Info("response cut by the app", "method", fc.rq.method(), "path", fc.rq.path(), "err", err)
+			a.responseCut(inst, fc.rq.method(), fc.rq.path(), err)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			a.log.Info("client cut: it took none of its response", "for", a.config().sendTimeout(), "client", fc.ip)
 		}

@@ -349,8 +349,7 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 		if r.Context().Err() == nil && !isWriteError(err) {
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.judge(x.inst, err, blame(err, stageConnected, false))
-			a.log.Info("response cut by the app", "method", r.Method, "path", r.URL.Path, "err", err)
+			a.responseCut(x.inst, r.Method, r.URL.Path, err)
 		}
 		return exchangeResult{answered: true, cut: true}, false
 	}
