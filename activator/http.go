@@ -246,8 +246,15 @@ func (b *timedBody) end() {
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
+	if b.ended.Load() {
+		return 0, errBodyEnded
+	}
 	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
-	if b.ended.Load() { // (after the deadline: end's comes last)
+	if b.ended.Load() {
+		// end's deadline may have come before this one: net/http's
+		// server, which reads what is left of the body before it
+		// answers, must not wait either.
+		b.rc.SetReadDeadline(aLongTimeAgo)
 		return 0, errBodyEnded
 	}
 	n, err := b.ReadCloser.Read(p)
