@@ -38,9 +38,9 @@ check:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./activator
 
-# bench-compare runs rouse against systemd-socket-proxyd, nginx and Go
-# proxies on loopback (examples/bench) and writes BENCHMARKS.md; ~15 min.
-# It installs nothing: `make deps` brings wrk, nginx and systemd.
+# bench-compare runs rouse against systemd-socket-proxyd, nginx, HAProxy and
+# Go proxies on loopback (examples/bench) and writes BENCHMARKS.md; ~15 min.
+# It installs nothing: `make deps` brings wrk, nginx, haproxy and systemd.
 # BENCH_FLAGS=-quick for a short run.
 bench-compare:
 	$(GO) run ./examples/bench $(BENCH_FLAGS) -out BENCHMARKS.md

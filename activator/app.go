@@ -30,7 +30,7 @@ type App struct {
 	cfgp  atomic.Pointer[Config] // replaced whole by Reconfigure; read with config()
 	probe procman.Probe          // set by the mode (handoff); else derived from the config at each start
 	now   func() time.Time
-	http  atomic.Pointer[httpUpstream] // http mode: the transport to the app
+	http  atomic.Pointer[httpUpstream] // http mode: the connections to the app
 	gate  *dialGate                    // paces new connections to the process (http, tcp)
 	// removed: a reload took the app out of the config (it drains).
 	removed atomic.Bool

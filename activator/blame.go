@@ -96,6 +96,14 @@ func isTimeout(err error) bool {
 		(errors.As(err, &ne) && ne.Timeout())
 }
 
+// responseCut counts and logs a response the app broke off halfway, on
+// every path; the caller cuts the client's connection, so that a short
+// body cannot pass for a whole one.
+func (a *App) responseCut(inst *instance, method, path string, err error) {
+	a.judge(inst, err, blame(err, stageConnected, false))
+	a.log.Info("response cut by the app", "method", method, "path", path, "err", err)
+}
+
 // judge applies a verdict: an unhealthy one goes to failed (max_fails),
 // any other is counted by kind and logged at debug.
 func (a *App) judge(inst *instance, err error, v verdict) {

@@ -48,7 +48,7 @@ const (
 )
 
 // dialError marks the error of a dial to the app, as opposed to one on an
-// established connection or a request the Transport refused to send.
+// established connection or a request rouse refused to send.
 type dialError struct{ error }
 
 func (e dialError) Unwrap() error { return e.error }

@@ -35,7 +35,10 @@
 // (a held request, a body or head in parts, a slow or large response),
 // and net/http's server for requests the front does not parse (a chunked
 // body, Expect, an upgrade, HTTP/1.0...), which gets the connection and
-// the bytes read so far. Each rule has one owner that every path calls:
+// the bytes read so far. All three go to the app over the front's own
+// connections (httpUpstream; netExchange for net/http's requests, whose
+// responses go through its ResponseWriter). Each rule has one owner that
+// every path calls:
 //   - holding, retries, 502/503/504: App.proxy.
 //   - which requests the front parses: parseRequestHead; end of a head:
 //     headEnd; a Host or absolute-form host: validHost.
@@ -44,17 +47,21 @@
 //   - headers a client may not set (X-Forwarded-*, Forwarded, any '_'
 //     spelling): forwardedHeader, in appendOutgoing and setForwarded.
 //   - response framing, and 502 for what cannot be passed on:
-//     appendResponseHead; chunked bodies: chunkScanner.
+//     appendResponseHead (reading a head: upConn.readResponse, but in the
+//     loop); chunked bodies: chunkScanner (responseBody de-chunks with it
+//     for net/http's server).
 //   - keeping an app connection: respHead.keepsConn after a response,
-//     reusable (nothing unread, still open) each time it is taken again.
+//     reusable (nothing unread, still open) each time it is taken again
+//     (httpUpstream.popIdle, and the loop's own), on every path.
 //   - client timeouts, per app: header_timeout (HTTPFront.headerTimeout,
 //     its deadline handed on by startOver and handedConn), body_timeout
 //     (frontConn.readBody, timedBody; bodyFailed answers 408),
 //     send_timeout (evLoop.writeClient, frontConn.Write, clientWriter).
 //   - the quiet retry of a request a dead kept connection lost:
-//     rawRequest.exchange (net/http's Transport has its own).
+//     App.retryQuietly (in the loop: evLoop.sendFailed, before any byte).
 //   - a response the app broke off cuts the client's connection:
-//     cutRelay, frontConn.relay, exchangeResult.cut.
+//     App.responseCut, from cutRelay, frontConn.relay and
+//     netExchange.relay (exchangeResult.cut).
 //   - inetd: one process per connection, at most max_conns at once; the
 //     state is ready while one runs, idle when none does, never starting
 //     or stopping; starts counts spawns; failures count spawn errors (which

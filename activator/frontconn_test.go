@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -394,4 +395,63 @@ func TestFrontPipelinedRequestKeepsTheFirstOnesMethod(t *testing.T) {
 	if n := hitCount(t, hits, "/raw"); n != 1 {
 		t.Errorf("the app got the ABC request %d times, want once", n)
 	}
+}
+
+// The net/http path (a request the front leaves to net/http's server)
+// passes the same responses as the front's own paths, over the front's own
+// connections to the app: chunked ones with their trailers, large chunks,
+// and a cut where the app broke off; and it streams request bodies larger
+// than request_buffer, chunked or of a known length.
+func TestNetHTTPPathResponsesAndBodies(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.RequestBuffer = 64 << 10 })
+	for _, tc := range []struct {
+		path, body, trailer string
+		n                   int
+		cut                 bool
+	}{
+		{path: "/trailer", body: "part one, part two", trailer: "42"},
+		{path: "/bytes?n=600000&chunked=1&write=262144", n: 600000},
+		{path: "/bytes?n=300000&chunked=1&cut=100000", n: 100000, cut: true},
+		{path: "/bytes?n=300000", n: 300000},
+		{path: "/raw?r=" + url.QueryEscape("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"), n: 5, cut: true},
+	} {
+		rc := dialRaw(t, ta.addr)
+		rc.send(netHTTPShape("GET " + tc.path + " HTTP/1.1\r\nHost: x\r\nTe: trailers\r\n\r\n"))
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			if !tc.cut {
+				t.Errorf("%s: %v", tc.path, err)
+			}
+			continue
+		}
+		b, err := io.ReadAll(resp.Body)
+		switch {
+		case tc.cut && err == nil, !tc.cut && err != nil:
+			t.Errorf("%s: read %d bytes, %v; want a cut: %v", tc.path, len(b), err, tc.cut)
+		case tc.body != "" && string(b) != tc.body, tc.n > 0 && !tc.cut && len(b) != tc.n:
+			t.Errorf("%s: %d bytes %.40q", tc.path, len(b), b)
+		case resp.Trailer.Get("X-Sum") != tc.trailer:
+			t.Errorf("%s: trailer %v", tc.path, resp.Trailer)
+		}
+	}
+	client := newClient(t)
+	for _, size := range []int{1 << 20, 3<<20 + 5} {
+		body := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
+		for _, chunked := range []bool{false, true} {
+			var r io.Reader = bytes.NewReader(body)
+			if chunked {
+				r = io.MultiReader(r) // no length known: sent chunked
+			}
+			resp, err := client.Post("http://"+ta.addr+"/echo", "application/octet-stream", r)
+			if err != nil {
+				t.Fatalf("POST %d bytes, chunked %v: %v", size, chunked, err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !bytes.Equal(got, body) {
+				t.Errorf("POST %d bytes, chunked %v (request_buffer 64 KiB): %d, %d bytes back %.80q", size, chunked, resp.StatusCode, len(got), got)
+			}
+		}
+	}
+	checkNoFailures(t, ta)
 }

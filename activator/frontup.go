@@ -138,15 +138,8 @@ func (up *httpUpstream) put(uc *upConn) {
 	up.gate.kick()
 }
 
-// closeIdle closes every idle connection to the app: those of the front
-// and those of the Transport.
+// closeIdle closes every idle connection to the app.
 func (up *httpUpstream) closeIdle() {
-	up.closeFrontIdle()
-	up.transport.CloseIdleConnections()
-}
-
-// closeFrontIdle closes the front's idle connections to the app.
-func (up *httpUpstream) closeFrontIdle() {
 	up.gen.Add(1) // the event loops' are closed as they come to them
 	up.pool.mu.Lock()
 	idle := up.pool.idle
@@ -214,16 +207,7 @@ func (q *rawRequest) exchange(inst *instance) exchangeResult {
 	} else {
 		res, reused = q.attempt(inst)
 	}
-	if reused && res.err != nil && !errors.Is(res.err, errBadResponse) && !res.answered && !res.timeout && !q.fc.gone() && (!res.sent || q.a.replayable(q)) {
-		// A kept connection failed before any answer (not a malformed
-		// one, which is an answer): most likely the app
-		// closed it meanwhile (its keep-alive timeout, or a crash), and
-		// the other kept ones with it. As net/http's Transport does, once
-		// more on a new connection, not counted as a try or a failure.
-		q.a.http.Load().closeFrontIdle()
-		res, _ = q.attempt(inst)
-	}
-	return res
+	return q.a.retryQuietly(q, res, reused, func() (exchangeResult, bool) { return q.attempt(inst) })
 }
 
 // attempt is one exchange; reused reports whether it went over a kept
@@ -271,20 +255,11 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		hard = time.Now().Add(rt)
 	}
 	var r respHead
-	for {
-		if err := fc.readResponseHead(uc, hard); err != nil {
-			timeout := errors.Is(err, os.ErrDeadlineExceeded) && !fc.gone()
-			return exchangeResult{err: err, sent: true, timeout: timeout, stage: stageConnected}, false
-		}
-		var ok bool
-		fc.resp, ok = appendResponseHead(fc.resp[:0], fc.line, &r)
-		if !ok {
-			return exchangeResult{err: errBadResponse, sent: true, stage: stageConnected}, false
-		}
-		if r.status >= 200 {
-			break
-		}
-		// 1xx interim responses are dropped, as net/http's Transport does.
+	var err error
+	fc.line, fc.resp, err = uc.readResponse(fc.line, fc.resp, &r, false, func(need int) error { return fc.fill(uc, need, hard) })
+	if err != nil {
+		timeout := errors.Is(err, os.ErrDeadlineExceeded) && !fc.gone()
+		return exchangeResult{err: err, sent: true, timeout: timeout, stage: stageConnected}, false
 	}
 	if fc.head.isHead() {
 		r.noBody = true
@@ -295,7 +270,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		fc.resp = append(fc.resp, "Connection: close\r\n"...)
 	}
 	fc.resp = append(fc.appendServerTiming(fc.resp), '\r', '\n')
-	_, err := fc.bw.Write(fc.resp)
+	_, err = fc.bw.Write(fc.resp)
 	if err != nil {
 		err = writeError{err}
 	}
@@ -314,8 +289,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		case !isWriteError(err) && !fc.gone():
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.judge(inst, err, blame(err, stageConnected, false))
-			a.log.Info("response cut by the app", "method", fc.rq.method(), "path", fc.rq.path(), "err", err)
+			a.responseCut(inst, fc.rq.method(), fc.rq.path(), err)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			a.log.Info("client cut: it took none of its response", "for", a.config().sendTimeout(), "client", fc.ip)
 		}
@@ -355,31 +329,55 @@ func (fc *frontConn) fill(uc *upConn, need int, hard time.Time) error {
 	return err
 }
 
-// readResponseHead reads the app's response head into fc.line.
-func (fc *frontConn) readResponseHead(uc *upConn, hard time.Time) error {
-	fc.line = fc.line[:0]
+// readResponse reads the app's response head off uc, 1xx interim
+// responses dropped (as nginx and net/http's Transport do), and appends
+// what the client gets to out (appendResponseHead, whose false is
+// errBadResponse). With upgrade (the request asked for one), a 101 is
+// returned as it came, in line, with r.status 101 and out untouched. fill
+// waits until uc has need bytes buffered. It is how every path but the
+// event loop reads a response head.
+func (uc *upConn) readResponse(line, out []byte, r *respHead, upgrade bool, fill func(need int) error) (_, _ []byte, err error) {
 	for {
-		if err := fc.fill(uc, 1, hard); err != nil {
-			return err
+		if line, err = uc.readHead(line[:0], fill); err != nil {
+			return line, out, err
+		}
+		if upgrade && len(line) >= 12 && string(line[:9]) == "HTTP/1.1 " && string(line[9:12]) == "101" {
+			*r = respHead{status: 101, noBody: true, length: -1}
+			return line, out, nil
+		}
+		var ok bool
+		if out, ok = appendResponseHead(out[:0], line, r); !ok {
+			return line, out, errBadResponse
+		}
+		if r.status >= 200 {
+			return line, out, nil
+		}
+	}
+}
+
+// readHead reads one response head off uc and appends it to line.
+func (uc *upConn) readHead(line []byte, fill func(need int) error) ([]byte, error) {
+	for {
+		if err := fill(1); err != nil {
+			return line, err
 		}
 		buf, _ := uc.br.Peek(uc.br.Buffered())
-		m := len(fc.line)
+		m := len(line)
 		if m == 0 {
 			if n := headEnd(buf, 0); n >= 0 {
-				fc.line = append(fc.line, buf[:n]...)
+				line = append(line, buf[:n]...)
 				uc.br.Discard(n)
-				return nil
+				return line, nil
 			}
 		}
-		fc.line = append(fc.line, buf...)
-		if n := headEnd(fc.line, max(0, m-2)); n >= 0 {
+		line = append(line, buf...)
+		if n := headEnd(line, max(0, m-2)); n >= 0 {
 			uc.br.Discard(n - m)
-			fc.line = fc.line[:n]
-			return nil
+			return line[:n], nil
 		}
 		uc.br.Discard(len(buf))
-		if len(fc.line) > maxResponseHead {
-			return errBadResponse
+		if len(line) > maxResponseHead {
+			return line, errBadResponse
 		}
 	}
 }

@@ -277,7 +277,19 @@ func splitHeader(line []byte) (name, value []byte, ok bool) {
 			return nil, nil, false
 		}
 	}
-	return name, bytes.Trim(value, " \t"), true
+	return name, trimOWS(value), true
+}
+
+// trimOWS trims spaces and tabs off both ends of b (bytes.Trim builds its
+// set of bytes on every call: this is on every header line).
+func trimOWS(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 // foldEq reports whether b equals the lower-case ASCII s, ignoring case.
@@ -340,7 +352,7 @@ func connectionTokens(v []byte, close *bool) bool {
 		} else {
 			tok, v = v, nil
 		}
-		tok = bytes.Trim(tok, " \t")
+		tok = trimOWS(tok)
 		switch {
 		case len(tok) == 0, foldEq(tok, "keep-alive"):
 		case foldEq(tok, "close"):
@@ -418,6 +430,9 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		if line, l = nextLine(l); len(line) == 0 {
 			break
 		}
+		if c := line[0] | 0x20; c != 'c' && c != 't' {
+			continue // neither Connection nor Transfer-Encoding (each line is checked below)
+		}
 		name, value, ok := splitHeader(line)
 		if !ok {
 			return out, false
@@ -425,7 +440,7 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		hasTE = hasTE || foldEq(name, "transfer-encoding")
 		if foldEq(name, "connection") {
 			for tok := range bytes.SplitSeq(value, []byte(",")) {
-				tok = bytes.Trim(tok, " \t")
+				tok = trimOWS(tok)
 				switch {
 				case foldEq(tok, "close"):
 					r.close = true
@@ -443,7 +458,10 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		if line, lines = nextLine(lines); len(line) == 0 {
 			break
 		}
-		name, value, _ := splitHeader(line)
+		name, value, ok := splitHeader(line)
+		if !ok {
+			return out, false
+		}
 		switch {
 		case foldEq(name, "content-length"):
 			n, ok := parseLength(value)
@@ -478,7 +496,7 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 }
 
 func droppedHeader(name []byte, dropped [][]byte) bool {
-	if foldEq(name, "content-length") || foldEq(name, "transfer-encoding") {
+	if len(dropped) == 0 || foldEq(name, "content-length") || foldEq(name, "transfer-encoding") {
 		return false
 	}
 	for _, d := range dropped {

@@ -1,7 +1,6 @@
 package activator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"strconv"
@@ -21,11 +19,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// httpUpstream is an http app's way to its process: one Transport per app,
-// so keep-alive connections are pooled per app and dropped when it stops.
+// httpUpstream is an http app's way to its process: the front's own
+// keep-alive connections to it, for every path (the event loops keep
+// theirs apart, and give them back to pool when they leave them), dropped
+// when it stops.
 type httpUpstream struct {
-	transport *http.Transport // for what net/http's server reads
-	// For what the front reads itself (see frontConn).
 	gate             *dialGate // the app's
 	network, address string
 	pool             upPool
@@ -43,21 +41,8 @@ type httpUpstream struct {
 }
 
 func newHTTPUpstream(cfg Config, gate *dialGate) *httpUpstream {
-	network, address := cfg.UpstreamNetwork, cfg.UpstreamAddress
-	up := &httpUpstream{gate: gate, network: network, address: address,
+	return &httpUpstream{gate: gate, network: cfg.UpstreamNetwork, address: cfg.UpstreamAddress,
 		buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
-	up.transport = &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return gate.open(ctx, network, address)
-		},
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: cfg.ResponseTimeout,
-		DisableCompression:    true,
-		ExpectContinueTimeout: 0,
-	}
-	return up
 }
 
 // ServeHTTP proxies one request that came through net/http's server (the
@@ -79,8 +64,7 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		rq.timed = &timedBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: a.config().bodyTimeout()}
-		r.Body = rq.timed
+		r.Body = &timedBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: a.config().bodyTimeout()}
 	}
 	// With Expect: 100-continue the client waits for a go-ahead before
 	// sending the body; net/http sends "100 Continue" when the body is
@@ -227,12 +211,11 @@ func (a *App) proxy(rq proxyRequest, start time.Time) bool {
 
 // httpRequest is a request read by net/http's server.
 type httpRequest struct {
-	a     *App
-	w     http.ResponseWriter
-	r     *http.Request
-	body  *requestBody
-	timed *timedBody // r.Body, when there is one
-	cut   bool       // the response broke off: cut the client's connection
+	a    *App
+	w    http.ResponseWriter
+	r    *http.Request
+	body *requestBody
+	cut  bool // the response broke off: cut the client's connection
 	proxyTrace
 }
 
@@ -254,18 +237,6 @@ func (q *httpRequest) prepare() error {
 	return err
 }
 
-func (q *httpRequest) exchange(inst *instance) exchangeResult {
-	res := q.a.exchange(q.w, q.r, inst, q.body)
-	q.cut = res.cut
-	if res.err != nil && !res.answered && q.timed != nil && q.timed.stalled.Load() {
-		// The client stalled a body streamed to the app: its fault, not
-		// the app's.
-		q.a.bodyFailed(q.w, os.ErrDeadlineExceeded)
-		return exchangeResult{answered: true}
-	}
-	return res
-}
-
 // timedBody is a request body net/http's server reads: each read must
 // come within body_timeout of the previous one (nginx's
 // client_body_timeout), or the request is answered 408.
@@ -273,19 +244,38 @@ type timedBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
-	stalled atomic.Bool
+	ended   atomic.Bool // see end
+}
+
+var errBodyEnded = errors.New("the app answered before the request body was through")
+
+// end cuts short a read of the body, and fails every later one: the app
+// answered without it, and the handler must not wait for the client's
+// next bytes to return that answer. (The client's connection then closes
+// after the response, as net/http's server does when a body is left
+// unread.)
+func (b *timedBody) end() {
+	b.ended.Store(true)
+	b.rc.SetReadDeadline(aLongTimeAgo)
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
+	if b.ended.Load() {
+		return 0, errBodyEnded
+	}
 	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	if b.ended.Load() {
+		// end's deadline may have come before this one: net/http's
+		// server, which reads what is left of the body before it
+		// answers, must not wait either.
+		b.rc.SetReadDeadline(aLongTimeAgo)
+		return 0, errBodyEnded
+	}
 	n, err := b.ReadCloser.Read(p)
-	switch {
-	case err == io.EOF:
+	if err == io.EOF {
 		// net/http watches the client from now on (a background read),
 		// with no deadline.
 		b.rc.SetReadDeadline(time.Time{})
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		b.stalled.Store(true)
 	}
 	return n, err
 }
@@ -329,73 +319,6 @@ type exchangeResult struct {
 	stage    attemptStage
 }
 
-// exchange sends r to the app once and copies the response back.
-func (a *App) exchange(w http.ResponseWriter, r *http.Request, inst *instance, body *requestBody) exchangeResult {
-	var sent, connected atomic.Bool
-	trace := &httptrace.ClientTrace{
-		GotConn:      func(httptrace.GotConnInfo) { connected.Store(true) },
-		WroteHeaders: func() { sent.Store(true) },
-	}
-	out := a.outgoing(r, body, httptrace.WithClientTrace(r.Context(), trace))
-	resp, err := a.http.Load().transport.RoundTrip(out)
-	if err != nil {
-		// No connection and no dial error: the Transport refused the
-		// request itself (no Host, a malformed header...).
-		stage := stageRejected
-		var de dialError
-		switch {
-		case connected.Load():
-			stage = stageConnected
-		case errors.As(err, &de):
-			stage = stageDial
-		}
-		timeout := stage == stageConnected && isTimeout(err) && r.Context().Err() == nil
-		return exchangeResult{err: err, sent: sent.Load(), timeout: timeout, stage: stage}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if upgradeType(r.Header) == "" {
-			a.writeError(w, http.StatusBadGateway, 0, "http_protocol_error", "the app switched protocols for a request that did not ask to")
-			return exchangeResult{answered: true}
-		}
-		a.metrics.outcome(statusClass(resp.StatusCode))
-		return a.upgrade(w, r, inst, resp)
-	}
-
-	h := w.Header()
-	removeHopHeaders(resp.Header)
-	for k, vv := range resp.Header {
-		h[k] = vv
-	}
-	for k := range resp.Trailer {
-		h.Add("Trailer", k)
-	}
-	a.metrics.outcome(statusClass(resp.StatusCode))
-	// A response of unknown length (SSE, streaming) is flushed as it comes;
-	// one of known length is left to net/http's buffering.
-	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.config().sendTimeout()}
-	dst.flush = resp.ContentLength < 0
-	dst.deadline() // for the head, written with the first bytes of the body or at the end
-	w.WriteHeader(resp.StatusCode)
-	up := a.http.Load()
-	buf := up.buffers.Get().(*[]byte)
-	_, err = io.CopyBuffer(dst, resp.Body, *buf)
-	up.buffers.Put(buf)
-	if err != nil {
-		if r.Context().Err() == nil && !isWriteError(err) {
-			// The app broke the response halfway: the client must see a
-			// cut connection, not a complete-looking short body.
-			a.judge(inst, err, blame(err, stageConnected, false))
-			a.log.Info("response cut by the app", "method", r.Method, "path", r.URL.Path, "err", err)
-		}
-		return exchangeResult{answered: true, cut: true}
-	}
-	for k, vv := range resp.Trailer {
-		h[http.TrailerPrefix+k] = vv
-	}
-	return exchangeResult{answered: true}
-}
-
 // isWriteError reports whether a copy failed on the client's side.
 func isWriteError(err error) bool {
 	var we writeError
@@ -434,45 +357,6 @@ func (c clientWriter) Write(p []byte) (int, error) {
 // written next (net/http resets it after the response).
 func (c clientWriter) deadline() { c.rc.SetWriteDeadline(time.Now().Add(c.timeout)) }
 
-// outgoing builds the request to the app: same method, URI, Host and
-// headers, minus hop-by-hop headers, plus X-Forwarded-*.
-func (a *App) outgoing(r *http.Request, body *requestBody, ctx context.Context) *http.Request {
-	out := r.Clone(ctx)
-	out.RequestURI = ""
-	out.URL.Scheme = "http"
-	out.URL.Host = r.Host
-	if t := r.RequestURI; !absoluteForm(t) && !strings.HasPrefix(t, "//") {
-		// The target as the client sent it (x:80, *, an escaped path):
-		// rebuilt from URL, net/http would change some. An absolute-form
-		// one goes in origin form, its host being Host.
-		out.URL.Opaque, out.URL.RawQuery = t, ""
-	}
-	if _, ok := r.Header["User-Agent"]; !ok {
-		out.Header["User-Agent"] = []string{""} // else the Transport sends its own
-	}
-	// A body an app sends to a HEAD would be in the Transport's buffer
-	// when it pools the connection, before it looks there: the next
-	// request would read it. The connection serves the HEAD alone.
-	out.Close = r.Method == http.MethodHead
-	out.Body, out.ContentLength = body.reader(r.ContentLength)
-	if body.rest == nil {
-		// Read whole: sent with a Content-Length, which every app reads
-		// (not all read a chunked request body).
-		out.TransferEncoding = nil
-	}
-	removeHopHeaders(out.Header)
-	out.Header.Del("Expect") // rouse already has the body, or streams it now
-	if up := upgradeType(r.Header); up != "" {
-		out.Header.Set("Connection", "Upgrade")
-		out.Header.Set("Upgrade", up)
-	}
-	if r.Header.Get("Te") == "trailers" {
-		out.Header.Set("Te", "trailers")
-	}
-	a.setForwarded(r, out)
-	return out
-}
-
 // absoluteForm reports whether a request target is in absolute form
 // (http://host/path).
 func absoluteForm(target string) bool {
@@ -483,7 +367,7 @@ func absoluteForm(target string) bool {
 // setForwarded sets X-Forwarded-For/-Proto/-Host. What the client sent is
 // replaced unless the client is a trusted proxy (trusted_proxies), whose
 // values are kept and extended.
-func (a *App) setForwarded(r *http.Request, out *http.Request) {
+func (a *App) setForwarded(r *http.Request, out http.Header) {
 	ip, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		ip = "" // a unix socket client has no address
@@ -497,31 +381,31 @@ func (a *App) setForwarded(r *http.Request, out *http.Request) {
 		}
 	}
 	if xff != "" {
-		out.Header.Set("X-Forwarded-For", xff)
+		out.Set("X-Forwarded-For", xff)
 	} else {
-		out.Header.Del("X-Forwarded-For")
+		out.Del("X-Forwarded-For")
 	}
-	if !trusted || out.Header.Get("X-Forwarded-Proto") == "" {
+	if !trusted || out.Get("X-Forwarded-Proto") == "" {
 		proto := "http"
 		if r.TLS != nil {
 			proto = "https"
 		}
-		out.Header.Set("X-Forwarded-Proto", proto)
+		out.Set("X-Forwarded-Proto", proto)
 	}
-	if !trusted || out.Header.Get("X-Forwarded-Host") == "" {
-		out.Header.Set("X-Forwarded-Host", r.Host)
+	if !trusted || out.Get("X-Forwarded-Host") == "" {
+		out.Set("X-Forwarded-Host", r.Host)
 	}
 	if !trusted {
-		out.Header.Del("Forwarded")
+		out.Del("Forwarded")
 	}
-	for k := range out.Header {
+	for k := range out {
 		// Set above, or kept from a trusted proxy, are the canonical
 		// spellings; any other (X_Forwarded_For) is a spoof.
 		switch k {
 		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded":
 		default:
 			if forwardedHeader(k) {
-				delete(out.Header, k)
+				delete(out, k)
 			}
 		}
 	}
@@ -573,56 +457,6 @@ func upgradeType(h http.Header) string {
 		}
 	}
 	return ""
-}
-
-// upgrade connects a client whose request the app answered with 101
-// Switching Protocols (WebSocket and the like) to the app, byte for byte.
-// The open connection counts as activity until both sides are done.
-func (a *App) upgrade(w http.ResponseWriter, r *http.Request, inst *instance, resp *http.Response) exchangeResult {
-	up, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		a.writeError(w, http.StatusBadGateway, 0, "http_protocol_error", "the app switched protocols on a connection rouse cannot pass on")
-		return exchangeResult{answered: true}
-	}
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		up.Close()
-		return exchangeResult{answered: true}
-	}
-	defer conn.Close()
-	defer up.Close()
-	// The request's slot stays taken while the connection is open: it
-	// keeps the app up, and the caller releases it when this returns.
-	if !a.adopt(inst, conn, up) {
-		return exchangeResult{answered: true}
-	}
-	defer a.forget(inst, conn, up)
-	proto := resp.Header.Get("Upgrade")
-	removeHopHeaders(resp.Header)
-	resp.Header.Set("Connection", "Upgrade")
-	resp.Header.Set("Upgrade", proto)
-	if tw, ok := w.(*trackedWriter); ok {
-		tw.addServerTiming(resp.Header) // the 101 is written here, not by w
-	}
-	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
-	resp.Header.Write(brw)
-	brw.WriteString("\r\n")
-	if err := brw.Flush(); err != nil {
-		return exchangeResult{answered: true}
-	}
-	// The upgraded connection to the app cannot be half-closed, so when
-	// either side is done both are closed.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		io.Copy(up, brw) // brw first holds what the client sent after its request
-		up.Close()
-	}()
-	io.Copy(conn, up)
-	conn.Close()
-	up.Close()
-	<-done
-	return exchangeResult{answered: true}
 }
 
 // refuse answers a request rouse could not hand to the app; false means
@@ -724,20 +558,6 @@ func readBody(r *http.Request, limit int64) (*requestBody, error) {
 
 // replayable reports whether the whole body can still be sent again.
 func (b *requestBody) replayable() bool { return b.rest == nil || !b.consumed.Load() }
-
-// reader returns a fresh reader over the body for one attempt, and the
-// length to announce (-1 when streaming without a known length).
-func (b *requestBody) reader(declared int64) (io.ReadCloser, int64) {
-	if b.rest == nil {
-		if len(b.buf) == 0 {
-			return http.NoBody, 0
-		}
-		return io.NopCloser(bytes.NewReader(b.buf)), int64(len(b.buf))
-	}
-	// The Transport closes the body it is given, even on errors; the
-	// client's body must stay open in case this attempt never sent it.
-	return io.NopCloser(io.MultiReader(bytes.NewReader(b.buf), consumeReader{b})), declared
-}
 
 type consumeReader struct{ b *requestBody }
 

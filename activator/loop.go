@@ -1066,8 +1066,7 @@ func (l *evLoop) endRelay(c *loopConn) {
 // client's connection is cut, so that it cannot take a short body for a
 // whole one, and the failure counts against the app.
 func (l *evLoop) cutRelay(c *loopConn, err error) {
-	c.a.judge(c.inst, err, blame(err, stageConnected, false))
-	c.a.log.Info("response cut by the app", "method", string(c.head.method), "path", targetPath(c.head.target), "err", err)
+	c.a.responseCut(c.inst, string(c.head.method), targetPath(c.head.target), err)
 	l.closeConn(c)
 }
 

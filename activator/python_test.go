@@ -153,17 +153,22 @@ S(("127.0.0.1", PORT), H).serve_forever()
 
 // Bytes an app sends after a complete response never reach another
 // client: a kept connection to the app with anything unread is closed, not
-// reused, on every path.
+// reused, on every path (net/http's server too).
 func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
-	for _, onGoroutines := range []bool{false, true} {
-		t.Run(map[bool]string{false: "loop", true: "goroutine"}[onGoroutines], func(t *testing.T) {
-			ta := newPythonHTTPApp(t, pyExtraBytes, onGoroutines, nil)
+	same := func(req string) string { return req }
+	for _, path := range []struct {
+		name         string
+		onGoroutines bool
+		shape        func(string) string
+	}{{"loop", false, same}, {"goroutine", true, same}, {"net/http", false, netHTTPShape}} {
+		t.Run(path.name, func(t *testing.T) {
+			ta := newPythonHTTPApp(t, pyExtraBytes, path.onGoroutines, nil)
 			a := dialRaw(t, ta.addr)
 			n := 0
 			good := func(rc *rawClient) {
 				t.Helper()
 				n++
-				rc.send(fmt.Sprintf("GET /good/%d HTTP/1.1\r\nHost: x\r\n\r\n", n))
+				rc.send(path.shape(fmt.Sprintf("GET /good/%d HTTP/1.1\r\nHost: x\r\n\r\n", n)))
 				if resp, body := rc.response("GET"); resp.StatusCode != 200 || body != fmt.Sprintf("good %d", n) {
 					t.Fatalf("GET /good/%d: %d %q", n, resp.StatusCode, body)
 				}
@@ -174,7 +179,7 @@ func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
 				{"GET", "nocontent", ""},
 				{"GET", "late", "ok"},
 			} {
-				a.send(fmt.Sprintf("%s /%s/%d HTTP/1.1\r\nHost: x\r\n\r\n", tc.method, tc.kind, i))
+				a.send(path.shape(fmt.Sprintf("%s /%s/%d HTTP/1.1\r\nHost: x\r\n\r\n", tc.method, tc.kind, i)))
 				if resp, body := a.response(tc.method); body != tc.body {
 					t.Fatalf("%s /%s: %d %q, want %q", tc.method, tc.kind, resp.StatusCode, body, tc.body)
 				}
@@ -225,6 +230,50 @@ func TestHTTPForwardedHeadersCannotBeSpoofedWithUnderscores(t *testing.T) {
 					t.Errorf("goroutines %v, %.40q: %d\n%s\nwant\n%s", onGoroutines, req, resp.StatusCode, body, want)
 				}
 			}
+		}
+	}
+}
+
+// pyEarlyAnswer answers 413 as soon as it has a request's head, and then
+// reads nothing more of that connection (as an app refusing an upload
+// does), keeping it open.
+const pyEarlyAnswer = `
+import socket, socketserver
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = self.request.recv(65536)
+            if not d:
+                return
+            buf += d
+        self.request.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+        time.sleep(60)
+class S(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("127.0.0.1", PORT), H).serve_forever()
+`
+
+// An app that answers a large upload before reading it has its answer
+// passed on at once, on the net/http path (which streams such bodies):
+// not when the client sends its next bytes, nor body_timeout later.
+func TestHTTPEarlyAnswerToAStreamedBody(t *testing.T) {
+	ta := newPythonHTTPApp(t, pyEarlyAnswer, false, func(c *Config) {
+		c.RequestBuffer = 1 << 10
+		c.BodyTimeout = time.Minute
+	})
+	for _, framing := range []string{"Content-Length: 1000000\r\n", "Transfer-Encoding: chunked\r\n"} {
+		rc := dialRaw(t, ta.addr)
+		part := strings.Repeat("x", 4<<10)
+		if strings.HasPrefix(framing, "Transfer") {
+			part = fmt.Sprintf("%x\r\n%s\r\n", len(part), part)
+		}
+		// More than request_buffer, then the client waits.
+		rc.send("POST /upload HTTP/1.1\r\nHost: x\r\n" + framing + "\r\n" + part)
+		rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if resp, body := rc.response("POST"); resp.StatusCode != 413 || body != "big!" {
+			t.Errorf("%q: %d %q", framing, resp.StatusCode, body)
 		}
 	}
 }

@@ -61,7 +61,7 @@ func (a *App) Reconfigure(cfg Config) string {
 	return "restarting with the new command once its connections are done"
 }
 
-// storeConfig makes cfg the app's settings, with a new transport for an
+// storeConfig makes cfg the app's settings, with new connections for an
 // http app whose upstream changed; it returns the old settings and
 // whether the upstream changed.
 func (a *App) storeConfig(cfg Config) (old *Config, upstream bool) {

@@ -88,8 +88,8 @@ func eofText(err error) string {
 func TestHeaderTimeoutCoversAHeadHandedOn(t *testing.T) {
 	const timeout = 600 * time.Millisecond
 	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.HeaderTimeout = timeout })
+	start := time.Now() // (before the connection, whose clock starts at its accept)
 	rc := dialRaw(t, ta.addr)
-	start := time.Now()
 	rc.send("GET / HTTP/1.1\r\nHost: x\r\nX-A: " + strings.Repeat("a", 4000) + "\r\n")
 	time.Sleep(timeout * 2 / 3) // a head in parts: the point of the test
 	rc.send("X-B: " + strings.Repeat("b", frontReadBuffer) + "\r\n")

@@ -129,6 +129,36 @@ func (h *harness) nginxAccessLog(name string) string {
 	return fmt.Sprintf("access_log %s/%s-access.log combined buffer=64k flush=1s;", h.dir, name)
 }
 
+// haproxyProxyArgv is the HAProxy contender: mode http, nbthread threads,
+// kept connections to the backend shared between clients (http-reuse
+// always), the same X-Forwarded-* headers rouse sets.
+func (h *harness) haproxyProxyArgv(port, backend, threads int) ([]string, error) {
+	file := filepath.Join(h.dir, "haproxy-proxy.cfg")
+	conf := fmt.Sprintf(`# HAProxy as the reverse proxy contender
+global
+	nbthread %[3]d
+defaults
+	mode http
+	timeout connect 5s
+	timeout client 60s
+	timeout server 60s
+	timeout http-keep-alive 60s
+	http-reuse always
+frontend proxy
+	bind 127.0.0.1:%[1]d backlog 4096
+	option forwardfor
+	http-request set-header X-Forwarded-Proto http
+	http-request set-header X-Forwarded-Host %%[req.hdr(host)]
+	default_backend app
+backend app
+	server app 127.0.0.1:%[2]d
+`, port, backend, threads)
+	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return []string{h.tools.haproxy, "-db", "-f", file}, nil
+}
+
 // proxydArgv runs systemd-socket-proxyd as a socket-activated service
 // would run: systemd-socket-activate binds the socket and passes it, and
 // SIGPIPE is ignored (systemd's IgnoreSIGPIPE=yes) by the wrapper.

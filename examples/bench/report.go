@@ -108,6 +108,10 @@ func (r *report) render(dir, rouse, self string) string {
 			"`procs` left at its default (half the CPUs: GOMAXPROCS %d on %d).\n", (runtime.NumCPU()+1)/2, runtime.NumCPU())
 		p("- nginx proxy: `worker_processes %s` (so it may use both cores, as rouse's Go runtime does), `keepalive 64` upstream connections with"+
 			" `proxy_http_version 1.1` and `Connection \"\"`, the same X-Forwarded-For/-Proto/-Host and Host as rouse sets, default buffering. The nginx backend runs 1 worker.\n", o.nginxWorkers)
+		if slices.ContainsFunc(r.tables, func(t *tableResult) bool { return slices.Contains(t.group.peers, "HAProxy") }) {
+			p("- HAProxy: `mode http`, `nbthread %d` (as many threads as rouse runs Go code on, its default procs), `http-reuse always` (kept backend connections shared between clients),"+
+				" `option forwardfor` and the same X-Forwarded-Proto/-Host as rouse sets; one process.\n", o.haproxyNbthread())
+		}
 		if r.proxydSigpipe != "" { // proxyd ran (the tcp group)
 			p("- systemd-socket-proxyd: started as `systemd-socket-activate -l ADDR systemd-socket-proxyd BACKEND`, with SIGPIPE ignored as systemd does (IgnoreSIGPIPE=yes) by a wrapper that ignores it and execs. Checked: %s.\n", r.proxydSigpipe)
 		}
@@ -210,17 +214,22 @@ func (r *report) renderSummary(p func(string, ...any)) {
 			if m, lo, hi, ok := t.rpsRatio(g.rouse, "direct"); ok {
 				p("%.2f (%.2f–%.2f) | ", m, lo, hi)
 			}
-			if g.peer == "" {
+			if len(g.peers) == 0 {
 				d, _, _, _ := t.rpsRatio(g.rouse, "direct")
-				p("no peer | | %.1f | %s |\n", medianOf(t.runs[g.rouse], wrkResult.cpuPerRequest), goalMet(g, t.wl, d, 0))
+				p("no peer | | %.1f | %s |\n", medianOf(t.runs[g.rouse], wrkResult.cpuPerRequest), goalMet(g, "", t.wl, d, 0))
 				continue
 			}
-			m, lo, hi, _ := t.rpsRatio(g.rouse, g.peer)
-			p("**%.2f** (%.2f–%.2f) vs %s | ", m, lo, hi, g.peer)
-			pr, _ := t.p99Ratio(g.rouse, g.peer)
-			p("%.2f | ", pr)
-			p("%.1f vs %.1f | ", medianOf(t.runs[g.rouse], wrkResult.cpuPerRequest), medianOf(t.runs[g.peer], wrkResult.cpuPerRequest))
-			p("%s |\n", goalMet(g, t.wl, m, pr))
+			for i, peer := range g.peers {
+				if i > 0 {
+					p("| | | ") // a row per peer
+				}
+				m, lo, hi, _ := t.rpsRatio(g.rouse, peer)
+				p("**%.2f** (%.2f–%.2f) vs %s | ", m, lo, hi, peer)
+				pr, _ := t.p99Ratio(g.rouse, peer)
+				p("%.2f | ", pr)
+				p("%.1f vs %.1f | ", medianOf(t.runs[g.rouse], wrkResult.cpuPerRequest), medianOf(t.runs[peer], wrkResult.cpuPerRequest))
+				p("%s |\n", goalMet(g, peer, t.wl, m, pr))
+			}
 		}
 		p("\n")
 	}
@@ -255,33 +264,37 @@ func (r *report) renderSummary(p func(string, ...any)) {
 }
 
 // idleConnsSummary compares rouse's memory per idle connection with its
-// peer's (nginx), if both were measured.
+// peers' (nginx, HAProxy), if they were measured.
 func (r *report) idleConnsSummary() string {
-	var rouse, peer *idleConnResult
+	var rouse *idleConnResult
+	var peers []*idleConnResult
 	for _, c := range r.idleConns {
 		switch c.name {
 		case "rouse http":
 			rouse = c
-		case "nginx":
-			peer = c
+		case "nginx", "HAProxy":
+			peers = append(peers, c)
 		}
 	}
 	if rouse == nil {
 		return ""
 	}
 	line := fmt.Sprintf("%d idle keep-alive http connections: rouse **%.2f KiB** each", rouse.n, rouse.perConn()/1024)
-	if peer != nil {
-		line += fmt.Sprintf(", nginx %.2f KiB", peer.perConn()/1024)
+	for _, peer := range peers {
+		line += fmt.Sprintf(", %s %.2f KiB", peer.name, peer.perConn()/1024)
 	}
 	return line + " (RSS growth ÷ connections)."
 }
 
-func goalMet(g *group, wl workload, rpsRatio, p99Ratio float64) string {
+// goalMet says whether rouse met its goal against peer ("" for none).
+func goalMet(g *group, peer string, wl workload, rpsRatio, p99Ratio float64) string {
 	switch {
 	case g.key == "tcp" && wl.key == "small":
 		return verdict(rpsRatio >= 1, "rouse >= proxyd")
-	case g.key == "http" && wl.key == "small":
+	case g.key == "http" && wl.key == "small" && peer == "nginx":
 		return verdict(rpsRatio >= 1 && p99Ratio <= 1, "rouse >= nginx, p99 <= nginx")
+	case g.key == "http" && wl.key == "small" && peer == "HAProxy":
+		return verdict(rpsRatio >= 1, "rouse >= HAProxy")
 	case g.key == "handoff":
 		return verdict(rpsRatio >= 0.97, "handoff >= 0.97 × direct")
 	}
@@ -313,8 +326,14 @@ func (r *report) renderTables(p func(string, ...any)) {
 			h += " MiB/s median |"
 			sep += "---:|"
 		}
-		h += " p99 median (min – max) | proxy CPU µs/req | × direct | × " + orDash(g.peer) + " | errors |"
-		sep += "---:|---:|---:|---:|---:|"
+		h += " p99 median (min – max) | proxy CPU µs/req | × direct |"
+		sep += "---:|---:|---:|"
+		for _, peer := range g.peers {
+			h += " × " + peer + " |"
+			sep += "---:|"
+		}
+		h += " errors |"
+		sep += "---:|"
 		p("%s\n%s\n", h, sep)
 		for _, c := range g.contenders {
 			rs := t.runs[c.name]
@@ -344,11 +363,13 @@ func (r *report) renderTables(p func(string, ...any)) {
 			if m, _, _, ok := t.rpsRatio(c.name, "direct"); ok {
 				p(" %.2f |", m)
 			}
-			if g.peer != "" && c.name != g.peer && c.name != "direct" {
-				m, _, _, _ := t.rpsRatio(c.name, g.peer)
-				p(" %.2f |", m)
-			} else {
-				p(" — |")
+			for _, peer := range g.peers {
+				if c.name != peer && c.name != "direct" {
+					m, _, _, _ := t.rpsRatio(c.name, peer)
+					p(" %.2f |", m)
+				} else {
+					p(" — |")
+				}
 			}
 			p(" %s |\n", errorText(rs, errs))
 		}
@@ -362,13 +383,6 @@ func (r *report) renderTables(p func(string, ...any)) {
 		}
 		p("%s.\n\n", strings.Join(parts, "; "))
 	}
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "peer"
-	}
-	return s
 }
 
 func errorText(rs []wrkResult, total int64) string {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -15,31 +16,41 @@ import (
 
 // options are the harness's flags.
 type options struct {
-	rounds       int
-	duration     time.Duration
-	warmup       time.Duration
-	threads      int
-	conns        int
-	backend      string // go | nginx | auto
-	nginxWorkers string
-	coldN        int
-	thawN        int
-	idleConns    int
-	coldDelay    time.Duration
-	burstN       int
-	burstRounds  int
-	densityApps  int
-	densityIdle  time.Duration
-	only         []string
-	perf         string // auto | on | off
-	out          string
-	keep         bool
-	rouseBin     string   // use this rouse instead of building one
-	accessLog    bool     // rouse and the nginx proxy log every request to a file
-	args         []string // as given, for the report
+	rounds         int
+	duration       time.Duration
+	warmup         time.Duration
+	threads        int
+	conns          int
+	backend        string // go | nginx | auto
+	nginxWorkers   string
+	haproxyThreads int // 0: as many as rouse's default procs
+	coldN          int
+	thawN          int
+	idleConns      int
+	coldDelay      time.Duration
+	burstN         int
+	burstRounds    int
+	densityApps    int
+	densityIdle    time.Duration
+	only           []string
+	perf           string // auto | on | off
+	out            string
+	keep           bool
+	rouseBin       string   // use this rouse instead of building one
+	accessLog      bool     // rouse and the nginx proxy log every request to a file
+	args           []string // as given, for the report
 }
 
 func (o *options) want(section string) bool { return slices.Contains(o.only, section) }
+
+// haproxyNbthread is the HAProxy contender's nbthread: by default as many
+// threads as rouse runs Go code on (its default procs, half the CPUs).
+func (o *options) haproxyNbthread() int {
+	if o.haproxyThreads > 0 {
+		return o.haproxyThreads
+	}
+	return (runtime.NumCPU() + 1) / 2
+}
 
 var sections = []string{"tcp", "http", "handoff", "cold", "thaw", "burst", "density"}
 
@@ -54,6 +65,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.conns, "conns", 32, "wrk connections (-c)")
 	fs.StringVar(&o.backend, "backend", "auto", "backend behind every contender: go (rouse __backend) | nginx (return 200) | auto (the faster)")
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "auto", "worker_processes of the nginx proxy contender")
+	fs.IntVar(&o.haproxyThreads, "haproxy-threads", 0, "nbthread of the HAProxy contender (0: as many as rouse's default procs, half the CPUs)")
 	fs.IntVar(&o.idleConns, "idle-conns", 4000, "idle keep-alive connections held to each http proxy to measure their memory (0: none)")
 	fs.IntVar(&o.coldN, "cold-n", 50, "cold starts per case")
 	fs.IntVar(&o.thawN, "thaw-n", 20, "rounds of the thaw section (cold, thawed, warm request each; the app boots in 2 s)")

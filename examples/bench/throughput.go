@@ -55,8 +55,8 @@ type group struct {
 	title      string
 	contenders []*contender
 	workloads  []workload
-	rouse      string // the name of rouse's contender
-	peer       string // the name of the peer rouse is held against ("" if none)
+	rouse      string   // the name of rouse's contender
+	peers      []string // the names of the peers rouse is held against, the goal's first
 	goal       string
 }
 
@@ -78,11 +78,11 @@ func (h *harness) throughput(ctx context.Context) error {
 	}
 	ps := &procs{}
 	defer h.cleanup(ps)
-	ports, err := freePorts(11)
+	ports, err := freePorts(12)
 	if err != nil {
 		return err
 	}
-	goProxyPort, handoffPort, handoffDirect := ports[8], ports[9], ports[10]
+	goProxyPort, handoffPort, handoffDirect, haproxyPort := ports[8], ports[9], ports[10], ports[11]
 	backendPort, rouseTCPBackend, rouseHTTPBackend := ports[0], ports[1], ports[2]
 	rouseTCP, rouseHTTP, proxydPort, naivePort, nginxPort := ports[3], ports[4], ports[5], ports[6], ports[7]
 
@@ -159,7 +159,7 @@ func (h *harness) throughput(ctx context.Context) error {
 			}
 			g.contenders = append(g.contenders, &contender{name: "proxyd", url: "http://" + addr(proxydPort), argv: argv,
 				cpu: func() []int { return []int{p.pid()} }})
-			g.peer = "proxyd"
+			g.peers = append(g.peers, "proxyd")
 			h.rep.commands = append(h.rep.commands, [2]string{"proxyd", shellJoin(argv)})
 			proxydPID = p.pid()
 		}
@@ -178,26 +178,41 @@ func (h *harness) throughput(ctx context.Context) error {
 	}
 	if h.o.want("http") {
 		g := &group{key: "http", title: "HTTP reverse proxies", rouse: "rouse http",
-			goal: "issue 3/7: rouse >= nginx on small responses, p99 <= nginx", workloads: workloads}
+			goal: "issue 3/7: rouse >= nginx on small responses, p99 <= nginx; issue 13: rouse >= HAProxy too", workloads: workloads}
 		g.contenders = append(g.contenders, direct,
 			&contender{name: "rouse http", url: "http://" + addr(rouseHTTP), cpu: rousePIDs, perfPID: rd.pid()})
+		// The peers rouse is held against, each with its config file.
+		type peer struct {
+			name, config, lang string
+			port               int
+			argv               func() ([]string, error)
+		}
+		var peers []peer
 		if h.tools.nginx != "" {
-			argv, err := h.nginxProxyArgv(nginxPort, backendPort)
+			peers = append(peers, peer{"nginx", "nginx-proxy.conf", "nginx", nginxPort,
+				func() ([]string, error) { return h.nginxProxyArgv(nginxPort, backendPort) }})
+		}
+		if h.tools.haproxy != "" {
+			peers = append(peers, peer{"HAProxy", "haproxy-proxy.cfg", "haproxy", haproxyPort,
+				func() ([]string, error) { return h.haproxyProxyArgv(haproxyPort, backendPort, h.o.haproxyNbthread()) }})
+		}
+		for _, pr := range peers {
+			argv, err := pr.argv()
 			if err != nil {
 				return err
 			}
-			p, err := ps.start("nginx proxy", argv)
+			p, err := ps.start(pr.name+" proxy", argv)
 			if err != nil {
 				return err
 			}
-			if err := waitListening(ctx, p, addr(nginxPort)); err != nil {
+			if err := waitListening(ctx, p, addr(pr.port)); err != nil {
 				return err
 			}
-			g.contenders = append(g.contenders, &contender{name: "nginx", url: "http://" + addr(nginxPort), argv: argv,
+			g.contenders = append(g.contenders, &contender{name: pr.name, url: "http://" + addr(pr.port), argv: argv,
 				cpu: func() []int { return append([]int{p.pid()}, children(p.pid())...) }})
-			g.peer = "nginx"
-			h.rep.commands = append(h.rep.commands, [2]string{"nginx proxy", shellJoin(argv)})
-			h.rep.addConfig("nginx proxy config", "nginx", filepath.Join(h.dir, "nginx-proxy.conf"))
+			g.peers = append(g.peers, pr.name)
+			h.rep.commands = append(h.rep.commands, [2]string{pr.name + " proxy", shellJoin(argv)})
+			h.rep.addConfig(pr.name+" proxy config", pr.lang, filepath.Join(h.dir, pr.config))
 		}
 		argv := h.goHTTPProxyArgv(goProxyPort, backendPort)
 		p, err := ps.start("Go ReverseProxy", argv)

@@ -16,6 +16,7 @@ import (
 type tools struct {
 	wrk      string
 	nginx    string
+	haproxy  string
 	proxyd   string // systemd-socket-proxyd
 	activate string // systemd-socket-activate
 	perf     string
@@ -41,6 +42,7 @@ func findTools() tools {
 	}
 	t.wrk = look("wrk")
 	t.nginx = look("nginx", "/usr/sbin/nginx")
+	t.haproxy = look("haproxy", "/usr/sbin/haproxy")
 	t.proxyd = look("/lib/systemd/systemd-socket-proxyd", "/usr/lib/systemd/systemd-socket-proxyd")
 	t.activate = look("systemd-socket-activate")
 	t.perf = look("perf")
@@ -49,6 +51,9 @@ func findTools() tools {
 	}
 	if t.nginx == "" {
 		t.missing = append(t.missing, "nginx (Debian package `nginx-light`): no nginx backend and no nginx proxy contender")
+	}
+	if t.haproxy == "" {
+		t.missing = append(t.missing, "haproxy (Debian package `haproxy`): no HAProxy proxy contender")
 	}
 	if t.proxyd == "" || t.activate == "" {
 		t.missing = append(t.missing, "systemd-socket-proxyd / systemd-socket-activate (Debian package `systemd`): no proxyd contender, no late-backend test")
@@ -79,6 +84,7 @@ func (t tools) versions(ctx context.Context, rouse string) [][2]string {
 	}
 	add("wrk", t.wrk, "--version")
 	add("nginx", t.nginx, "-v")
+	add("haproxy", t.haproxy, "-v")
 	add("systemd-socket-proxyd", t.proxyd, "--version")
 	add("perf", t.perf, "--version")
 	for i := range out {
