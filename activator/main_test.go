@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -116,16 +118,10 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		apps   []*App
 		fronts []*HTTPFront
 	)
-	// Upstream ports: all held open until all are picked, so no two apps
-	// get the same one.
+	// Upstream ports, one per app (freePort never gives one twice).
 	ports := make([]int, len(specs))
 	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+		ports[i] = freePort(t)
 	}
 	for i, spec := range specs {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -330,14 +326,39 @@ func alive(pid int) bool {
 	return true
 }
 
+// testPorts are the ports freePort handed out in this test process.
+var testPorts struct {
+	sync.Mutex
+	used map[int]bool
+}
+
+// freePort returns a loopback port for an app to listen on later. It is
+// taken from 10000-19999, below the kernel's ephemeral range (where the
+// tests' own outgoing connections take their local ports, so one could
+// take a port picked with ":0" before its app binds it) and below
+// rouse's default port_range, and never twice in one process.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	testPorts.Lock()
+	defer testPorts.Unlock()
+	if testPorts.used == nil {
+		testPorts.used = make(map[int]bool)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for range 1000 {
+		port := 10000 + rand.IntN(10000)
+		if testPorts.used[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		testPorts.used[port] = true
+		return port
+	}
+	t.Fatal("no free port in 10000-19999")
+	return 0
 }
 
 func countFDs(t testing.TB) int {

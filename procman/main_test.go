@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -333,15 +334,39 @@ func groupGone(t *testing.T, pgid int, pids ...int) {
 	})
 }
 
-// freeAddr returns a loopback address nothing listens on right now.
+// testPorts are the ports freeAddr handed out in this test process.
+var testPorts struct {
+	sync.Mutex
+	used map[int]bool
+}
+
+// freeAddr returns a loopback address nothing listens on right now, with a
+// port from 10000-19999: below the kernel's ephemeral range, where the
+// tests' own outgoing connections take their ports (one could take a port
+// picked with ":0" before the app binds it), and never twice.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	testPorts.Lock()
+	defer testPorts.Unlock()
+	if testPorts.used == nil {
+		testPorts.used = make(map[int]bool)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for range 1000 {
+		port := 10000 + rand.IntN(10000)
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		if testPorts.used[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		testPorts.used[port] = true
+		return addr
+	}
+	t.Fatal("no free port in 10000-19999")
+	return ""
 }
 
 func testContext(t *testing.T) context.Context {
