@@ -20,16 +20,18 @@ import (
 // in one. So dials go through a dialGate:
 //   - at most window of them are in flight at once; window starts small
 //     for each new process and grows by one with each dial that completes
-//     (as TCP's slow start), and halves when one stalls;
-//   - a dial that has not completed within a few times the usual (see
-//     stall) has most likely lost
-//     its SYN to a full backlog (on loopback, connect(2) otherwise
-//     completes at once): it is abandoned and made again on a new
-//     connection as soon as it gets a slot, not after the kernel's second;
+//     (as TCP's slow start), halves when one stalls, and from then on grows
+//     by one per window of completed dials (TCP's congestion avoidance);
+//   - a dial that has not completed within 4 times the recent dial time
+//     (stall, 2-100 ms) has most likely lost its SYN to a full backlog (on
+//     loopback, connect(2) otherwise completes at once): it is abandoned
+//     and made again on a new connection as soon as it gets a slot, not
+//     after the kernel's second;
 //   - a request waiting for a slot takes a kept connection instead as soon
 //     as one comes back (kick), so kept connections are used first.
 // Stalls are not failures: an app busy accepting is not unhealthy. A dial
-// refused, or not completed within dialBound, is (see blame).
+// refused, or not completed within dialBound while no other dial to the app
+// completed, is (see blame).
 
 const (
 	gateInitial = 4   // dials in flight to a process that just became ready
