@@ -39,7 +39,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./activator
 
 # bench-compare runs rouse against systemd-socket-proxyd, nginx, HAProxy and
-# Go proxies on loopback (examples/bench) and writes BENCHMARKS.md; ~15 min.
+# Go proxies on loopback (examples/bench) and writes BENCHMARKS.md; ~25 min.
 # It installs nothing: `make deps` brings wrk, nginx, haproxy and systemd.
 # BENCH_FLAGS=-quick for a short run.
 bench-compare:
