@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/testport"
 )
 
 // TestMain re-executes the test binary as the children the tests run: the
@@ -334,40 +335,8 @@ func groupGone(t *testing.T, pgid int, pids ...int) {
 	})
 }
 
-// testPorts are the ports freeAddr handed out in this test process.
-var testPorts struct {
-	sync.Mutex
-	used map[int]bool
-}
-
-// freeAddr returns a loopback address nothing listens on right now, with a
-// port from 10000-19999: below the kernel's ephemeral range, where the
-// tests' own outgoing connections take their ports (one could take a port
-// picked with ":0" before the app binds it), and never twice.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	testPorts.Lock()
-	defer testPorts.Unlock()
-	if testPorts.used == nil {
-		testPorts.used = make(map[int]bool)
-	}
-	for range 1000 {
-		port := 10000 + rand.IntN(10000)
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if testPorts.used[port] {
-			continue
-		}
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		testPorts.used[port] = true
-		return addr
-	}
-	t.Fatal("no free port in 10000-19999")
-	return ""
-}
+// freeAddr is a loopback address nothing listens on now (testport.Free).
+func freeAddr(t *testing.T) string { return "127.0.0.1:" + strconv.Itoa(testport.Free(t)) }
 
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/testport"
 )
 
 // TestMain lets the test binary be rouse: run with ROUSE_TEST_MAIN=1 it is
@@ -568,40 +569,8 @@ func alive(pid int) bool {
 	return !strings.HasPrefix(state, " X") && !strings.HasPrefix(state, " Z")
 }
 
-// testPorts are the ports freePort handed out in this test process.
-var testPorts struct {
-	sync.Mutex
-	used map[int]bool
-}
-
-// freePort returns a loopback port for an app to listen on later. It is
-// taken from 10000-19999, below the kernel's ephemeral range (where the
-// tests' own outgoing connections take their local ports, so one could
-// take a port picked with ":0" before its app binds it) and below
-// rouse's default port_range, and never twice in one process.
-func freePort(t testing.TB) int {
-	t.Helper()
-	testPorts.Lock()
-	defer testPorts.Unlock()
-	if testPorts.used == nil {
-		testPorts.used = make(map[int]bool)
-	}
-	for range 1000 {
-		port := 10000 + rand.IntN(10000)
-		if testPorts.used[port] {
-			continue
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		testPorts.used[port] = true
-		return port
-	}
-	t.Fatal("no free port in 10000-19999")
-	return 0
-}
+// freePort is a port for an app to listen on later (testport.Free).
+func freePort(t testing.TB) int { return testport.Free(t) }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
