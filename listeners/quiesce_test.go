@@ -27,10 +27,12 @@ func TestQuiesce(t *testing.T) {
 	}
 	accepted := make(chan result, 1)
 	go func() {
-		// Accept only after Quiesce began: it must wait for this.
+		// Accept only after Quiesce began: it must wait for this. at is
+		// when the accept began: the queue cannot be empty before.
 		time.Sleep(20 * time.Millisecond)
+		at := time.Now()
 		c, _ := ln.Accept()
-		accepted <- result{c, time.Now()}
+		accepted <- result{c, at}
 	}()
 	if err := Quiesce(ln.(*net.TCPListener), 5*time.Second); err != nil {
 		t.Fatal(err)
