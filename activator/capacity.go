@@ -189,10 +189,14 @@ func (p *pool) stopped(a *App) {
 	p.wake()
 }
 
-// idle tells the manager an app may have become evictable.
+// idle tells the manager an app may have become evictable, which matters
+// only to a start that waits or to a budget found exceeded: it is called
+// at the end of every request, and a sample of every app's memory at each
+// would keep the manager busy under load (growth is caught by the
+// budgetCheck while apps run).
 func (p *pool) idle() {
 	p.mu.Lock()
-	need := len(p.waiting) > 0 || p.limits.MemoryBudget > 0
+	need := len(p.waiting) > 0 || p.over
 	p.mu.Unlock()
 	if need {
 		p.wake()

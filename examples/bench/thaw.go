@@ -477,7 +477,7 @@ func (r *report) renderFleet(p func(string, ...any)) {
 	p("| requests | lost | LRU stops | peak memory of the apps | samples over budget | frozen then | rouse CPU over the idle period (schedstat / ticks) | wake-ups (voluntary / involuntary switches) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n")
 	p("| %d | %s | %d | %s | %.0f%% | %d | %s / %s | %d / %d |\n\n", f.requests, lost, f.lruStops, mib(f.peakUsed), 100*f.overBudget, f.frozen,
 		ms(f.cpuSched), ms(f.cpuTicks), f.wakeups, f.switches)
-	p("A start reserves what the app took on its last run (never run: the mean of the apps measured so far) before it is granted; apps are sampled at each start decided and every 500 ms while any runs unfrozen. rouse itself said the budget was exceeded %d times", f.exceeded)
+	p("A start reserves what the app took on its last run (never run: the mean of the apps measured so far) before it is granted, up to the budget less 1/32 of it; apps are sampled at each start decided and every 500 ms while any runs unfrozen. rouse itself said the budget was exceeded %d times", f.exceeded)
 	if f.reason != "" {
 		p(" (first: %s)", f.reason)
 	}
