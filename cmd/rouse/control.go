@@ -209,6 +209,9 @@ func cmdStatus(ctx context.Context, args []string, getenv func(string) string, s
 		writeStatusDetail(stdout, reply.Apps[0], time.Now())
 	default:
 		writeStatusTable(stdout, reply.Apps, time.Now())
+		if reply.Budget != nil {
+			writeBudget(stdout, *reply.Budget)
+		}
 	}
 	return 0
 }
