@@ -46,7 +46,7 @@ type App struct {
 
 	metrics *metrics
 	pool    *pool         // shared capacity; nil when no limit is set
-	rssSeen atomic.Uint64 // the largest RSS seen of the last run sampled: what a start will need
+	rssSeen atomic.Uint64 // the largest memory sampled of its last run: what a start will reserve (capacity.go)
 
 	wg sync.WaitGroup // every goroutine the app starts
 
@@ -93,7 +93,7 @@ type instance struct {
 	booting  bool                   // holds a start slot of the pool
 	retiring bool                   // a reload changed the command: hand it nothing new, stop it when done
 	rssPeak  uint64                 // the largest RSS sampled of this process
-	expect   uint64                 // the largest RSS of the run before: what it will likely take once started
+	reserve  reservation            // what its start reserved in memory_budget (capacity.go)
 	noFreeze bool                   // freezing it failed: it is stopped after idle_timeout instead (freeze.go)
 }
 
@@ -263,7 +263,7 @@ func (a *App) spawnLocked(why string) {
 	a.asked = false
 	a.starts++
 	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{}),
-		pooled: a.pool != nil, booting: a.pool != nil, expect: a.rssSeen.Load()}
+		pooled: a.pool != nil, booting: a.pool != nil, reserve: a.pool.reserve(a)}
 	a.inst = inst
 	a.fails = a.fails[:0]
 	a.setState(Starting)
@@ -974,43 +974,6 @@ func (a *App) stopFor(why string) bool {
 	a.stopLocked(why, nil)
 	return true
 }
-
-// rss samples the memory of the app's processes for the pool; 0 when it
-// does not run. While it starts it counts at least what its last run took:
-// an app that boots holds little yet, and several starting at once would
-// each be let in on that little and then take the budget past its limit.
-func (a *App) rss() uint64 {
-	a.mu.Lock()
-	inst := a.inst
-	var p *procman.Process
-	var expect uint64
-	if inst != nil {
-		p = inst.proc
-		if a.state == Starting {
-			expect = inst.expect
-		}
-	}
-	a.mu.Unlock()
-	if p == nil {
-		return expect
-	}
-	st, err := p.Stats()
-	if err != nil {
-		return expect
-	}
-	a.mu.Lock()
-	inst.rssPeak = max(inst.rssPeak, st.RSS)
-	if a.inst == inst && (a.state != Starting || inst.rssPeak > inst.expect) {
-		a.rssSeen.Store(inst.rssPeak)
-	}
-	a.mu.Unlock()
-	return max(st.RSS, expect)
-}
-
-// lastRSS is the largest RSS seen of the app's last run (sampled): the
-// pool's estimate of what starting it will take. One large run does not
-// mark the app large for ever: its next run sampled replaces it.
-func (a *App) lastRSS() uint64 { return a.rssSeen.Load() }
 
 // localError reports whether err is rouse running short of a resource
 // rather than the app refusing or resetting.

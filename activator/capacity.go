@@ -3,24 +3,81 @@ package activator
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/rouse-dev/rouse/procman"
 )
 
 // Capacity bounds what the apps of one daemon may use together.
 type Capacity struct {
 	MaxRunning   int   // apps starting, ready or stopping; 0 = no limit
-	MemoryBudget int64 // total RSS of running apps, bytes; 0 = no limit
+	MemoryBudget int64 // total memory of running apps, bytes (see reservation); 0 = no limit
 	MaxStarting  int   // concurrent spawns; 0 = no limit
+
+	Logger *slog.Logger // where the memory budget is reported; nil: slog.Default()
 }
 
 func (c Capacity) limited() bool {
 	return c.MaxRunning > 0 || c.MemoryBudget > 0 || c.MaxStarting > 0
 }
 
-// budgetCheck is how often the RSS of running apps is compared with the
-// memory budget while any app runs (never while none does).
-const budgetCheck = 2 * time.Second
+// budgetCheck is how often the memory of running apps is compared with
+// the memory budget while any app runs and is not frozen (never while
+// none does: frozen apps do not grow, and a thaw wakes the manager).
+// Every decision to start an app samples afresh as well; this catches an
+// app that grows while nothing starts. A sample is one read of
+// memory.current per app with the memory controller, else one scan of
+// /proc for all apps (procman.Memory): 2 ms for 20 apps on a box of 100
+// processes (sampling each app on its own, with gopsutil, took 37 ms), so
+// checking twice a second costs under 0.5% of a core.
+const budgetCheck = 500 * time.Millisecond
+
+// growthRoom is the share of memory_budget a start leaves free (1/32):
+// apps are granted a start up to budget - budget/growthRoom, and stopped
+// to make room only above the budget itself. What an app holds varies
+// from run to run (a few hundred KiB for a small Go app, more for a
+// runtime with a garbage collector), and without that band apps packed
+// to the last byte of the budget by their last runs' figures would go
+// above it at each run that takes a little more than the one before.
+const growthRoom = 32
+
+// admitLimit is what the running apps may count, a start included, for
+// the start to be granted.
+func (p *pool) admitLimit() uint64 {
+	b := uint64(p.limits.MemoryBudget)
+	return b - b/growthRoom
+}
+
+// defaultReserve is what a start reserves for an app never measured, when
+// it has no memory_max and no app has been measured yet to take the mean
+// of: until that app is ready and has served, it counts this much.
+const defaultReserve = 64 << 20
+
+// reservation is what a start of an app counts in memory_budget before
+// the app is measured, and where the figure comes from. An app that ran
+// before reserves the largest memory sampled of its last run (kept across
+// its restarts and across reloads: it belongs to the app, not to the
+// process), and counts at least that for the whole run: an app grows
+// after it is ready, as it serves, and the last run is the evidence of
+// how far. An app never measured reserves its memory_max, else the mean
+// of the apps measured so far, else defaultReserve, never more than
+// starts may take of the budget beside the keep_warm apps (an estimate
+// alone must never make an app too big to start); it counts that until it is ready and
+// has served once, then what it is measured at. In both cases memory
+// sampled above the reservation counts as it is.
+type reservation struct {
+	bytes uint64
+	from  string // one of the from* below
+}
+
+const (
+	fromLastRun   = "its last run"
+	fromMemoryMax = "memory_max"
+	fromMean      = "the mean of the measured apps"
+	fromDefault   = "the default for an app never measured"
+)
 
 // pool shares Capacity between apps. An app that wants to start asks for a
 // slot with admit, under its own lock; the pool's lock is taken after an
@@ -41,6 +98,13 @@ type pool struct {
 	starting int    // apps holding a start slot: from spawn until ready or gone
 	waiting  []*App // apps that want to start, in order
 	evicting *App   // the app being stopped to make room, if any
+
+	// The budget as last sampled (Budget): only the manager samples.
+	last     usage
+	over     bool   // the last sample was above the budget
+	reason   string // why it was last above it
+	exceeded uint64 // times the apps went above the budget
+	log      *slog.Logger
 }
 
 // BudgetError is what the connections waiting for an app get when the app
@@ -66,7 +130,11 @@ func (e *BudgetError) Error() string {
 func mib(n uint64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
 
 func newPool(limits Capacity, apps func() []*App) *pool {
-	return &pool{limits: limits, apps: apps, kick: make(chan struct{}, 1)}
+	log := limits.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &pool{limits: limits, apps: apps, kick: make(chan struct{}, 1), log: log}
 }
 
 func (p *pool) wake() {
@@ -121,10 +189,14 @@ func (p *pool) stopped(a *App) {
 	p.wake()
 }
 
-// idle tells the manager an app may have become evictable.
+// idle tells the manager an app may have become evictable, which matters
+// only to a start that waits or to a budget found exceeded: it is called
+// at the end of every request, and a sample of every app's memory at each
+// would keep the manager busy under load (growth is caught by the
+// budgetCheck while apps run).
 func (p *pool) idle() {
 	p.mu.Lock()
-	need := len(p.waiting) > 0 || p.limits.MemoryBudget > 0
+	need := len(p.waiting) > 0 || p.over
 	p.mu.Unlock()
 	if need {
 		p.wake()
@@ -192,10 +264,7 @@ func (p *pool) settle() {
 		p.mu.Unlock()
 
 		if next == nil {
-			// Stopping the only app that runs makes room for nobody.
-			if running > 1 && p.usage().over(p.limits.MemoryBudget, 0) {
-				p.evict(nil)
-			}
+			p.holdBudget(running)
 			return
 		}
 		if !next.wantsStart() {
@@ -206,12 +275,17 @@ func (p *pool) settle() {
 			return // a spawn in progress will end and wake us
 		}
 		u := p.usage()
-		need := next.lastRSS()
-		oversize := p.limits.MemoryBudget > 0 && u.pinned+need > uint64(p.limits.MemoryBudget)
+		r := p.reserve(next)
+		need := r.bytes
+		// Only a measured app is ever too big: an estimate is capped.
+		oversize := r.from == fromLastRun && u.pinned+need > p.admitLimit()
 		switch {
-		case countsFit && !u.over(p.limits.MemoryBudget, need),
+		case countsFit && (p.limits.MemoryBudget <= 0 || u.charged+need <= p.admitLimit()),
 			countsFit && oversize && running == u.pinnedRunning && !anyWants(behind):
 			p.dropHead()
+			if p.limits.MemoryBudget > 0 {
+				p.log.Debug("start granted", "app", next.Name(), "reserve", mib(need), "from", r.from, "counted", mib(u.charged))
+			}
 			p.mu.Lock()
 			p.running++
 			p.starting++
@@ -228,7 +302,7 @@ func (p *pool) settle() {
 			next.refuseStart(&BudgetError{App: next.Name(), Need: need, Budget: p.limits.MemoryBudget, Pinned: u.pinned})
 			continue
 		}
-		if !p.evict(next) {
+		if _, ok := p.evict(next); !ok {
 			return // nothing can be stopped now; a release will wake us
 		}
 	}
@@ -261,39 +335,214 @@ func anyWants(apps []*App) bool {
 	return false
 }
 
-// usage is what the running apps hold, sampled from /proc.
-type usage struct {
-	used          uint64 // RSS of all running apps
-	pinned        uint64 // of those that are keep_warm: never stopped to make room
-	pinnedRunning int    // how many keep_warm apps hold a run slot
+// holdBudget makes room when the running apps went above the budget with
+// no start asking for it (an app grew since it was sampled): it stops
+// the least recently used app that serves nothing, frozen ones first, as
+// for a start, and never the only app running (that makes room for
+// nobody). It records what it found for Budget, and logs when the budget
+// is exceeded and when it holds again.
+func (p *pool) holdBudget(running int) {
+	budget := p.limits.MemoryBudget
+	u := p.usage()
+	if !u.over(budget, 0) {
+		p.mu.Lock()
+		was := p.over
+		p.over = false
+		p.mu.Unlock()
+		if was {
+			p.log.Info("memory budget held again", "used", mib(u.used), "counted", mib(u.charged), "budget", mib(uint64(budget)))
+		}
+		return
+	}
+	why := "the running apps hold more than it"
+	if u.grew != nil {
+		why = fmt.Sprintf("%s holds %s, %s more than its start reserved", u.grew.Name(), mib(u.grewHeld), mib(u.grewBy))
+	}
+	if running <= 1 {
+		why += "; it is the only app running"
+	} else if victim, ok := p.evict(nil); victim != nil {
+		why += "; stopping " + victim.Name() + " to make room"
+	} else if !ok {
+		why += "; nothing can be stopped: the other apps serve, start or are keep_warm"
+	}
+	p.mu.Lock()
+	first := !p.over
+	if first {
+		p.exceeded++
+	}
+	p.over, p.reason = true, why
+	p.mu.Unlock()
+	if first {
+		p.log.Warn("memory budget exceeded", "counted", mib(u.charged), "budget", mib(uint64(budget)), "reason", why)
+	}
 }
 
+// BudgetStatus is memory_budget as the capacity manager last sampled it:
+// at the last start it decided, or its last check while apps run.
+type BudgetStatus struct {
+	Budget   int64  `json:"budget_bytes"`
+	Used     uint64 `json:"used_bytes"`       // the memory the running apps hold
+	Counted  uint64 `json:"counted_bytes"`    // what they count: Used, or more where a start's reservation holds
+	Over     uint64 `json:"over_bytes"`       // Counted beyond Budget; 0 within it
+	Exceeded uint64 `json:"exceeded_total"`   // times the apps went above the budget
+	Reason   string `json:"reason,omitempty"` // why they last did, and what rouse did about it
+}
+
+func (p *pool) budget() BudgetStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := BudgetStatus{Budget: p.limits.MemoryBudget, Used: p.last.used, Counted: p.last.charged, Exceeded: p.exceeded, Reason: p.reason}
+	if p.over && b.Counted > uint64(b.Budget) {
+		b.Over = b.Counted - uint64(b.Budget)
+	}
+	return b
+}
+
+// reserve is what a start of a reserves in the budget (see reservation);
+// nothing without a budget. Safe to call with a.mu held: it takes no
+// other app's lock.
+func (p *pool) reserve(a *App) reservation {
+	if p == nil || p.limits.MemoryBudget <= 0 {
+		return reservation{}
+	}
+	if seen := a.rssSeen.Load(); seen > 0 {
+		return reservation{seen, fromLastRun}
+	}
+	r := reservation{defaultReserve, fromDefault}
+	if m := a.config().Process.Limits.MemoryMax; m > 0 {
+		r = reservation{uint64(m), fromMemoryMax}
+	} else {
+		var sum, n uint64
+		for _, b := range p.apps() {
+			if seen := b.rssSeen.Load(); seen > 0 && b != a {
+				sum += seen
+				n++
+			}
+		}
+		if n > 0 {
+			r = reservation{sum / n, fromMean}
+		}
+	}
+	p.mu.Lock()
+	room := p.admitLimit() - min(p.last.pinned, p.admitLimit())
+	p.mu.Unlock()
+	r.bytes = min(r.bytes, room)
+	return r
+}
+
+// usage is what the running apps hold and count, sampled now.
+type usage struct {
+	used          uint64 // memory the running apps hold
+	charged       uint64 // what they count in the budget (see reservation)
+	pinned        uint64 // counted by keep_warm apps: never stopped to make room
+	pinnedRunning int    // how many keep_warm apps hold a run slot
+	grew          *App   // the app furthest above what its start reserved, if any
+	grewHeld      uint64
+	grewBy        uint64
+}
+
+// usage samples every app (one procman.Memory for all) and records the
+// result for Budget.
 func (p *pool) usage() usage {
 	var u usage
 	if p.limits.MemoryBudget <= 0 {
 		return u
 	}
-	for _, a := range p.apps() {
-		rss := a.rss()
-		u.used += rss
-		if a.pinned() {
-			u.pinned += rss
+	apps := p.apps()
+	for i, s := range sampleApps(apps) {
+		u.used += s.held
+		u.charged += s.charged
+		if s.pinned {
+			u.pinned += s.charged
 			u.pinnedRunning++
 		}
+		if s.held > s.reserved && s.held-s.reserved > u.grewBy {
+			u.grew, u.grewHeld, u.grewBy = apps[i], s.held, s.held-s.reserved
+		}
 	}
+	p.mu.Lock()
+	p.last = u
+	p.mu.Unlock()
 	return u
 }
 
 // over reports whether extra more bytes would take the apps past budget
 // (0: no budget).
 func (u usage) over(budget int64, extra uint64) bool {
-	return budget > 0 && u.used+extra > uint64(budget)
+	return budget > 0 && u.charged+extra > uint64(budget)
 }
+
+// appMemory is one app's memory as the budget sees it.
+type appMemory struct {
+	held     uint64 // sampled: memory.current of its cgroup, or the RSS of its processes
+	charged  uint64 // what it counts: held, or its reservation while that holds
+	reserved uint64 // what its start reserved
+	pinned   bool   // keep_warm and running
+}
+
+// sampleApps samples the memory of apps with one procman.Memory call, and
+// records each app's peak: what its next start reserves.
+func sampleApps(apps []*App) []appMemory {
+	procs := make([]*procman.Process, len(apps))
+	for i, a := range apps {
+		procs[i] = a.process()
+	}
+	held := procman.Memory(procs)
+	out := make([]appMemory, len(apps))
+	for i, a := range apps {
+		out[i] = a.account(procs[i], held[i])
+	}
+	return out
+}
+
+// process is the app's current process; nil when it has none.
+func (a *App) process() *procman.Process {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inst == nil {
+		return nil
+	}
+	return a.inst.proc
+}
+
+// account turns held, sampled of p, into what the app counts, and keeps
+// the peak of the run. Only a run that became ready is a measurement:
+// what an app holds while it boots is not what it needs, and neither the
+// figure of its last run nor the mean of the measured apps may take it.
+func (a *App) account(p *procman.Process, held uint64) appMemory {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	inst := a.inst
+	if inst == nil {
+		return appMemory{}
+	}
+	if inst.proc != p {
+		held = 0 // sampled before the process was spawned
+	}
+	inst.rssPeak = max(inst.rssPeak, held)
+	if inst.rssPeak > 0 && !inst.readyAt.IsZero() {
+		a.rssSeen.Store(inst.rssPeak)
+	}
+	m := appMemory{held: held, charged: held, reserved: inst.reserve.bytes, pinned: a.config().KeepWarm}
+	// An estimate holds until the app is ready and has served once (a
+	// connection ended after it was ready); the last run, throughout.
+	served := a.state != Starting && a.lastUsed.After(inst.readyAt)
+	if inst.reserve.from == fromLastRun || !served {
+		m.charged = max(held, inst.reserve.bytes)
+	}
+	return m
+}
+
+// lastRSS is the largest memory sampled of the app's last run: what its
+// next start reserves. One large run does not mark the app large for
+// ever: its next run sampled replaces it.
+func (a *App) lastRSS() uint64 { return a.rssSeen.Load() }
 
 // evict stops the least recently used app that has nothing in flight and
 // is not keep_warm (and is not for): a frozen one first, then a ready one.
-// It reports whether one was found.
-func (p *pool) evict(forApp *App) bool {
+// It returns the app it stopped, and whether one was found (one that got
+// busy meanwhile is found, not stopped: look again).
+func (p *pool) evict(forApp *App) (*App, bool) {
 	var victim *App
 	var used time.Time
 	var frozen bool
@@ -307,7 +556,7 @@ func (p *pool) evict(forApp *App) bool {
 		}
 	}
 	if victim == nil {
-		return false
+		return nil, false
 	}
 	p.mu.Lock()
 	p.evicting = victim
@@ -316,9 +565,9 @@ func (p *pool) evict(forApp *App) bool {
 		p.mu.Lock()
 		p.evicting = nil
 		p.mu.Unlock()
-		return true // it got busy meanwhile: look again
+		return nil, true
 	}
-	return true
+	return victim, true
 }
 
 // wantsStart reports whether the app still waits for the pool to grant it
@@ -331,14 +580,6 @@ func (a *App) wantsStart() bool {
 
 func (a *App) wantsStartLocked() bool {
 	return a.state == Idle && !a.closing && (a.queued > 0 || a.config().KeepWarm || a.asked)
-}
-
-// pinned reports whether the app holds a run slot that the pool may never
-// take back: a keep_warm app that runs.
-func (a *App) pinned() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.inst != nil && a.config().KeepWarm
 }
 
 // refuseStart answers what waits for a start the pool will not grant: the

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/procman"
 )
 
 func echoSpec(extra ...string) appSpec {
@@ -273,7 +275,7 @@ func TestMemoryBudgetOversizeAppNeverWedges(t *testing.T) {
 
 	// x runs alone, past the budget, then is stopped to make room for a.
 	served("x alone", getAsync(client, url(x, "/")))
-	waitFor(t, "x's RSS past the budget", func() bool { return x.rss() > budget })
+	waitFor(t, "x's RSS past the budget", func() bool { return memoryOf(x).held > budget })
 	served("a, stopping x", getAsync(client, url(a, "/")))
 	if st := x.Status(); st.State != Idle || x.Metrics().Stops["lru"] != 1 {
 		t.Fatalf("x is %s with stops %v, want stopped once for room", st.State, x.Metrics().Stops)
@@ -338,7 +340,7 @@ func TestMemoryBudgetStartOfOversizeAppIsRefusedNotHung(t *testing.T) {
 	if err := x.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "x's RSS past the budget", func() bool { return x.rss() > budget })
+	waitFor(t, "x's RSS past the budget", func() bool { return memoryOf(x).held > budget })
 	if err := x.Stop(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -365,11 +367,16 @@ func TestMemoryBudgetStartOfOversizeAppIsRefusedNotHung(t *testing.T) {
 	}
 }
 
+// memoryOf samples ta as the memory budget does.
+func memoryOf(ta *testApp) appMemory { return sampleApps([]*App{ta.App})[0] }
+
 // A starting app counts in the budget for what its last run took, not
 // for the little it holds while it boots: apps starting together cannot
 // each be let in on that little and then take the budget past its limit.
+// It keeps counting that once ready (it may grow back to it as it
+// serves); the next start reserves what this run took.
 func TestStartingAppCountsItsLastRun(t *testing.T) {
-	ta := newTestApp(t, []string{"-proto", "echo", "-delay", "1s"}, nil)
+	ta := newTestApps(t, Capacity{MemoryBudget: 1 << 30}, appSpec{args: []string{"-proto", "echo", "-delay", "1s"}})[0]
 	const last = 512 << 20
 	ta.rssSeen.Store(last)
 	started := make(chan error, 1)
@@ -379,16 +386,221 @@ func TestStartingAppCountsItsLastRun(t *testing.T) {
 		defer ta.mu.Unlock()
 		return ta.state == Starting && ta.inst != nil && ta.inst.proc != nil
 	})
-	if got := ta.rss(); got < last {
+	if got := memoryOf(ta).charged; got < last {
 		t.Errorf("starting app counts %d bytes, want at least its last run's %d", got, last)
+	}
+	if got := ta.lastRSS(); got != last {
+		t.Errorf("lastRSS %d while it boots, want the last run's %d kept", got, last)
 	}
 	if err := <-started; err != nil {
 		t.Fatal(err)
 	}
-	if got := ta.rss(); got >= last {
-		t.Errorf("ready app counts %d bytes, want what it holds (well below %d)", got, last)
+	m := memoryOf(ta)
+	if m.charged < last || m.held >= last {
+		t.Errorf("ready app holds %d and counts %d bytes, want it to hold less and count its last run's %d", m.held, m.charged, last)
 	}
 	if got := ta.lastRSS(); got >= last {
 		t.Errorf("lastRSS %d once it ran, want this run's", got)
+	}
+}
+
+// What a start reserves: the app's last run, else its memory_max, else
+// the mean of the apps measured, else the default; an estimate never
+// more than starts may take of the budget beside the keep_warm apps, the
+// last run as it was. A reload that leaves the app as it is keeps its figure.
+func TestReservation(t *testing.T) {
+	const budget = 100 << 20
+	maxMem := func(n int64) appSpec {
+		return appSpec{edit: func(c *Config) { c.Process.Limits.MemoryMax = n }}
+	}
+	apps := newTestApps(t, Capacity{MemoryBudget: budget}, echoSpec(), echoSpec(), echoSpec(), maxMem(30<<20), maxMem(1<<30))
+	a, b, c, small, big := apps[0], apps[1], apps[2], apps[3], apps[4]
+	p := a.pool
+	check := func(what string, ta *testApp, want reservation) {
+		t.Helper()
+		if got := p.reserve(ta.App); got != want {
+			t.Errorf("%s: %s reserves %d (%s), want %d (%s)", what, ta.Name(), got.bytes>>20, got.from, want.bytes>>20, want.from)
+		}
+	}
+	check("nothing measured", a, reservation{defaultReserve, fromDefault})
+	check("memory_max", small, reservation{30 << 20, fromMemoryMax})
+	const limit = budget - budget/growthRoom // what starts may take of it
+	check("memory_max above the budget", big, reservation{limit, fromMemoryMax})
+	b.rssSeen.Store(20 << 20)
+	check("one app measured", a, reservation{20 << 20, fromMean})
+	a.rssSeen.Store(40 << 20)
+	check("its last run", a, reservation{40 << 20, fromLastRun})
+	check("two apps measured", c, reservation{30 << 20, fromMean})
+	p.mu.Lock()
+	p.last.pinned = 90 << 20 // keep_warm apps hold that much
+	p.mu.Unlock()
+	check("beside keep_warm apps", c, reservation{limit - 90<<20, fromMean})
+	a.rssSeen.Store(200 << 20)
+	check("a last run past the budget", a, reservation{200 << 20, fromLastRun})
+	a.Reconfigure(*a.config())
+	check("after a reload", a, reservation{200 << 20, fromLastRun})
+}
+
+// allocRSS is what an allocApp of mib MiB holds once it has served a
+// request: run alone first, then stopped.
+func allocRSS(t *testing.T, py string, mib int) uint64 {
+	t.Helper()
+	ta := newTestApps(t, Capacity{}, allocApp(py, mib, 0, nil))[0]
+	if err := getOK(newClient(t), "http://"+ta.addr+"/"); err != nil {
+		t.Fatal(err)
+	}
+	rss := ta.Status().RSSBytes
+	if err := ta.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return rss
+}
+
+// heldSum samples what the processes of apps hold, as rouse status does,
+// without touching what the budget records of them.
+func heldSum(apps []*testApp) uint64 {
+	procs := make([]*procman.Process, len(apps))
+	for i, ta := range apps {
+		procs[i] = ta.process()
+	}
+	var sum uint64
+	for _, n := range procman.Memory(procs) {
+		sum += n
+	}
+	return sum
+}
+
+// watchHeld samples heldSum every few milliseconds until the returned
+// function is called, which returns the largest sum seen.
+func watchHeld(apps []*testApp) (stop func() uint64) {
+	done, result := make(chan struct{}), make(chan uint64, 1)
+	go func() {
+		var peak uint64
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			peak = max(peak, heldSum(apps))
+			select {
+			case <-done:
+				result <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		return <-result
+	}
+}
+
+// Apps that never ran, all asked for at once under a budget that holds
+// three of them: each start reserves an estimate before it is granted,
+// so the memory they hold never goes above the budget, and every request
+// is served (room is made by stopping the least recently used). Python
+// apps that allocate a known amount while they boot.
+func TestMemoryBudgetNeverRunAppsStartedAtOnce(t *testing.T) {
+	py := python3(t)
+	const mib = 40
+	rss := allocRSS(t, py, mib)
+	budget := rss*3 + rss/2
+	client := newClient(t)
+
+	specs := make([]appSpec, 6)
+	for i := range specs {
+		specs[i] = allocApp(py, mib, 300*time.Millisecond, nil)
+	}
+	apps := newTestApps(t, Capacity{MemoryBudget: int64(budget)}, specs...)
+	stop := watchHeld(apps)
+	var wg sync.WaitGroup
+	for _, ta := range apps {
+		wg.Go(func() {
+			if err := getOK(client, "http://"+ta.addr+"/"); err != nil {
+				t.Errorf("%s: %v", ta.Name(), err)
+			}
+		})
+	}
+	wg.Wait()
+	peak := stop()
+	t.Logf("one app holds %d MiB; budget %d MiB; the apps held at most %d MiB", rss>>20, budget>>20, peak>>20)
+	if peak > budget {
+		t.Errorf("the apps held %d MiB at once, more than the budget of %d MiB", peak>>20, budget>>20)
+	}
+	var lru uint64
+	for _, ta := range apps {
+		lru += ta.Metrics().Stops["lru"]
+	}
+	if lru < 3 {
+		t.Errorf("%d apps stopped to make room, want at least 3 (six apps, room for three)", lru)
+	}
+	if b := apps[0].pool.budget(); b.Exceeded != 0 {
+		t.Errorf("budget exceeded %d times (%s), want never", b.Exceeded, b.Reason)
+	}
+}
+
+// An app that grows after it is ready, past what its start reserved (its
+// last run was small), takes the apps above the budget: rouse makes room
+// without touching it while it serves, a frozen app first, then a ready
+// one, and says why. Alone above the budget it is left running, and the
+// budget says so.
+func TestMemoryBudgetAppThatGrowsAfterReady(t *testing.T) {
+	py := python3(t)
+	const mib = 30
+	budget := 2*allocRSS(t, py, mib) + allocRSS(t, py, 0) + 20<<20 // r, fz and g as it first is, with 20 MiB to spare
+	client := newClient(t)
+	apps := newTestApps(t, Capacity{MemoryBudget: int64(budget)},
+		allocApp(py, mib, 0, nil), allocApp(py, mib, 0, freezeAfter(20*time.Millisecond, nil)), allocApp(py, 0, 0, nil))
+	r, fz, g := apps[0], apps[1], apps[2]
+	url := func(ta *testApp, path string) string { return "http://" + ta.addr + path }
+	get := func(ta *testApp, path string) {
+		t.Helper()
+		if err := getOK(client, url(ta, path)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// g's last run is small: what it will reserve.
+	get(g, "/")
+	waitFor(t, "g measured", func() bool { return g.lastRSS() > 0 })
+	if err := g.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	get(r, "/")
+	get(fz, "/")
+	fz.waitState(t, Frozen)
+	get(g, "/")
+	if r.State() != Ready || fz.State() != Frozen {
+		t.Fatalf("r %s, fz %s: want both left running when g starts within the budget", r.State(), fz.State())
+	}
+	lru := func(ta *testApp) uint64 { return ta.Metrics().Stops["lru"] }
+
+	// g grows by 50 MiB as it serves a request: the frozen app is stopped.
+	first := getAsync(client, url(g, "/grow/50/2000"))
+	waitFor(t, "the frozen app stopped to make room", func() bool { return fz.State() == Idle })
+	b := g.pool.budget()
+	if lru(fz) != 1 || r.State() != Ready || lru(r) != 0 {
+		t.Errorf("fz stopped %d times for room, r %s stopped %d times: want the frozen app stopped, not the ready one", lru(fz), r.State(), lru(r))
+	}
+	if b.Exceeded != 1 || !strings.Contains(b.Reason, g.Name()+" holds") || !strings.Contains(b.Reason, "stopping "+fz.Name()) {
+		t.Errorf("budget %+v: want it exceeded once, because of %s, stopping %s", b, g.Name(), fz.Name())
+	}
+	// And by 60 MiB more: the ready app is stopped too.
+	second := getAsync(client, url(g, "/grow/60/2000"))
+	waitFor(t, "the ready app stopped to make room", func() bool { return r.State() == Idle })
+	if lru(r) != 1 {
+		t.Errorf("r stopped %d times for room, want once", lru(r))
+	}
+	for _, ans := range []<-chan answer{first, second} {
+		if a := <-ans; a.code != http.StatusOK {
+			t.Errorf("g's request: %d %q", a.code, a.body)
+		}
+	}
+	// Far past the budget alone: g runs on, and the budget says why.
+	get(g, "/grow/100/0")
+	waitFor(t, "the budget to say it is exceeded", func() bool { return g.pool.budget().Over > 0 })
+	if b := g.pool.budget(); !strings.Contains(b.Reason, "only app running") || b.Exceeded < 2 {
+		t.Errorf("budget %+v: want it exceeded again, g being the only app running", b)
+	}
+	if st := g.Status(); st.State != Ready || st.Starts != 2 || lru(g) != 0 {
+		t.Errorf("g is %s after %d starts, %d stops for room: want it never stopped", st.State, st.Starts, lru(g))
 	}
 }

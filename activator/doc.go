@@ -15,6 +15,11 @@
 //   - The capacity queue always moves: its head is granted, dropped when
 //     nothing waits for it any more, or refused (BudgetError) when it cannot
 //     fit even alone and others wait behind it.
+//   - memory_budget: a start is granted only once what it reserves (its
+//     last run's peak; never run: memory_max, else the mean of the apps
+//     measured, else 64 MiB) fits beside what the running apps count;
+//     apps that grow past it are met by stopping idle apps, frozen first,
+//     never one that serves (capacity.go, reservation).
 //   - A picked port (Config.PickedPort) that another process holds is not
 //     the app's failure: it moves to another (Options.MovePort) and starts.
 //   - Close returns only when every goroutine and process of the app is gone.

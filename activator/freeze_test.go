@@ -290,16 +290,9 @@ func TestMemoryBudgetStopsFrozenBeforeReady(t *testing.T) {
 	py := python3(t)
 	const mib = 60
 	// What one costs in RSS, measured first.
-	one := newTestApps(t, Capacity{}, allocApp(py, mib, 0, nil))[0]
-	client := newClient(t)
-	if err := getOK(client, "http://"+one.addr+"/"); err != nil {
-		t.Fatal(err)
-	}
-	rss := one.Status().RSSBytes
-	if err := one.Stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	rss := allocRSS(t, py, mib)
 	budget := int64(rss) * 5 / 2
+	client := newClient(t)
 
 	ready, frozen, third := allocApp(py, mib, 0, nil), allocApp(py, mib, 0, freezeAfter(20*time.Millisecond, nil)), allocApp(py, mib, 0, nil)
 	apps := newTestApps(t, Capacity{MemoryBudget: budget}, ready, frozen, third)

@@ -163,6 +163,9 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		}
 		tas = append(tas, ta)
 	}
+	if limits.Logger == nil {
+		limits.Logger = log
+	}
 	sup, err := NewSupervisor(apps, fronts, limits)
 	if err != nil {
 		t.Fatal(err)

@@ -206,13 +206,22 @@ func (s *Supervisor) Close(ctx context.Context) {
 	}
 }
 
-// MemoryUsed is the RSS of all running apps, bytes.
+// MemoryUsed is the memory all running apps hold, bytes, sampled now.
 func (s *Supervisor) MemoryUsed() uint64 {
 	var used uint64
-	for _, a := range s.Apps() {
-		used += a.rss()
+	for _, m := range sampleApps(s.Apps()) {
+		used += m.held
 	}
 	return used
+}
+
+// Budget is memory_budget as the capacity manager last sampled it, with
+// why it is exceeded when it is; the zero value without a budget.
+func (s *Supervisor) Budget() BudgetStatus {
+	if s.pool == nil || s.pool.limits.MemoryBudget <= 0 {
+		return BudgetStatus{}
+	}
+	return s.pool.budget()
 }
 
 // Summary counts the apps by state, cheaply (no /proc reads): what rouse

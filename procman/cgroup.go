@@ -203,10 +203,8 @@ func (cg *appCgroup) usage() (uint64, time.Duration, error) {
 	}
 	cpu := time.Duration(usec) * time.Microsecond
 	if cg.memory {
-		if data, err := os.ReadFile(filepath.Join(cg.dir, "memory.current")); err == nil {
-			if n, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64); err == nil {
-				return n, cpu, nil
-			}
+		if n, err := readCgroupUint(cg.dir, "memory.current"); err == nil {
+			return n, cpu, nil
 		}
 	}
 	var rss uint64

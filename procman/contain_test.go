@@ -212,6 +212,9 @@ func TestCgroupStats(t *testing.T) {
 	if s.RSS < 64<<20 {
 		t.Errorf("RSS = %d, want at least 64 MiB", s.RSS)
 	}
+	if mem := Memory([]*Process{p}); mem[0] < 64<<20 {
+		t.Errorf("Memory = %d, want at least 64 MiB, as Stats", mem[0])
+	}
 	memory := slices.Contains(g.Controllers(), "memory")
 	t.Logf("memory controller: %v (memory.current used: %v), RSS %d", memory, memory, s.RSS)
 

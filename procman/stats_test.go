@@ -52,11 +52,23 @@ func TestStatsRSS(t *testing.T) {
 		t.Errorf("RSS %d MiB, %d MiB above the baseline, want %d MiB above", got.RSS>>20, diff>>20, want>>20)
 	}
 
+	// Memory, the budget's cheap sample of several processes at once,
+	// agrees with Stats (the two samples are a moment apart).
+	mem := Memory([]*Process{alloc, nil, base})
+	for i, st := range []Stats{got, {}, baseline} {
+		if d := int64(mem[i]) - int64(st.RSS); d < -4<<20 || d > 4<<20 {
+			t.Errorf("Memory[%d] = %d MiB, Stats %d MiB", i, mem[i]>>20, st.RSS>>20)
+		}
+	}
+
 	if err := alloc.Stop(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := alloc.Stats(); !errors.Is(err, ErrExited) {
 		t.Errorf("Stats after exit: got %v, want ErrExited", err)
+	}
+	if mem := Memory([]*Process{alloc}); mem[0] != 0 {
+		t.Errorf("Memory after exit: %d, want 0", mem[0])
 	}
 }
 
@@ -96,7 +108,7 @@ func TestParseStat(t *testing.T) {
 		{
 			name: "plain",
 			data: "4242 (sleep) S 1 4240 4240 0 -1 4194560 99 0 0 0 7 3 0 0 20 0 1 0 100 5000000 250 18446744073709551615\n",
-			want: procStat{state: 'S', ppid: 1, pgrp: 4240, session: 4240},
+			want: procStat{state: 'S', ppid: 1, pgrp: 4240, session: 4240, rss: 250},
 			ok:   true,
 		},
 		{

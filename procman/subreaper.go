@@ -191,6 +191,7 @@ func sweepSet(procs []procInfo, seed func(procInfo) bool) []int {
 type procInfo struct {
 	pid, ppid, pgrp, sid int
 	state                byte
+	rss                  uint64 // resident pages
 }
 
 // scanProcs reads /proc/*/stat of every process.
@@ -215,7 +216,7 @@ func scanProcs() []procInfo {
 			continue
 		}
 		pid, _ := strconv.Atoi(name)
-		procs = append(procs, procInfo{pid: pid, ppid: st.ppid, pgrp: st.pgrp, sid: st.session, state: st.state})
+		procs = append(procs, procInfo{pid: pid, ppid: st.ppid, pgrp: st.pgrp, sid: st.session, state: st.state, rss: st.rss})
 	}
 	return procs
 }

@@ -4,8 +4,10 @@ usage: allocapp.py PORT MIB STARTS [DELAY_S]
 
 It appends "PID UNIXNANO" to STARTS as it starts, fills MIB MiB (every page
 touched, so it counts in RSS), takes DELAY_S more seconds to start, then
-serves: GET /slow/MS answers after MS milliseconds, anything else at once;
-the body is its pid.
+serves: GET /slow/MS answers after MS milliseconds; GET /grow/MIB/MS fills
+MIB MiB more, held for good (an app that grows after it is ready, as it
+serves), then answers after MS milliseconds; anything else at once. The
+body is its pid.
 """
 import http.server
 import os
@@ -17,6 +19,7 @@ delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 with open(starts, "a") as f:
     f.write(f"{os.getpid()} {time.time_ns()}\n")
 blob = b"x" * (mib << 20)
+grown = []
 time.sleep(delay)  # a slow start, as the app's own
 
 
@@ -24,6 +27,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/slow/"):
             time.sleep(int(self.path[len("/slow/"):]) / 1000)
+        if self.path.startswith("/grow/"):
+            more, ms = self.path[len("/grow/"):].split("/")
+            grown.append(b"y" * (int(more) << 20))
+            time.sleep(int(ms) / 1000)
         body = f"{os.getpid()}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

@@ -18,13 +18,24 @@ import (
 
 // The control socket speaks HTTP/1.1 over a unix socket:
 //
-//	GET  /v1/status[?app=NAME]      {"apps": [Status...]}
+//	GET  /v1/status[?app=NAME]      {"apps": [Status...], "budget": BudgetStatus}
 //	POST /v1/apps/NAME/start|stop|restart
 //
 // Errors come back as {"error": "..."} with a 4xx/5xx status.
 
 type statusReply struct {
 	Apps []activator.Status `json:"apps"`
+	// Budget: with a memory_budget, in the status of all apps.
+	Budget *activator.BudgetStatus `json:"budget,omitempty"`
+}
+
+// allStatus is the status of every app, and the budget if there is one.
+func allStatus(sup *activator.Supervisor) statusReply {
+	r := statusReply{Apps: sup.Status()}
+	if b := sup.Budget(); b.Budget > 0 {
+		r.Budget = &b
+	}
+	return r
 }
 
 type errorReply struct {
@@ -38,12 +49,12 @@ func controlHandler(sup *activator.Supervisor, reload func() error) http.Handler
 			writeJSON(w, http.StatusUnprocessableEntity, errorReply{Error: err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, statusReply{Apps: sup.Status()})
+		writeJSON(w, http.StatusOK, allStatus(sup))
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("app")
 		if name == "" {
-			writeJSON(w, http.StatusOK, statusReply{Apps: sup.Status()})
+			writeJSON(w, http.StatusOK, allStatus(sup))
 			return
 		}
 		a, ok := sup.App(name)
@@ -198,6 +209,9 @@ func cmdStatus(ctx context.Context, args []string, getenv func(string) string, s
 		writeStatusDetail(stdout, reply.Apps[0], time.Now())
 	default:
 		writeStatusTable(stdout, reply.Apps, time.Now())
+		if reply.Budget != nil {
+			writeBudget(stdout, *reply.Budget)
+		}
 	}
 	return 0
 }

@@ -35,6 +35,7 @@ type appCollector struct {
 	coldStart, queueWait                            *prometheus.Desc
 	rss, cpu, conns, queued                         *prometheus.Desc
 	apps, running, memUsed, memBudget, lruStops     *prometheus.Desc
+	memCounted, memOver, budgetExceeded             *prometheus.Desc
 
 	// Label values reported as 0 before they first happen, so that rate()
 	// and alerts see a series from the start. Others that turn up (an
@@ -75,7 +76,7 @@ func newAppCollector(sup *activator.Supervisor, memoryBudget int64) *appCollecto
 		coldStart: app("rouse_app_cold_start_seconds", "Time from spawning the app to its readiness."),
 		queueWait: app("rouse_app_queue_wait_seconds", "Time a held connection or request waited for the app before it was handed over."),
 		rss:       app("rouse_app_rss_bytes", "Resident memory of the app's processes (its process group); 0 when it does not run."),
-		cpu:       app("rouse_app_cpu_percent", "CPU use of the app's processes, in percent of one core, averaged since the previous sample (a scrape, rouse status or the memory budget's); 0 when it does not run."),
+		cpu:       app("rouse_app_cpu_percent", "CPU use of the app's processes, in percent of one core, averaged since the previous sample (a scrape or rouse status); 0 when it does not run."),
 		conns:     app("rouse_app_connections", "Connections (tcp) or requests in flight (http) the app is serving now."),
 		queued:    app("rouse_app_queued", "Connections or requests held now, waiting for the app to be ready."),
 
@@ -84,6 +85,10 @@ func newAppCollector(sup *activator.Supervisor, memoryBudget int64) *appCollecto
 		memUsed:   global("rouse_memory_used_bytes", "Resident memory of all running apps, summed."),
 		memBudget: global("rouse_memory_budget_bytes", "The memory budget of [rouse].memory_budget; 0 when there is none."),
 		lruStops:  global("rouse_lru_stops_total", "Apps stopped to keep within max_running or memory_budget, across all apps."),
+
+		memCounted:     global("rouse_memory_counted_bytes", "What the running apps count against memory_budget, as last sampled: their memory, or more where a start's reservation holds."),
+		memOver:        global("rouse_memory_over_budget_bytes", "How far rouse_memory_counted_bytes is above memory_budget; 0 within it. The log says why (msg=\"memory budget exceeded\")."),
+		budgetExceeded: global("rouse_memory_budget_exceeded_total", "Times the running apps went above memory_budget (an app grew past what its start reserved)."),
 	}
 }
 
@@ -93,6 +98,7 @@ func (c *appCollector) Describe(ch chan<- *prometheus.Desc) {
 		c.state, c.starts, c.failures, c.reqErrors, c.stops, c.requests, c.bytes, c.freezes, c.thaws,
 		c.coldStart, c.queueWait, c.rss, c.cpu, c.conns, c.queued,
 		c.apps, c.running, c.memUsed, c.memBudget, c.lruStops,
+		c.memCounted, c.memOver, c.budgetExceeded,
 	} {
 		ch <- d
 	}
@@ -169,6 +175,10 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 	global(c.memUsed, prometheus.GaugeValue, float64(memUsed))
 	global(c.memBudget, prometheus.GaugeValue, float64(c.budget))
 	global(c.lruStops, prometheus.CounterValue, float64(lruStops))
+	b := c.sup.Budget()
+	global(c.memCounted, prometheus.GaugeValue, float64(b.Counted))
+	global(c.memOver, prometheus.GaugeValue, float64(b.Over))
+	global(c.budgetExceeded, prometheus.CounterValue, float64(b.Exceeded))
 }
 
 func boolValue(b bool) float64 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -158,14 +159,15 @@ command = ["@BIN@", "__backend", "-exit", "1"]
 	// The tcp app's bytes are counted when its connections end, which may be
 	// a moment after the client saw EOF.
 	var fams map[string]*dto.MetricFamily
-	waitFor(t, "the echo app's connections to be counted", func() bool {
+	waitFor(t, "the echo app's connections and the budget's sample to be counted", func() bool {
 		text, err := overTCP()
 		if err != nil {
 			t.Fatalf("scrape over TCP: %v", err)
 		}
 		fams = parseScrape(t, text)
 		return value(fams, "rouse_app_requests_total", "app", "echo", "outcome", "served") == 2 &&
-			value(fams, "rouse_app_bytes_total", "app", "echo", "direction", "out") > 0
+			value(fams, "rouse_app_bytes_total", "app", "echo", "direction", "out") > 0 &&
+			value(fams, "rouse_memory_counted_bytes") > 0 // sampled by the budget's check
 	})
 
 	checks := []struct {
@@ -177,6 +179,8 @@ command = ["@BIN@", "__backend", "-exit", "1"]
 		{"rouse_apps_running", nil, 2}, // web and echo; crash is in back-off or idle
 		{"rouse_memory_budget_bytes", nil, 1 << 30},
 		{"rouse_lru_stops_total", nil, 0},
+		{"rouse_memory_over_budget_bytes", nil, 0},
+		{"rouse_memory_budget_exceeded_total", nil, 0},
 		{"rouse_app_starts_total", []string{"app", "web"}, 1},
 		{"rouse_app_starts_total", []string{"app", "echo"}, 1},
 		{"rouse_app_starts_total", []string{"app", "crash"}, 1},
@@ -266,6 +270,21 @@ command = ["@BIN@", "__backend", "-exit", "1"]
 	if used := value(fams, "rouse_memory_used_bytes"); used != webRSS+echoRSS+value(fams, "rouse_app_rss_bytes", "app", "crash") {
 		t.Errorf("rouse_memory_used_bytes = %g, want the apps' sum %g", used, webRSS+echoRSS)
 	}
+	// What they count against the budget is at least what they hold (a
+	// start's reservation may hold for more), and status --json says it.
+	if counted := value(fams, "rouse_memory_counted_bytes"); counted < webRSS+echoRSS/2 {
+		t.Errorf("rouse_memory_counted_bytes = %g, want about what the apps hold (%g) or more", counted, webRSS+echoRSS)
+	}
+	resp, err := newControlClient(control).http.Get("http://rouse/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status statusReply
+	err = json.NewDecoder(resp.Body).Decode(&status)
+	resp.Body.Close()
+	if err != nil || status.Budget == nil || status.Budget.Budget != 1<<30 || status.Budget.Counted == 0 || status.Budget.Over != 0 {
+		t.Errorf("status budget %+v (%v), want 1 GiB, something counted, nothing over", status.Budget, err)
+	}
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "rouse_app_cpu_percent"} {
 		if fams[name] == nil {
 			t.Errorf("no %s in the scrape", name)
@@ -292,7 +311,7 @@ command = ["@BIN@", "__backend", "-exit", "1"]
 
 	// It also serves the status page (TestStatusPageInChromium loads it in
 	// a browser) ...
-	resp, err := http.Get("http://" + metricsAddr + "/")
+	resp, err = http.Get("http://" + metricsAddr + "/")
 	if err != nil {
 		t.Fatal(err)
 	}

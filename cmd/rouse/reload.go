@@ -73,7 +73,9 @@ func (d *daemon) build(cfg *Config) (*activator.Supervisor, error) {
 		}
 		d.fronts[g.addr.String()] = f
 	}
-	sup, err := activator.NewSupervisor(apps, mapValues(d.fronts), capacity(cfg))
+	limits := capacity(cfg)
+	limits.Logger = d.log
+	sup, err := activator.NewSupervisor(apps, mapValues(d.fronts), limits)
 	if err != nil {
 		undo()
 		return nil, err

@@ -27,6 +27,19 @@ func writeStatusTable(w io.Writer, apps []activator.Status, now time.Time) {
 	tw.Flush()
 }
 
+// writeBudget prints the memory budget under the table: what the apps
+// count against it, and when it was exceeded, why.
+func writeBudget(w io.Writer, b activator.BudgetStatus) {
+	fmt.Fprintf(w, "memory budget: %s of %s counted (%s held)", humanBytes(b.Counted), humanBytes(uint64(b.Budget)), humanBytes(b.Used))
+	switch {
+	case b.Over > 0:
+		fmt.Fprintf(w, ", %s OVER: %s", humanBytes(b.Over), b.Reason)
+	case b.Exceeded > 0:
+		fmt.Fprintf(w, "; exceeded %d times, last: %s", b.Exceeded, b.Reason)
+	}
+	fmt.Fprintln(w)
+}
+
 // writeStatusDetail prints everything rouse knows about one app.
 func writeStatusDetail(w io.Writer, s activator.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

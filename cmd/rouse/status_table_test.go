@@ -29,6 +29,11 @@ func TestStatusGolden(t *testing.T) {
 	}
 	var table, detail bytes.Buffer
 	writeStatusTable(&table, apps, now)
+	writeBudget(&table, activator.BudgetStatus{Budget: 1 << 30, Used: 600 << 20, Counted: 700 << 20})
+	writeBudget(&table, activator.BudgetStatus{Budget: 1 << 30, Used: 1100 << 20, Counted: 1100 << 20, Over: 76 << 20, Exceeded: 2,
+		Reason: "blog holds 300 MiB, 120 MiB more than its start reserved; nothing can be stopped: the other apps serve, start or are keep_warm"})
+	writeBudget(&table, activator.BudgetStatus{Budget: 1 << 30, Used: 900 << 20, Counted: 950 << 20, Exceeded: 2,
+		Reason: "blog holds 300 MiB, 120 MiB more than its start reserved; stopping wiki to make room"})
 	writeStatusDetail(&detail, apps[2], now)
 	writeStatusDetail(&detail, apps[0], now)
 	golden(t, "table.golden", table.Bytes())

@@ -118,25 +118,35 @@ type appStatus struct {
 }
 
 func (d *rouseDaemon) status(ctx context.Context) ([]appStatus, error) {
+	var reply statusReply
+	err := d.statusAll(ctx, &reply)
+	return reply.Apps, err
+}
+
+// statusReply is the part of rouse's whole status the harness reads.
+type statusReply struct {
+	Apps   []appStatus `json:"apps"`
+	Budget *struct {
+		OverBytes int64  `json:"over_bytes"`
+		Exceeded  int    `json:"exceeded_total"`
+		Reason    string `json:"reason"`
+	} `json:"budget"`
+}
+
+func (d *rouseDaemon) statusAll(ctx context.Context, reply *statusReply) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://rouse/v1/status", nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("rouse status: %s", resp.Status)
+		return fmt.Errorf("rouse status: %s", resp.Status)
 	}
-	var reply struct {
-		Apps []appStatus `json:"apps"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&reply); err != nil {
-		return nil, err
-	}
-	return reply.Apps, nil
+	return json.NewDecoder(resp.Body).Decode(reply)
 }
 
 // stopApp runs the CLI, `rouse stop --control SOCKET APP`, which returns

@@ -222,6 +222,8 @@ type fleetResult struct {
 	lruStops          int
 	peakUsed          int64   // the largest sum of the apps' memory sampled during the traffic
 	overBudget        float64 // share of those samples above the budget
+	exceeded          int     // times rouse said the budget was exceeded (status: budget.exceeded_total)
+	reason            string  // the first reason it gave
 	idle              time.Duration
 	frozen            int           // apps frozen when the idle period began
 	cpuSched          time.Duration // rouse's time on CPU over the idle period
@@ -305,12 +307,12 @@ func (h *harness) thawFleet(ctx context.Context) error {
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
-			st, err := rd.status(ctx)
-			if err != nil {
+			var st statusReply
+			if err := rd.statusAll(ctx, &st); err != nil {
 				continue
 			}
 			var used int64
-			for _, a := range st {
+			for _, a := range st.Apps {
 				used += a.RSSBytes
 			}
 			mu.Lock()
@@ -318,6 +320,12 @@ func (h *harness) thawFleet(ctx context.Context) error {
 			sampled++
 			if used > res.budget {
 				over++
+			}
+			if b := st.Budget; b != nil {
+				res.exceeded = max(res.exceeded, b.Exceeded)
+				if b.Reason != "" && res.reason == "" {
+					res.reason = b.Reason
+				}
 			}
 			mu.Unlock()
 		}
@@ -469,5 +477,9 @@ func (r *report) renderFleet(p func(string, ...any)) {
 	p("| requests | lost | LRU stops | peak memory of the apps | samples over budget | frozen then | rouse CPU over the idle period (schedstat / ticks) | wake-ups (voluntary / involuntary switches) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n")
 	p("| %d | %s | %d | %s | %.0f%% | %d | %s / %s | %d / %d |\n\n", f.requests, lost, f.lruStops, mib(f.peakUsed), 100*f.overBudget, f.frozen,
 		ms(f.cpuSched), ms(f.cpuTicks), f.wakeups, f.switches)
-	p("The budget is enforced when a start needs room and by a check every 2 s: between two checks, apps that grow can take the sum above it for a moment.\n\n")
+	p("A start reserves what the app took on its last run (never run: the mean of the apps measured so far) before it is granted, up to the budget less 1/32 of it; apps are sampled at each start decided and every 500 ms while any runs unfrozen. rouse itself said the budget was exceeded %d times", f.exceeded)
+	if f.reason != "" {
+		p(" (first: %s)", f.reason)
+	}
+	p(".\n\n")
 }
