@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rouse-dev/rouse/procman"
@@ -46,7 +47,7 @@ const growthRoom = 32
 // admitLimit is what the running apps may count, a start included, for
 // the start to be granted.
 func (p *pool) admitLimit() uint64 {
-	b := uint64(p.limits.MemoryBudget)
+	b := uint64(p.limits().MemoryBudget)
 	return b - b/growthRoom
 }
 
@@ -89,9 +90,9 @@ const (
 // mode). One that can never fit while others wait is refused at once
 // (BudgetError), so that the queue always moves (see settle).
 type pool struct {
-	limits Capacity
-	apps   func() []*App
-	kick   chan struct{}
+	lim  atomic.Pointer[Capacity] // SetCapacity may change it
+	apps func() []*App
+	kick chan struct{}
 
 	mu       sync.Mutex
 	running  int    // apps holding a run slot: from spawn until idle or back-off
@@ -134,7 +135,21 @@ func newPool(limits Capacity, apps func() []*App) *pool {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &pool{limits: limits, apps: apps, kick: make(chan struct{}, 1), log: log}
+	p := &pool{apps: apps, kick: make(chan struct{}, 1), log: log}
+	p.lim.Store(&limits)
+	return p
+}
+
+// limits is the Capacity in force.
+func (p *pool) limits() Capacity { return *p.lim.Load() }
+
+// setLimits puts c in force: the next decision uses it. Apps already
+// running are not stopped for a lower max_running (they leave as they go
+// idle); a lower memory_budget is held as a budget exceeded is, by stopping
+// idle apps.
+func (p *pool) setLimits(c Capacity) {
+	p.lim.Store(&c)
+	p.wake()
 }
 
 func (p *pool) wake() {
@@ -150,7 +165,7 @@ func (p *pool) wake() {
 func (p *pool) admit(a *App) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.waiting) == 0 && p.countsFitLocked() && (p.limits.MemoryBudget <= 0 || p.running == 0) {
+	if len(p.waiting) == 0 && p.countsFitLocked() && (p.limits().MemoryBudget <= 0 || p.running == 0) {
 		p.running++
 		p.starting++
 		return true
@@ -166,8 +181,9 @@ func (p *pool) admit(a *App) bool {
 }
 
 func (p *pool) countsFitLocked() bool {
-	return (p.limits.MaxRunning <= 0 || p.running < p.limits.MaxRunning) &&
-		(p.limits.MaxStarting <= 0 || p.starting < p.limits.MaxStarting)
+	l := p.limits()
+	return (l.MaxRunning <= 0 || p.running < l.MaxRunning) &&
+		(l.MaxStarting <= 0 || p.starting < l.MaxStarting)
 }
 
 // started gives back a start slot (the app is ready, or gone).
@@ -195,6 +211,9 @@ func (p *pool) stopped(a *App) {
 // would keep the manager busy under load (growth is caught by the
 // budgetCheck while apps run).
 func (p *pool) idle() {
+	if !p.limits().limited() {
+		return // nothing waits for room (setLimits woke the manager)
+	}
 	p.mu.Lock()
 	need := len(p.waiting) > 0 || p.over
 	p.mu.Unlock()
@@ -219,7 +238,7 @@ func (p *pool) run(ctx context.Context) {
 		// does not grow; a thaw wakes the manager), there is nothing to
 		// watch.
 		p.mu.Lock()
-		watch := p.limits.MemoryBudget > 0 && p.running > 0
+		watch := p.limits().MemoryBudget > 0 && p.running > 0
 		p.mu.Unlock()
 		watch = watch && p.anyRunsUnfrozen()
 		switch {
@@ -259,7 +278,8 @@ func (p *pool) settle() {
 			next, behind = p.waiting[0], p.waiting[1:]
 		}
 		countsFit := p.countsFitLocked()
-		startingFull := p.limits.MaxStarting > 0 && p.starting >= p.limits.MaxStarting
+		maxStarting := p.limits().MaxStarting
+		startingFull := maxStarting > 0 && p.starting >= maxStarting
 		running := p.running
 		p.mu.Unlock()
 
@@ -280,10 +300,10 @@ func (p *pool) settle() {
 		// Only a measured app is ever too big: an estimate is capped.
 		oversize := r.from == fromLastRun && u.pinned+need > p.admitLimit()
 		switch {
-		case countsFit && (p.limits.MemoryBudget <= 0 || u.charged+need <= p.admitLimit()),
+		case countsFit && (p.limits().MemoryBudget <= 0 || u.charged+need <= p.admitLimit()),
 			countsFit && oversize && running == u.pinnedRunning && !anyWants(behind):
 			p.dropHead()
-			if p.limits.MemoryBudget > 0 {
+			if p.limits().MemoryBudget > 0 {
 				p.log.Debug("start granted", "app", next.Name(), "reserve", mib(need), "from", r.from, "counted", mib(u.charged))
 			}
 			p.mu.Lock()
@@ -299,7 +319,7 @@ func (p *pool) settle() {
 			continue
 		case oversize && anyWants(behind):
 			p.dropHead()
-			next.refuseStart(&BudgetError{App: next.Name(), Need: need, Budget: p.limits.MemoryBudget, Pinned: u.pinned})
+			next.refuseStart(&BudgetError{App: next.Name(), Need: need, Budget: p.limits().MemoryBudget, Pinned: u.pinned})
 			continue
 		}
 		if _, ok := p.evict(next); !ok {
@@ -342,7 +362,7 @@ func anyWants(apps []*App) bool {
 // nobody). It records what it found for Budget, and logs when the budget
 // is exceeded and when it holds again.
 func (p *pool) holdBudget(running int) {
-	budget := p.limits.MemoryBudget
+	budget := p.limits().MemoryBudget
 	u := p.usage()
 	if !u.over(budget, 0) {
 		p.mu.Lock()
@@ -391,7 +411,7 @@ type BudgetStatus struct {
 func (p *pool) budget() BudgetStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	b := BudgetStatus{Budget: p.limits.MemoryBudget, Used: p.last.used, Counted: p.last.charged, Exceeded: p.exceeded, Reason: p.reason}
+	b := BudgetStatus{Budget: p.limits().MemoryBudget, Used: p.last.used, Counted: p.last.charged, Exceeded: p.exceeded, Reason: p.reason}
 	if p.over && b.Counted > uint64(b.Budget) {
 		b.Over = b.Counted - uint64(b.Budget)
 	}
@@ -402,7 +422,7 @@ func (p *pool) budget() BudgetStatus {
 // nothing without a budget. Safe to call with a.mu held: it takes no
 // other app's lock.
 func (p *pool) reserve(a *App) reservation {
-	if p == nil || p.limits.MemoryBudget <= 0 {
+	if p == nil || p.limits().MemoryBudget <= 0 {
 		return reservation{}
 	}
 	if seen := a.rssSeen.Load(); seen > 0 {
@@ -445,7 +465,7 @@ type usage struct {
 // result for Budget.
 func (p *pool) usage() usage {
 	var u usage
-	if p.limits.MemoryBudget <= 0 {
+	if p.limits().MemoryBudget <= 0 {
 		return u
 	}
 	apps := p.apps()

@@ -13,7 +13,7 @@ type Supervisor struct {
 	mu     sync.Mutex
 	apps   map[string]*App
 	fronts []*HTTPFront
-	pool   *pool // nil without limits
+	pool   *pool // always: a reload may set limits (SetCapacity)
 
 	stopPool context.CancelFunc
 	poolDone chan struct{}
@@ -27,11 +27,11 @@ type Supervisor struct {
 // shares limits between the apps; app names must be unique.
 func NewSupervisor(apps []*App, fronts []*HTTPFront, limits Capacity) (*Supervisor, error) {
 	s := &Supervisor{apps: make(map[string]*App, len(apps)), fronts: fronts}
-	if limits.limited() {
-		s.pool = newPool(limits, s.Apps)
-		for _, a := range apps {
-			a.pool = s.pool
-		}
+	// The pool counts running and starting apps even without limits, so
+	// that limits a reload sets start from the true counts.
+	s.pool = newPool(limits, s.Apps)
+	for _, a := range apps {
+		a.pool = s.pool
 	}
 	for _, a := range apps {
 		if _, dup := s.apps[a.Name()]; dup {
@@ -65,14 +65,12 @@ func (s *Supervisor) App(name string) (*App, bool) {
 // Serve starts the capacity manager and accepting on every app's listeners
 // and every front.
 func (s *Supervisor) Serve() {
-	if s.pool != nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		s.stopPool, s.poolDone = cancel, make(chan struct{})
-		go func() {
-			defer close(s.poolDone)
-			s.pool.run(ctx)
-		}()
-	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopPool, s.poolDone = cancel, make(chan struct{})
+	go func() {
+		defer close(s.poolDone)
+		s.pool.run(ctx)
+	}()
 	for _, a := range s.Apps() {
 		a.Serve()
 	}
@@ -206,6 +204,15 @@ func (s *Supervisor) Close(ctx context.Context) {
 	}
 }
 
+// SetCapacity puts new limits in force (a reload changed them): the next
+// start is decided by them. Apps already running are not stopped for a
+// lower max_running; a lower memory_budget stops idle apps to come within
+// it, as when an app grows. The logger stays the one NewSupervisor got.
+func (s *Supervisor) SetCapacity(limits Capacity) {
+	limits.Logger = nil
+	s.pool.setLimits(limits)
+}
+
 // MemoryUsed is the memory all running apps hold, bytes, sampled now.
 func (s *Supervisor) MemoryUsed() uint64 {
 	var used uint64
@@ -218,7 +225,7 @@ func (s *Supervisor) MemoryUsed() uint64 {
 // Budget is memory_budget as the capacity manager last sampled it, with
 // why it is exceeded when it is; the zero value without a budget.
 func (s *Supervisor) Budget() BudgetStatus {
-	if s.pool == nil || s.pool.limits.MemoryBudget <= 0 {
+	if s.pool.limits().MemoryBudget <= 0 {
 		return BudgetStatus{}
 	}
 	return s.pool.budget()

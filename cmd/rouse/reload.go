@@ -241,6 +241,10 @@ func (d *daemon) reload() error {
 			removed = append(removed, name)
 		}
 	}
+	if was, now := capacity(d.cfg), capacity(cfg); was != now {
+		d.sup.SetCapacity(now)
+		d.log.Info("reload: capacity limits changed", "max_running", now.MaxRunning, "max_starting", now.MaxStarting, "memory_budget", now.MemoryBudget)
+	}
 	forgetGone(d.sockets, d.cfg, cfg)
 	d.cfg = cfg
 	d.log.Info("reloaded", "file", d.file, "added", strings.Join(added, ","), "changed", strings.Join(changed, ","), "removed", strings.Join(removed, ","))

@@ -242,3 +242,84 @@ func TestReloadRemovalFinishesAcceptedRequests(t *testing.T) {
 	lost.Range(func(k, _ any) bool { n++; t.Errorf("accepted, not answered: %v", k); return true })
 	t.Logf("%d served, %d refused after the removal, %d lost", served.Load(), refused.Load(), n)
 }
+
+// A reload that sets capacity limits puts them in force at once: with two
+// apps running and max_running lowered to 1, a third app (Python's own
+// http.server) still starts, after rouse stopped both idle ones to make
+// room; and a reload that lifts the limit lets all three run again.
+func TestReloadChangesCapacityLimits(t *testing.T) {
+	py := pythonPath(t)
+	aPort, bPort, webPort := freePort(t), freePort(t), freePort(t)
+	body := fmt.Sprintf(`
+[apps.a]
+listen = ["127.0.0.1:%d"]
+command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"]
+
+[apps.b]
+listen = ["127.0.0.1:%d"]
+command = ["@BIN@", "__backend", "-proto", "echo", "-listen", "127.0.0.1:{port}"]
+
+[apps.web]
+mode = "http"
+listen = ["127.0.0.1:%d"]
+command = [%q, "-m", "http.server", "--bind", "127.0.0.1", "{port}"]
+dir = "@DIR@"
+`, aPort, bPort, webPort, py)
+	file, control := writeConfig(t, body)
+	orig, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startRouse(t, file, control)
+	reload := func(text []byte) {
+		t.Helper()
+		if err := os.WriteFile(file, text, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if code := run(t.Context(), []string{"reload", "--control", control}, os.Getenv, nil, &out, &out); code != 0 {
+			t.Fatalf("rouse reload: %d %s", code, &out)
+		}
+	}
+	get := func() {
+		t.Helper()
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", webPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("web: %s", resp.Status)
+		}
+	}
+	for _, port := range []int{aPort, bPort} {
+		if got := echoOnce(t, port, "x"); got != "x" {
+			t.Fatalf("echo on %d: %q", port, got)
+		}
+	}
+
+	reload(bytes.Replace(orig, []byte("[rouse]\n"), []byte("[rouse]\nmax_running = 1\n"), 1))
+	waitFor(t, "the reload to be logged", func() bool { return strings.Contains(r.log.String(), "capacity limits changed") })
+	get()
+	for _, name := range []string{"a", "b"} {
+		if st := r.app(t, name).state; st != "idle" {
+			t.Errorf("app %s is %s under max_running = 1 with web served; want it stopped to make room", name, st)
+		}
+	}
+	if st := r.app(t, "web").state; st != "ready" {
+		t.Errorf("web is %s", st)
+	}
+
+	reload(orig)
+	for _, port := range []int{aPort, bPort} {
+		if got := echoOnce(t, port, "y"); got != "y" {
+			t.Fatalf("echo on %d: %q", port, got)
+		}
+	}
+	get()
+	for _, name := range []string{"a", "b", "web"} {
+		if st := r.app(t, name).state; st != "ready" {
+			t.Errorf("app %s is %s with the limit lifted; want all three running", name, st)
+		}
+	}
+}
