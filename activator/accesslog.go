@@ -2,7 +2,7 @@ package activator
 
 import (
 	"bufio"
-	"bytes"
+
 	"errors"
 	"net"
 	"net/http"
@@ -209,19 +209,6 @@ func clientIP(remote string) string {
 		return ""
 	}
 	return ip
-}
-
-// requestLine returns the method and the target of a request head's first
-// line.
-func requestLine(head []byte) (method, target []byte) {
-	line, _, _ := cutLine(head)
-	if i := bytes.IndexByte(line, ' '); i >= 0 {
-		method, target = line[:i], line[i+1:]
-	}
-	if i := bytes.IndexByte(target, ' '); i >= 0 {
-		target = target[:i]
-	}
-	return method, target
 }
 
 // logConn logs a tcp or inetd connection c, accepted at start.

@@ -40,17 +40,17 @@
 // responses go through its ResponseWriter). Each rule has one owner that
 // every path calls:
 //   - holding, retries, 502/503/504: App.proxy.
-//   - which requests the front parses: parseRequestHead; end of a head:
-//     headEnd; a Host or absolute-form host: validHost.
-//   - request framing rejected with 400 and a close (Transfer-Encoding
-//     with Content-Length, or before HTTP/1.1): ambiguousFraming.
-//   - headers a client may not set (X-Forwarded-*, Forwarded, any '_'
-//     spelling): forwardedHeader, in appendOutgoing and setForwarded.
-//   - response framing, and 502 for what cannot be passed on:
-//     appendResponseHead (reading a head: upConn.readResponse, but in the
-//     loop); chunked bodies: chunkScanner (responseBody de-chunks with it
-//     for net/http's server).
-//   - keeping an app connection: respHead.keepsConn after a response,
+//   - the pure HTTP/1.1 rules (which requests the front parses, end of a
+//     head, Host, ambiguous request framing, X-Forwarded-* and hop-by-hop
+//     headers, response framing and 502, chunked bodies, whether a
+//     response leaves the app connection reusable): package internal/h1,
+//     whose doc names the function that owns each. The client's
+//     X-Forwarded-* on net/http's requests: setForwarded, with
+//     h1.ForwardedHeader.
+//   - reading a response head: upConn.readResponse, and evLoop.receive in
+//     the loop; responseBody de-chunks with h1.ChunkScanner for net/http's
+//     server.
+//   - keeping an app connection: h1.Response.KeepsConn after a response,
 //     reusable (nothing unread, still open) each time it is taken again
 //     (httpUpstream.popIdle, and the loop's own), on every path.
 //   - client timeouts, per app: header_timeout (HTTPFront.headerTimeout,

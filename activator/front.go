@@ -18,6 +18,8 @@ import (
 
 	"github.com/rouse-dev/rouse/listeners"
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // HTTPFront serves HTTP/1.1 on one listener and routes every request to
@@ -518,7 +520,7 @@ func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.handlers.Add(1)
 	f.mu.Unlock()
 	defer f.handlers.Done()
-	if !validHost(r.Host) && (r.Host != "" || r.ProtoAtLeast(1, 1)) {
+	if !h1.ValidHost(r.Host) && (r.Host != "" || r.ProtoAtLeast(1, 1)) {
 		// (An absolute-form target's host: net/http checks only the
 		// Host header.) It would be routed, and become X-Forwarded-Host.
 		h := w.Header()

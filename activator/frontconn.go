@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The front serves plain HTTP/1.1 requests itself, with its own keep-alive
@@ -24,10 +26,10 @@ import (
 // once; frontConn serves a connection on a goroutine: on other listeners,
 // and for what a loop leaves (a held request, a head or body in parts, a
 // slow or large response), after which the connection goes back to a
-// loop. A request the front does not serve itself (see parseRequestHead),
+// loop. A request the front does not serve itself (see h1.ParseRequest),
 // and every later one on its connection, goes to net/http's server, with
 // nothing read off the connection lost and the head's deadline kept
-// (handedConn); one whose framing is ambiguous does not (ambiguousFraming).
+// (handedConn); one whose framing is ambiguous does not (h1.AmbiguousFraming).
 // The rules all paths share, and their owners, are in doc.go.
 
 const (
@@ -76,7 +78,7 @@ type frontConn struct {
 	closeAfter   bool      // the request or response said Connection: close
 	cut          bool      // the response broke off: close without flushing
 	rq           rawRequest
-	head         reqHead
+	head         h1.Request
 	out          []byte // the request as sent to the app
 	resp         []byte // a response head from the app
 	line         []byte
@@ -150,8 +152,8 @@ func (fc *frontConn) serve() {
 		}
 		var a *App
 		if ok {
-			if head, _ := fc.br.Peek(n); ambiguousFraming(head) {
-				fc.reject(ambiguousFramingText)
+			if head, _ := fc.br.Peek(n); h1.AmbiguousFraming(head) {
+				fc.reject(h1.AmbiguousFramingText)
 				return
 			}
 			a, ok = fc.simple(n)
@@ -227,7 +229,7 @@ func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 	from := 0
 	for {
 		buf, _ := fc.br.Peek(fc.br.Buffered())
-		if n := headEnd(buf, from); n >= 0 {
+		if n := h1.HeadEnd(buf, from); n >= 0 {
 			return n, true
 		}
 		if len(buf) == fc.br.Size() {
@@ -251,24 +253,24 @@ func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 func (fc *frontConn) simple(n int) (*App, bool) {
 	head, _ := fc.br.Peek(n)
 	h := &fc.head
-	if !parseRequestHead(head, h) {
+	if !h1.ParseRequest(head, h) {
 		return nil, false
 	}
-	a := fc.f.routeBytes(h.host)
-	if a == nil || h.contentLength > min(fastBodyMax, a.config().RequestBuffer) {
+	a := fc.f.routeBytes(h.Host)
+	if a == nil || h.ContentLength > min(fastBodyMax, a.config().RequestBuffer) {
 		return nil, false // net/http answers 404, or streams the body
 	}
-	if h.forwarded && a.trusted(fc.ip) {
+	if h.Forwarded && a.trusted(fc.ip) {
 		return nil, false // the trusted proxy's headers are extended there
 	}
-	fc.out = appendOutgoing(fc.out[:0], head, h, fc.ip)
+	fc.out = h1.AppendOutgoing(fc.out[:0], head, h, fc.ip)
 	// head is fc.br's buffer, which the watch goroutine refills with a
 	// pipelined request during the exchange: from here on the request
 	// line is read from fc.out, which starts with it, and nothing else
 	// of head is kept.
-	m, t := len(h.method), len(h.target)
-	h.method, h.target = fc.out[:m:m], fc.out[m+1:m+1+t:m+1+t]
-	h.host, h.referer, h.userAgent = nil, nil, nil
+	m, t := len(h.Method), len(h.Target)
+	h.Method, h.Target = fc.out[:m:m], fc.out[m+1:m+1+t:m+1+t]
+	h.Host, h.Referer, h.UserAgent = nil, nil, nil
 	return a, true
 }
 
@@ -276,7 +278,7 @@ func (fc *frontConn) simple(n int) (*App, bool) {
 // returns false when the connection must be cut.
 func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 	fc.br.Discard(n)
-	if cl := int(fc.head.contentLength); cl > 0 {
+	if cl := int(fc.head.ContentLength); cl > 0 {
 		m := len(fc.out)
 		fc.out = append(fc.out, make([]byte, cl)...)
 		if err := fc.readBody(a, fc.out[m:]); err != nil {
@@ -317,7 +319,7 @@ func (fc *frontConn) readBody(a *App, p []byte) error {
 func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 	q := &fc.rq
 	q.a, q.err = a, nil
-	fc.closeAfter, fc.cut = fc.head.close, false
+	fc.closeAfter, fc.cut = fc.head.Close, false
 	fc.beginResponse()
 	defer fc.logAccess(a, start)
 	if !a.proxy(q, start) || fc.cut {
@@ -378,12 +380,12 @@ func (fc *frontConn) logAccess(a *App, start time.Time) {
 	}
 	// From fc.out, not fc.head: the reader's buffer, where fc.head
 	// points, may hold the next request by now.
-	method, target := requestLine(fc.out)
+	method, target := h1.RequestLine(fc.out)
 	q := &fc.rq
 	a.logAccess(AccessRecord{
 		Client: fc.ip, Time: start, Duration: a.now().Sub(start),
 		Method: method, Target: target, Proto: proto11,
-		Referer: headerBytes(fc.out, "referer"), UserAgent: headerBytes(fc.out, "user-agent"),
+		Referer: h1.HeaderValue(fc.out, "referer"), UserAgent: h1.HeaderValue(fc.out, "user-agent"),
 		Status: status, Bytes: body, Waited: q.wasHeld, Wait: q.wait, Attempts: q.attempts,
 	})
 }
@@ -498,8 +500,8 @@ type rawRequest struct {
 }
 
 func (q *rawRequest) context() context.Context { return q.fc.ctx }
-func (q *rawRequest) method() string           { return string(q.fc.head.method) }
-func (q *rawRequest) accept() string           { return headerValue(q.fc.out, "accept") }
+func (q *rawRequest) method() string           { return string(q.fc.head.Method) }
+func (q *rawRequest) accept() string           { return string(h1.HeaderValue(q.fc.out, "accept")) }
 func (q *rawRequest) prepare() error           { return nil }
 func (q *rawRequest) bodyReplayable() bool     { return true }
 func (q *rawRequest) hold() func()             { return q.fc.watch(nil) }
@@ -510,7 +512,7 @@ func (q *rawRequest) taken() *instance {
 	return inst
 }
 
-func (q *rawRequest) path() string { return targetPath(q.fc.head.target) }
+func (q *rawRequest) path() string { return targetPath(q.fc.head.Target) }
 
 // targetPath is a request target without its query.
 func targetPath(t []byte) string {
@@ -566,12 +568,10 @@ func (w *rawResponse) writeTo(fc *frontConn) {
 	w.header.Write(bw)
 	bw.WriteString("\r\n")
 	fc.headWritten(w.code)
-	if !fc.head.isHead() {
+	if !fc.head.IsHead() {
 		bw.Write(w.body)
 	}
 }
-
-func (h *reqHead) isHead() bool { return string(h.method) == http.MethodHead }
 
 // handedConn is a connection given to net/http's server, with the bytes
 // the front had read first.

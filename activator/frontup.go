@@ -13,6 +13,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The front's side of an exchange with the app: keep-alive connections of
@@ -180,7 +182,7 @@ func (uc *upConn) reusable() bool {
 // app has not closed it. Bytes there are the app's after a complete
 // response (a HEAD or a 204 answered with a body, a late duplicate):
 // another client would get them for its own response. (A connection is
-// kept only after a complete response: keepsConn.)
+// kept only after a complete response: h1.Response.KeepsConn.)
 func reusable(buffered int, fd uintptr) bool {
 	return buffered == 0 && quiet(fd)
 }
@@ -254,18 +256,18 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 	if rt := a.config().ResponseTimeout; rt > 0 {
 		hard = time.Now().Add(rt)
 	}
-	var r respHead
+	var r h1.Response
 	var err error
 	fc.line, fc.resp, err = uc.readResponse(fc.line, fc.resp, &r, false, func(need int) error { return fc.fill(uc, need, hard) })
 	if err != nil {
 		timeout := errors.Is(err, os.ErrDeadlineExceeded) && !fc.gone()
 		return exchangeResult{err: err, sent: true, timeout: timeout, stage: stageConnected}, false
 	}
-	if fc.head.isHead() {
-		r.noBody = true
+	if fc.head.IsHead() {
+		r.NoBody = true
 	}
-	a.metrics.outcome(statusClass(r.status))
-	if r.bodyUntilClose() || fc.closeAfter || fc.f.shutting.Load() {
+	a.metrics.outcome(statusClass(r.Status))
+	if r.BodyUntilClose() || fc.closeAfter || fc.f.shutting.Load() {
 		fc.closeAfter = true
 		fc.resp = append(fc.resp, "Connection: close\r\n"...)
 	}
@@ -274,13 +276,13 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 	if err != nil {
 		err = writeError{err}
 	}
-	fc.headWritten(r.status)
+	fc.headWritten(r.Status)
 	switch {
-	case err != nil, r.noBody:
-	case r.chunked:
+	case err != nil, r.NoBody:
+	case r.Chunked:
 		err = fc.copyChunked(uc)
-	case r.length >= 0:
-		err = fc.copyN(uc, r.length)
+	case r.Length >= 0:
+		err = fc.copyN(uc, r.Length)
 	default:
 		err = fc.copyToEOF(uc)
 	}
@@ -296,7 +298,7 @@ func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResu
 		fc.cut = true
 		return exchangeResult{answered: true}, false
 	}
-	return exchangeResult{answered: true}, r.keepsConn() && uc.br.Buffered() == 0
+	return exchangeResult{answered: true}, r.KeepsConn() && uc.br.Buffered() == 0
 }
 
 // fill waits until uc has need bytes buffered (need <= its size). Before
@@ -331,25 +333,25 @@ func (fc *frontConn) fill(uc *upConn, need int, hard time.Time) error {
 
 // readResponse reads the app's response head off uc, 1xx interim
 // responses dropped (as nginx and net/http's Transport do), and appends
-// what the client gets to out (appendResponseHead, whose false is
+// what the client gets to out (h1.AppendResponseHead, whose false is
 // errBadResponse). With upgrade (the request asked for one), a 101 is
 // returned as it came, in line, with r.status 101 and out untouched. fill
 // waits until uc has need bytes buffered. It is how every path but the
 // event loop reads a response head.
-func (uc *upConn) readResponse(line, out []byte, r *respHead, upgrade bool, fill func(need int) error) (_, _ []byte, err error) {
+func (uc *upConn) readResponse(line, out []byte, r *h1.Response, upgrade bool, fill func(need int) error) (_, _ []byte, err error) {
 	for {
 		if line, err = uc.readHead(line[:0], fill); err != nil {
 			return line, out, err
 		}
 		if upgrade && len(line) >= 12 && string(line[:9]) == "HTTP/1.1 " && string(line[9:12]) == "101" {
-			*r = respHead{status: 101, noBody: true, length: -1}
+			*r = h1.Response{Status: 101, NoBody: true, Length: -1}
 			return line, out, nil
 		}
 		var ok bool
-		if out, ok = appendResponseHead(out[:0], line, r); !ok {
+		if out, ok = h1.AppendResponseHead(out[:0], line, r); !ok {
 			return line, out, errBadResponse
 		}
-		if r.status >= 200 {
+		if r.Status >= 200 {
 			return line, out, nil
 		}
 	}
@@ -364,14 +366,14 @@ func (uc *upConn) readHead(line []byte, fill func(need int) error) ([]byte, erro
 		buf, _ := uc.br.Peek(uc.br.Buffered())
 		m := len(line)
 		if m == 0 {
-			if n := headEnd(buf, 0); n >= 0 {
+			if n := h1.HeadEnd(buf, 0); n >= 0 {
 				line = append(line, buf[:n]...)
 				uc.br.Discard(n)
 				return line, nil
 			}
 		}
 		line = append(line, buf...)
-		if n := headEnd(line, max(0, m-2)); n >= 0 {
+		if n := h1.HeadEnd(line, max(0, m-2)); n >= 0 {
 			uc.br.Discard(n - m)
 			return line[:n], nil
 		}
@@ -463,16 +465,16 @@ func (fc *frontConn) copyToEOF(uc *upConn) error {
 }
 
 // copyChunked passes on a chunked body as it comes, unchanged, trailers
-// included: chunkScanner finds its end, as in the event loop. The data of
+// included: h1.ChunkScanner finds its end, as in the event loop. The data of
 // a large chunk goes with copyN (spliced).
 func (fc *frontConn) copyChunked(uc *upConn) error {
-	var s chunkScanner
+	var s h1.ChunkScanner
 	for {
-		if n := s.dataLeft(); n >= spliceMin && uc.br.Buffered() == 0 {
+		if n := s.DataLeft(); n >= spliceMin && uc.br.Buffered() == 0 {
 			if err := fc.copyN(uc, n); err != nil {
 				return err
 			}
-			s.passed(n)
+			s.Passed(n)
 		}
 		if err := fc.fill(uc, 1, time.Time{}); err != nil {
 			if err == io.EOF {
@@ -481,7 +483,7 @@ func (fc *frontConn) copyChunked(uc *upConn) error {
 			return err
 		}
 		p, _ := uc.br.Peek(uc.br.Buffered())
-		n, done, err := s.feed(p)
+		n, done, err := s.Feed(p)
 		if _, werr := fc.bw.Write(p[:n]); werr != nil {
 			return writeError{werr}
 		}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // httpUpstream is an http app's way to its process: the front's own
@@ -59,7 +61,7 @@ func (a *App) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(r.TransferEncoding) > 0 {
 		// net/http's server read it de-chunked; it might have come with a
-		// Content-Length, which net/http does not say (ambiguousFraming):
+		// Content-Length, which net/http does not say (h1.AmbiguousFraming):
 		// close after it, as RFC 9112 6.3 asks then.
 		w.Header().Set("Connection", "close")
 	}
@@ -404,7 +406,7 @@ func (a *App) setForwarded(r *http.Request, out http.Header) {
 		switch k {
 		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded":
 		default:
-			if forwardedHeader(k) {
+			if h1.ForwardedHeader(k) {
 				delete(out, k)
 			}
 		}
@@ -426,26 +428,6 @@ func (a *App) trusted(ip string) bool {
 		}
 	}
 	return false
-}
-
-// hopHeaders are meant for one connection, not to be forwarded (RFC 9110
-// 7.6.1), as in net/http/httputil.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
-func removeHopHeaders(h http.Header) {
-	for _, f := range h.Values("Connection") {
-		for sf := range strings.SplitSeq(f, ",") {
-			if sf = http.CanonicalHeaderKey(strings.TrimSpace(sf)); sf != "" {
-				h.Del(sf)
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
 }
 
 func upgradeType(h http.Header) string {

@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The event loop serves the common case of a TCP or Unix-socket front: a
@@ -139,7 +141,7 @@ type loopConn struct {
 	hasBufs bool // in, out and resp: between equip and shed
 
 	// The request in progress.
-	head       reqHead
+	head       h1.Request
 	headAt     int // where in in the head began
 	headLen    int
 	a          *App
@@ -164,7 +166,7 @@ type loopConn struct {
 type relayState struct {
 	left      int64 // body bytes still to come: Content-Length; -1 until the app closes
 	chunked   bool
-	chunks    chunkScanner
+	chunks    h1.ChunkScanner
 	done      bool // the app's last byte of the response was read
 	keep      bool // the app's connection can serve another request after
 	fromUp    bool // what is being written is up.buf, not resp
@@ -608,7 +610,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 // or a goroutine gets the connection.
 func (l *evLoop) serveRequest(c *loopConn) {
 	buf := c.in[c.r:c.w]
-	n := headEnd(buf, 0)
+	n := h1.HeadEnd(buf, 0)
 	if n < 0 {
 		// In parts, or longer than the buffer: a goroutine reads it,
 		// with the slow path's timeouts and limits.
@@ -616,13 +618,13 @@ func (l *evLoop) serveRequest(c *loopConn) {
 		return
 	}
 	h := &c.head
-	if !parseRequestHead(buf[:n], h) {
+	if !h1.ParseRequest(buf[:n], h) {
 		l.startOver(c)
 		return
 	}
-	a := l.f.routeBytes(h.host)
-	if a == nil || h.contentLength > int64(min(len(buf)-n, fastBodyMax)) || h.contentLength > a.config().RequestBuffer ||
-		(h.forwarded && a.trusted(c.ip)) {
+	a := l.f.routeBytes(h.Host)
+	if a == nil || h.ContentLength > int64(min(len(buf)-n, fastBodyMax)) || h.ContentLength > a.config().RequestBuffer ||
+		(h.Forwarded && a.trusted(c.ip)) {
 		l.startOver(c) // 404, a body still to read, or headers to extend
 		return
 	}
@@ -636,13 +638,13 @@ func (l *evLoop) serveRequest(c *loopConn) {
 		l.startOver(c) // held there until the app is ready
 		return
 	}
-	body := int(h.contentLength)
-	c.out = appendOutgoing(c.out[:0], buf[:n], h, c.ip)
+	body := int(h.ContentLength)
+	c.out = h1.AppendOutgoing(c.out[:0], buf[:n], h, c.ip)
 	c.out = append(c.out, buf[n:n+body]...)
 	c.headAt, c.headLen = c.r, n
 	c.r += n + body
 	c.a, c.inst, c.start = a, inst, l.now
-	c.closeAfter, c.retried, c.sent = h.close, false, 0
+	c.closeAfter, c.retried, c.sent = h.Close, false, 0
 	c.status, c.toClient = 0, 0
 	c.state = lcSending
 	l.busy++
@@ -832,10 +834,10 @@ func (l *evLoop) receive(c *loopConn) {
 		}
 		return
 	}
-	var r respHead
+	var r h1.Response
 	from := 0
 	for {
-		n := headEnd(u.buf[from:], 0)
+		n := h1.HeadEnd(u.buf[from:], 0)
 		if n < 0 {
 			if u.eof || len(u.buf) == cap(u.buf) {
 				l.continueElsewhere(c) // a cut or long head: there
@@ -843,31 +845,31 @@ func (l *evLoop) receive(c *loopConn) {
 			return
 		}
 		var ok bool
-		c.resp, ok = appendResponseHead(c.resp[:0], u.buf[from:from+n], &r)
+		c.resp, ok = h1.AppendResponseHead(c.resp[:0], u.buf[from:from+n], &r)
 		if !ok {
 			l.continueElsewhere(c)
 			return
 		}
 		from += n
-		if r.status >= 200 {
+		if r.Status >= 200 {
 			break
 		}
 		// 1xx interim responses are dropped, as net/http's Transport does.
 	}
-	if c.head.isHead() {
-		r.noBody = true
+	if c.head.IsHead() {
+		r.NoBody = true
 	}
 	body := int64(0)
-	if !r.noBody {
+	if !r.NoBody {
 		switch {
-		case r.length > relayMax:
+		case r.Length > relayMax:
 			l.continueElsewhere(c) // spliced there
 			return
-		case r.chunked || r.bodyUntilClose() || r.length > int64(cap(u.buf)-from):
+		case r.Chunked || r.BodyUntilClose() || r.Length > int64(cap(u.buf)-from):
 			l.beginRelay(c, &r, from)
 			return
 		}
-		body = r.length
+		body = r.Length
 	}
 	if int64(len(u.buf)-from) < body {
 		if u.eof {
@@ -880,7 +882,7 @@ func (l *evLoop) receive(c *loopConn) {
 	c.resp = append(c.resp, u.buf[from:end]...)
 	c.up = nil
 	u.c = nil
-	if r.keepsConn() && end == len(u.buf) && !u.eof && !u.hup {
+	if r.KeepsConn() && end == len(u.buf) && !u.eof && !u.hup {
 		l.keep(u)
 	} else {
 		l.closeUp(u)
@@ -901,14 +903,14 @@ func (l *evLoop) answer(c *loopConn) {
 
 // endHead counts the response whose head is in resp and ends the head,
 // telling the client the connection closes after it if it must.
-func (l *evLoop) endHead(c *loopConn, r *respHead) {
-	c.a.metrics.outcome(statusClass(r.status))
-	if r.bodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
+func (l *evLoop) endHead(c *loopConn, r *h1.Response) {
+	c.a.metrics.outcome(statusClass(r.Status))
+	if r.BodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
 		c.closeAfter = true
 		c.resp = append(c.resp, "Connection: close\r\n"...)
 	}
 	c.resp = append(c.resp, '\r', '\n')
-	c.status, c.respHead = r.status, len(c.resp)
+	c.status, c.respHead = r.Status, len(c.resp)
 }
 
 // writeClient writes out[c.written:] to the client; false when it has to
@@ -954,11 +956,11 @@ func (l *evLoop) answered(c *loopConn) {
 // body bytes read so far, and passes the rest on as it comes. The client's
 // connection is cut if the app breaks the response halfway, as on the
 // goroutine path.
-func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
+func (l *evLoop) beginRelay(c *loopConn, r *h1.Response, from int) {
 	u := c.up
 	rs := &c.relay
-	*rs = relayState{left: r.length, chunked: r.chunked, keep: r.keepsConn()}
-	if r.bodyUntilClose() {
+	*rs = relayState{left: r.Length, chunked: r.Chunked, keep: r.KeepsConn()}
+	if r.BodyUntilClose() {
 		rs.left = -1
 	}
 	body := u.buf[from:]
@@ -985,7 +987,7 @@ func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
 func (rs *relayState) take(p []byte) (n int, done bool, err error) {
 	switch {
 	case rs.chunked:
-		return rs.chunks.feed(p)
+		return rs.chunks.Feed(p)
 	case rs.left < 0:
 		return len(p), false, nil // until the app closes
 	}
@@ -1066,7 +1068,7 @@ func (l *evLoop) endRelay(c *loopConn) {
 // client's connection is cut, so that it cannot take a short body for a
 // whole one, and the failure counts against the app.
 func (l *evLoop) cutRelay(c *loopConn, err error) {
-	c.a.responseCut(c.inst, string(c.head.method), targetPath(c.head.target), err)
+	c.a.responseCut(c.inst, string(c.head.Method), targetPath(c.head.Target), err)
 	l.closeConn(c)
 }
 
@@ -1085,7 +1087,7 @@ func (l *evLoop) logAccess(c *loopConn) {
 	h := &c.head
 	a.logAccess(AccessRecord{
 		Client: c.ip, Time: c.start, Duration: l.now.Sub(c.start),
-		Method: h.method, Target: h.target, Proto: proto11, Referer: h.referer, UserAgent: h.userAgent,
+		Method: h.Method, Target: h.Target, Proto: proto11, Referer: h.Referer, UserAgent: h.UserAgent,
 		Status: status, Bytes: body, Attempts: 1,
 	})
 }
@@ -1220,7 +1222,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	fc.served = c.served
 	fc.out = append(fc.out[:0], c.out...)
 	head := append([]byte(nil), c.in[c.headAt:c.headAt+c.headLen]...)
-	parseRequestHead(head, &fc.head)
+	h1.ParseRequest(head, &fc.head)
 	q := &fc.rq
 	q.a, q.held, q.resume, q.unsent = a, inst, uc, len(c.out)-c.sent
 	c.in = nil // fc reads the rest of it

@@ -13,13 +13,15 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The app's side of a request net/http's server read (httpRequest): it
 // goes over the front's own connections to the app (httpUpstream.get, so
 // a kept one is taken only when reusable, and new ones are paced by the
 // dialGate), its response head is read and checked by the same functions
-// as the front's (readResponse, appendResponseHead, chunkScanner), and it
+// as the front's (readResponse, h1.AppendResponseHead, h1.ChunkScanner), and it
 // is passed on through net/http's ResponseWriter, which frames it for the
 // client.
 
@@ -137,7 +139,7 @@ func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
 // hop-by-hop headers and framing, plus X-Forwarded-*.
 func (a *App) outgoingHeader(r *http.Request) http.Header {
 	h := r.Header.Clone()
-	removeHopHeaders(h)
+	h1.RemoveHopHeaders(h)
 	h.Del("Content-Length") // the body's own framing is set apart
 	h.Del("Expect")         // rouse already has the body, or streams it now
 	if up := upgradeType(r.Header); up != "" {
@@ -303,7 +305,7 @@ func chunkSize(n int) []byte { return []byte(strconv.FormatInt(int64(n), 16) + "
 func (x *netExchange) relay() (res exchangeResult, keep bool) {
 	a, w, r, uc := x.a, x.w, x.r, x.uc
 	upgrade := upgradeType(r.Header) != ""
-	var rh respHead
+	var rh h1.Response
 	line, out, err := uc.readResponse(nil, nil, &rh, upgrade, func(need int) error {
 		_, err := uc.br.Peek(need)
 		return err
@@ -315,31 +317,31 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 		return x.failed(err), false
 	}
 	uc.c.SetReadDeadline(time.Time{})
-	a.metrics.outcome(statusClass(rh.status))
-	if rh.status == http.StatusSwitchingProtocols {
+	a.metrics.outcome(statusClass(rh.Status))
+	if rh.Status == http.StatusSwitchingProtocols {
 		return x.upgrade(line), false
 	}
 	if r.Method == http.MethodHead {
-		rh.noBody = true
+		rh.NoBody = true
 	}
 	h := w.Header()
 	if !copyResponseHeader(h, out) {
 		return x.failed(errBadResponse), false
 	}
-	if rh.bodyUntilClose() {
+	if rh.BodyUntilClose() {
 		h.Set("Connection", "close")
 	}
 	// A response of unknown length (SSE, streaming) is flushed as it
 	// comes; one of known length is left to net/http's buffering.
 	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.config().sendTimeout()}
-	dst.flush = rh.length < 0
+	dst.flush = rh.Length < 0
 	dst.deadline() // for the head, written with the first bytes of the body or at the end
-	w.WriteHeader(rh.status)
-	body := &responseBody{br: uc.br, left: rh.length, chunked: rh.chunked && !rh.noBody}
+	w.WriteHeader(rh.Status)
+	body := &responseBody{br: uc.br, left: rh.Length, chunked: rh.Chunked && !rh.NoBody}
 	switch {
-	case rh.noBody:
+	case rh.NoBody:
 		body.left = 0
-	case rh.bodyUntilClose():
+	case rh.BodyUntilClose():
 		body.left = -1
 	}
 	buf := a.http.Load().buffers.Get().(*[]byte)
@@ -356,15 +358,15 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 	for k, vv := range body.trailer {
 		h[http.TrailerPrefix+k] = vv
 	}
-	return exchangeResult{answered: true}, rh.keepsConn() && uc.br.Buffered() == 0
+	return exchangeResult{answered: true}, rh.KeepsConn() && uc.br.Buffered() == 0
 }
 
 // copyResponseHeader puts the headers of a response head from
-// appendResponseHead in h, without its framing (net/http's server frames
+// h1.AppendResponseHead in h, without its framing (net/http's server frames
 // the body its own way); the trailers it announces are announced in turn.
 func copyResponseHeader(h http.Header, head []byte) bool {
-	_, lines := nextLine(head)
-	return eachField(lines, func(name, value []byte) {
+	_, lines := h1.NextLine(head)
+	return h1.EachField(lines, func(name, value []byte) {
 		switch k := http.CanonicalHeaderKey(string(name)); k {
 		case "Transfer-Encoding":
 		case "Trailer":
@@ -379,30 +381,14 @@ func copyResponseHeader(h http.Header, head []byte) bool {
 	})
 }
 
-// eachField calls f with each field of header lines up to an empty one;
-// false if one is malformed.
-func eachField(lines []byte, f func(name, value []byte)) bool {
-	for {
-		var line []byte
-		if line, lines = nextLine(lines); len(line) == 0 {
-			return true
-		}
-		name, value, ok := splitHeader(line)
-		if !ok {
-			return false
-		}
-		f(name, value)
-	}
-}
-
 // responseBody reads a response body off the app's connection, as framed
 // by its head: left bytes (-1: until the app closes), or chunked, which it
-// de-chunks (chunkScanner checks the framing), keeping the trailers.
+// de-chunks (h1.ChunkScanner checks the framing), keeping the trailers.
 type responseBody struct {
 	br      *bufio.Reader
 	left    int64
 	chunked bool
-	s       chunkScanner
+	s       h1.ChunkScanner
 	trail   []byte
 	trailer http.Header
 }
@@ -432,12 +418,12 @@ func (b *responseBody) Read(p []byte) (int, error) {
 // readChunked reads the data of the chunks.
 func (b *responseBody) readChunked(p []byte) (int, error) {
 	for {
-		if b.s.state == csDone {
+		if b.s.Done() {
 			return 0, io.EOF
 		}
-		if left := b.s.dataLeft(); left > 0 {
+		if left := b.s.DataLeft(); left > 0 {
 			n, err := b.br.Read(p[:min(int64(len(p)), left)])
-			b.s.passed(int64(n))
+			b.s.Passed(int64(n))
 			if n > 0 {
 				return n, nil
 			}
@@ -455,9 +441,9 @@ func (b *responseBody) readChunked(p []byte) (int, error) {
 		// The framing between data, a byte at a time: a few bytes.
 		buf, _ := b.br.Peek(b.br.Buffered())
 		i := 0
-		for ; i < len(buf) && b.s.state != csData && b.s.state != csDone; i++ {
-			trailer := b.s.state == csTrailer
-			if _, _, err := b.s.feed(buf[i : i+1]); err != nil {
+		for ; i < len(buf) && b.s.DataLeft() == 0 && !b.s.Done(); i++ {
+			trailer := b.s.InTrailer()
+			if _, _, err := b.s.Feed(buf[i : i+1]); err != nil {
 				return 0, errBadResponse
 			}
 			if trailer {
@@ -465,7 +451,7 @@ func (b *responseBody) readChunked(p []byte) (int, error) {
 			}
 		}
 		b.br.Discard(i)
-		if b.s.state == csDone {
+		if b.s.Done() {
 			if err := b.parseTrailer(); err != nil {
 				return 0, err
 			}
@@ -473,11 +459,11 @@ func (b *responseBody) readChunked(p []byte) (int, error) {
 	}
 }
 
-// parseTrailer reads the trailer lines (checked by chunkScanner) into
+// parseTrailer reads the trailer lines (checked by h1.ChunkScanner) into
 // b.trailer.
 func (b *responseBody) parseTrailer() error {
 	b.trailer = make(http.Header)
-	if !eachField(b.trail, func(name, value []byte) { b.trailer.Add(string(name), string(value)) }) {
+	if !h1.EachField(b.trail, func(name, value []byte) { b.trailer.Add(string(name), string(value)) }) {
 		return errBadResponse
 	}
 	return nil
@@ -509,7 +495,7 @@ func (x *netExchange) upgrade(head []byte) exchangeResult {
 	}
 	defer a.forget(x.inst, conn, uc.c)
 	proto := resp.Header.Get("Upgrade")
-	removeHopHeaders(resp.Header)
+	h1.RemoveHopHeaders(resp.Header)
 	resp.Header.Set("Connection", "Upgrade")
 	resp.Header.Set("Upgrade", proto)
 	if tw, ok := w.(*trackedWriter); ok {

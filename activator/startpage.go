@@ -115,22 +115,3 @@ func (a *App) holdForPage(rq proxyRequest, start, deadline time.Time) (inst *ins
 	}
 	return nil, false, err
 }
-
-// headerValue returns the value of the first header called name (lower
-// case) in the request head, "" if none.
-func headerValue(head []byte, name string) string { return string(headerBytes(head, name)) }
-
-// headerBytes is headerValue as a slice of head; nil if there is none.
-func headerBytes(head []byte, name string) []byte {
-	_, rest, _ := cutLine(head) // the request line
-	for {
-		line, more, ok := cutLine(rest)
-		if !ok || len(line) == 0 {
-			return nil
-		}
-		if n, v, ok := splitHeader(line); ok && foldEq(n, name) {
-			return v
-		}
-		rest = more
-	}
-}
