@@ -473,6 +473,9 @@ func (f *HTTPFront) SetApps(apps []*App) error {
 	if err != nil {
 		return err
 	}
+	for _, a := range apps {
+		a.attachUpstream(newHTTPUpstream)
+	}
 	f.routes.Store(r)
 	return nil
 }

@@ -140,8 +140,8 @@ func (up *httpUpstream) put(uc *upConn) {
 	up.gate.kick()
 }
 
-// closeIdle closes every idle connection to the app.
-func (up *httpUpstream) closeIdle() {
+// DropIdle closes every idle connection to the app.
+func (up *httpUpstream) DropIdle() {
 	up.gen.Add(1) // the event loops' are closed as they come to them
 	up.pool.mu.Lock()
 	idle := up.pool.idle
@@ -152,14 +152,14 @@ func (up *httpUpstream) closeIdle() {
 	}
 }
 
-// retire closes the idle connections, and those still in use once they
+// Retire closes the idle connections, and those still in use once they
 // are done: a reload replaced the upstream.
-func (up *httpUpstream) retire() {
+func (up *httpUpstream) Retire() {
 	up.retired.Store(true)
 	up.pool.mu.Lock()
 	up.pool.retired = true
 	up.pool.mu.Unlock()
-	up.closeIdle()
+	up.DropIdle()
 }
 
 // reusable reports whether a kept connection may serve another request
@@ -215,7 +215,7 @@ func (q *rawRequest) exchange(inst *instance) exchangeResult {
 // attempt is one exchange; reused reports whether it went over a kept
 // connection.
 func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
-	uc, err := q.a.http.Load().get(q.fc.ctx, inst)
+	uc, err := upstreamOf(q.a).get(q.fc.ctx, inst)
 	if err != nil {
 		return exchangeResult{err: err, stage: stageDial}, false
 	}
@@ -242,7 +242,7 @@ func (q *rawRequest) finish(uc *upConn, from int) (res exchangeResult) {
 		res, keep = fc.relay(a, uc.inst, uc)
 	}
 	if keep {
-		a.http.Load().put(uc)
+		upstreamOf(a).put(uc)
 	} else {
 		uc.c.Close()
 	}

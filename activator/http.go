@@ -42,10 +42,15 @@ type httpUpstream struct {
 	buffers sync.Pool
 }
 
-func newHTTPUpstream(cfg Config, gate *dialGate) *httpUpstream {
+// newHTTPUpstream is an app's Upstream, made when a front first serves it
+// and again when a reload changes its address.
+func newHTTPUpstream(cfg *Config, gate *dialGate) Upstream {
 	return &httpUpstream{gate: gate, network: cfg.UpstreamNetwork, address: cfg.UpstreamAddress,
 		buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 }
+
+// upstreamOf is the front's connections to a's process.
+func upstreamOf(a *App) *httpUpstream { return a.currentUpstream().(*httpUpstream) }
 
 // ServeHTTP proxies one request that came through net/http's server (the
 // requests an HTTPFront does not serve itself, see frontConn), starting the

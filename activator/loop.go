@@ -628,7 +628,7 @@ func (l *evLoop) serveRequest(c *loopConn) {
 		l.startOver(c) // 404, a body still to read, or headers to extend
 		return
 	}
-	up := a.http.Load()
+	up := upstreamOf(a)
 	if up.sockaddr() == nil {
 		l.startOver(c)
 		return

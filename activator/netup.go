@@ -64,7 +64,7 @@ func (q *httpRequest) exchange(inst *instance) exchangeResult {
 		return exchangeResult{err: err, stage: stageRejected}
 	}
 	attempt := func() (exchangeResult, bool) {
-		uc, err := q.a.http.Load().get(q.r.Context(), inst)
+		uc, err := upstreamOf(q.a).get(q.r.Context(), inst)
 		if err != nil {
 			return exchangeResult{err: err, stage: stageDial}, false
 		}
@@ -96,7 +96,7 @@ func (a *App) retryQuietly(rq proxyRequest, res exchangeResult, reused bool, att
 		rq.context().Err() != nil || (res.sent && !a.replayable(rq)) {
 		return res
 	}
-	a.http.Load().closeIdle()
+	a.dropIdleConns()
 	res, _ = attempt()
 	return res
 }
@@ -174,7 +174,7 @@ func (x *netExchange) run() (res exchangeResult) {
 			<-x.wrote // (uc is closed when the writer is not done)
 		}
 		if keep {
-			x.a.http.Load().put(uc)
+			upstreamOf(x.a).put(uc)
 		}
 	}()
 	if x.body.rest == nil && len(x.head)+len(x.body.buf) <= syncWriteMax {
@@ -265,8 +265,8 @@ func (x *netExchange) write() error {
 	}
 	rest := consumeReader{x.body}
 	bw := bufio.NewWriterSize(c, 32<<10)
-	buf := x.a.http.Load().buffers.Get().(*[]byte)
-	defer x.a.http.Load().buffers.Put(buf)
+	buf := upstreamOf(x.a).buffers.Get().(*[]byte)
+	defer upstreamOf(x.a).buffers.Put(buf)
 	for {
 		n, err := rest.Read(*buf)
 		if n > 0 {
@@ -344,9 +344,9 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 	case rh.BodyUntilClose():
 		body.left = -1
 	}
-	buf := a.http.Load().buffers.Get().(*[]byte)
+	buf := upstreamOf(a).buffers.Get().(*[]byte)
 	_, err = io.CopyBuffer(dst, body, *buf)
-	a.http.Load().buffers.Put(buf)
+	upstreamOf(a).buffers.Put(buf)
 	if err != nil {
 		if r.Context().Err() == nil && !isWriteError(err) {
 			// The app broke the response halfway: the client must see a
