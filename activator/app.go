@@ -30,7 +30,7 @@ type App struct {
 	cfgp  atomic.Pointer[Config] // replaced whole by Reconfigure; read with config()
 	probe procman.Probe          // set by the mode (handoff); else derived from the config at each start
 	now   func() time.Time
-	gate  *dialGate // paces new connections to the process (http, tcp)
+	gate  *DialGate // paces new connections to the process (http, tcp)
 	// upstream: http mode, the front's connections to the process.
 	upstream upstreamSlot
 	// removed: a reload took the app out of the config (it drains).

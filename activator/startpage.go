@@ -20,8 +20,8 @@ import (
 
 // wantsStartPage reports whether rq is a browser's request that gets the
 // waiting page instead of being held past start_page_after.
-func (a *App) wantsStartPage(rq proxyRequest) bool {
-	return a.config().StartPage && rq.method() == http.MethodGet && strings.Contains(rq.accept(), "text/html")
+func (a *App) wantsStartPage(rq Request) bool {
+	return a.config().StartPage && rq.Method() == http.MethodGet && strings.Contains(rq.Accept(), "text/html")
 }
 
 // startPageData is what the page shows.
@@ -95,22 +95,22 @@ func (a *App) writeStartPage(w http.ResponseWriter, start time.Time, failure *Ba
 // holdForPage is acquire for a request that may get the waiting page: it
 // waits until start_page_after at most, then answers with the page if the
 // app is not ready yet (or failed to start); done reports that.
-func (a *App) holdForPage(rq proxyRequest, start, deadline time.Time) (inst *instance, done bool, err error) {
+func (a *App) holdForPage(rq Request, start, deadline time.Time) (inst *instance, done bool, err error) {
 	early := start.Add(a.config().StartPageAfter)
 	if !early.Before(deadline) {
-		inst, err = a.acquire(rq.context(), deadline, false)
+		inst, err = a.acquire(rq.Context(), deadline, false)
 		return inst, false, err
 	}
-	inst, err = a.acquire(rq.context(), early, false)
+	inst, err = a.acquire(rq.Context(), early, false)
 	var be *BackoffError
 	switch {
 	case err == nil:
 		return inst, false, nil
 	case errors.Is(err, ErrQueueTimeout):
-		a.writeStartPage(rq.errorWriter(), start, nil)
+		a.writeStartPage(rq.ErrorWriter(), start, nil)
 		return nil, true, nil
 	case errors.As(err, &be):
-		a.writeStartPage(rq.errorWriter(), start, be)
+		a.writeStartPage(rq.ErrorWriter(), start, be)
 		return nil, true, nil
 	}
 	return nil, false, err

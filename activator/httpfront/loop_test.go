@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -18,6 +18,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/activator"
 )
 
 // loopState returns how many connections the front's event loops serve,
@@ -117,7 +119,7 @@ func TestLoopHandsLongExchangesToAGoroutine(t *testing.T) {
 // also one that came back from a goroutine (the first request started the
 // app, and waited for it there).
 func TestLoopTimesOutIdleConnections(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.HeaderTimeout = 200 * time.Millisecond })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.HeaderTimeout = 200 * time.Millisecond })
 	f := ta.front
 	f.mu.Lock() // loops made after this see it (they are made under mu)
 	f.loopIdleTimeout = 300 * time.Millisecond
@@ -333,7 +335,7 @@ func TestLoopServesAUnixSocketFront(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := newTestAppNoListen(t, "u", nil, nil)
-	f, err := NewHTTPFront(ln, []*App{a}, nil)
+	f, err := NewHTTPFront(ln, []*activator.App{a}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +518,7 @@ func dialSmallWindow(t *testing.T, addr string) *rawClient {
 // reading is not.
 func TestSendTimeoutCutsAClientThatTakesNothing(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.SendTimeout = timeout })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.SendTimeout = timeout })
 	paths := []string{"/bytes?n=50000000&chunked=1", "/bytes?n=50000000"} // relayed; spliced
 	for _, path := range paths {
 		rc := warmLoopConn(t, ta, func() *rawClient { return dialSmallWindow(t, ta.addr) })

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/rouse-dev/rouse/activator"
 	"github.com/rouse-dev/rouse/internal/h1"
 )
 
@@ -144,8 +145,8 @@ type loopConn struct {
 	head       h1.Request
 	headAt     int // where in in the head began
 	headLen    int
-	a          *App
-	inst       *instance
+	a          *activator.App
+	inst       *activator.Instance
 	up         *loopUp
 	out        []byte // the request as it goes to the app
 	sent       int    // of out
@@ -178,7 +179,7 @@ type relayState struct {
 type loopUp struct {
 	fd       int
 	upstream *httpUpstream
-	inst     *instance
+	inst     *activator.Instance
 	gen      uint64 // upstream.gen when made or kept
 	reused   bool
 	c        *loopConn // the request it serves; nil while kept
@@ -433,7 +434,7 @@ func (l *evLoop) scan(now time.Time) {
 			}
 		case lcAnswering, lcRelaying:
 			if c.blocked && now.After(c.deadline) {
-				c.a.log.Info("client cut: it took none of its response", "for", c.a.config().sendTimeout(), "client", c.ip)
+				c.a.Logger().Info("client cut: it took none of its response", "for", c.a.Config().EffectiveSendTimeout(), "client", c.ip)
 				l.closeConn(c)
 			}
 		}
@@ -623,8 +624,8 @@ func (l *evLoop) serveRequest(c *loopConn) {
 		return
 	}
 	a := l.f.routeBytes(h.Host)
-	if a == nil || h.ContentLength > int64(min(len(buf)-n, fastBodyMax)) || h.ContentLength > a.config().RequestBuffer ||
-		(h.Forwarded && a.trusted(c.ip)) {
+	if a == nil || h.ContentLength > int64(min(len(buf)-n, fastBodyMax)) || h.ContentLength > a.Config().RequestBuffer ||
+		(h.Forwarded && trusted(a, c.ip)) {
 		l.startOver(c) // 404, a body still to read, or headers to extend
 		return
 	}
@@ -633,7 +634,7 @@ func (l *evLoop) serveRequest(c *loopConn) {
 		l.startOver(c)
 		return
 	}
-	inst := a.tryAcquire()
+	inst := a.TryAcquire()
 	if inst == nil {
 		l.startOver(c) // held there until the app is ready
 		return
@@ -685,7 +686,7 @@ func (l *evLoop) connect(c *loopConn, up *httpUpstream) bool {
 }
 
 // dial opens a new connection to the app, without waiting for it.
-func (l *evLoop) dial(up *httpUpstream, inst *instance, gen uint64) (*loopUp, error) {
+func (l *evLoop) dial(up *httpUpstream, inst *activator.Instance, gen uint64) (*loopUp, error) {
 	// A copy: connect(2) writes into it, and loops dial at once.
 	var sa unix.Sockaddr
 	family := unix.AF_INET
@@ -715,7 +716,7 @@ func (l *evLoop) dial(up *httpUpstream, inst *instance, gen uint64) (*loopUp, er
 }
 
 // register makes fd, a connection to the app, the loop's.
-func (l *evLoop) register(fd int, up *httpUpstream, inst *instance, gen uint64) (*loopUp, error) {
+func (l *evLoop) register(fd int, up *httpUpstream, inst *activator.Instance, gen uint64) (*loopUp, error) {
 	if err := epollAdd(l.epfd, fd); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -904,7 +905,7 @@ func (l *evLoop) answer(c *loopConn) {
 // endHead counts the response whose head is in resp and ends the head,
 // telling the client the connection closes after it if it must.
 func (l *evLoop) endHead(c *loopConn, r *h1.Response) {
-	c.a.metrics.outcome(statusClass(r.Status))
+	c.a.CountResponse(r.Status)
 	if r.BodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
 		c.closeAfter = true
 		c.resp = append(c.resp, "Connection: close\r\n"...)
@@ -922,7 +923,7 @@ func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 		if err == unix.EAGAIN {
 			c.blocked = true
 			if c.wrote {
-				c.deadline, c.wrote = l.now.Add(c.a.config().sendTimeout()), false
+				c.deadline, c.wrote = l.now.Add(c.a.Config().EffectiveSendTimeout()), false
 			}
 			return false
 		}
@@ -1068,24 +1069,24 @@ func (l *evLoop) endRelay(c *loopConn) {
 // client's connection is cut, so that it cannot take a short body for a
 // whole one, and the failure counts against the app.
 func (l *evLoop) cutRelay(c *loopConn, err error) {
-	c.a.responseCut(c.inst, string(c.head.Method), targetPath(c.head.Target), err)
+	c.a.ResponseCut(c.inst, string(c.head.Method), targetPath(c.head.Target), err)
 	l.closeConn(c)
 }
 
 // logAccess logs the exchange of c, which ends: answered, or cut short.
 func (l *evLoop) logAccess(c *loopConn) {
 	a := c.a
-	if !a.logsAccess() {
+	if !a.LogsAccess() {
 		return
 	}
 	status, body := c.status, int64(0)
 	if status == 0 {
-		status = StatusClientGone
+		status = activator.StatusClientGone
 	} else {
 		body = max(0, c.toClient-int64(c.respHead))
 	}
 	h := &c.head
-	a.logAccess(AccessRecord{
+	a.LogAccess(activator.AccessRecord{
 		Client: c.ip, Time: c.start, Duration: l.now.Sub(c.start),
 		Method: h.Method, Target: h.Target, Proto: proto11, Referer: h.Referer, UserAgent: h.UserAgent,
 		Status: status, Bytes: body, Attempts: 1,
@@ -1095,7 +1096,7 @@ func (l *evLoop) logAccess(c *loopConn) {
 // release gives back the app's slot the request held.
 func (l *evLoop) release(c *loopConn) {
 	if c.inst != nil {
-		c.a.release(c.inst)
+		c.a.Release(c.inst)
 		c.inst = nil
 		l.busy--
 	}
@@ -1208,7 +1209,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 			fc.close()
 			l.f.loopConnDone()
 		}
-		a.release(inst)
+		a.Release(inst)
 		c.in = nil
 		l.shed(c)
 		return

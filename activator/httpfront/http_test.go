@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -8,66 +8,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
 )
-
-// newHTTPTestApp is newTestApp in http mode; the backend notes every
-// request it receives in the returned hits file.
-func newHTTPTestApp(t testing.TB, args []string, edit func(*Config)) (*testApp, string) {
-	t.Helper()
-	hits := filepath.Join(t.TempDir(), "hits")
-	ta := newTestApp(t, append([]string{"-proto", "http", "-hits", hits}, args...), func(c *Config) {
-		c.Mode = ModeHTTP
-		c.RequestBuffer = 1 << 20
-		c.ResponseTimeout = 30 * time.Second
-		if edit != nil {
-			edit(c)
-		}
-	})
-	return ta, hits
-}
-
-// hitCount counts the requests for path the app received.
-func hitCount(t testing.TB, hits, path string) int {
-	t.Helper()
-	b, err := os.ReadFile(hits)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	n := 0
-	for line := range strings.Lines(string(b)) {
-		if f := strings.Fields(line); len(f) == 2 && f[1] == path {
-			n++
-		}
-	}
-	return n
-}
-
-func get(t testing.TB, client *http.Client, url string) (*http.Response, string) {
-	t.Helper()
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s body: %v", url, err)
-	}
-	return resp, string(b)
-}
-
-func newClient(t testing.TB) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: 500}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
-}
 
 func TestHTTPColdStartManyRequestsOneSpawn(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, []string{"-delay", "300ms"}, nil)
@@ -104,7 +53,7 @@ func TestHTTPColdStartManyRequestsOneSpawn(t *testing.T) {
 // The seed regression: a route that answers 500 is the app's answer. It is
 // passed through, never counted, never retried; the app keeps serving.
 func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
-	ta, hits := newHTTPTestApp(t, nil, func(c *Config) { c.MaxFails = 1 })
+	ta, hits := newHTTPTestApp(t, nil, func(c *activator.Config) { c.MaxFails = 1 })
 	client := newClient(t)
 	for range 20 {
 		resp, body := get(t, client, "http://"+ta.addr+"/broken")
@@ -119,7 +68,7 @@ func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
 		t.Errorf("/broken reached the app %d times for 20 requests: retried?", n)
 	}
 	st := ta.Status()
-	if st.Starts != 1 || st.Failures != 0 || st.State != Ready {
+	if st.Starts != 1 || st.Failures != 0 || st.State != activator.Ready {
 		t.Errorf("status %+v, want 1 start, 0 failures, ready", st)
 	}
 	m := ta.Metrics()
@@ -184,7 +133,7 @@ func TestHTTPGetInFlightWhenAppKilledIsAnsweredByTheRestart(t *testing.T) {
 }
 
 func TestHTTPUpgradeIsPassedThroughAndCountsAsActivity(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.IdleTimeout = 100 * time.Millisecond })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.IdleTimeout = 100 * time.Millisecond })
 	c, err := net.Dial("tcp", ta.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -207,13 +156,13 @@ func TestHTTPUpgradeIsPassedThroughAndCountsAsActivity(t *testing.T) {
 		if err != nil || line != fmt.Sprintf("line %d\n", i) {
 			t.Fatalf("echo over the upgraded connection: %q %v", line, err)
 		}
-		if st := ta.Status(); st.State != Ready || st.Conns != 1 {
+		if st := ta.Status(); st.State != activator.Ready || st.Conns != 1 {
 			t.Fatalf("with an upgraded connection open: %s, %d conns", st.State, st.Conns)
 		}
 		time.Sleep(60 * time.Millisecond) // letting idle_timeout pass, not waiting for a condition
 	}
 	c.Close()
-	ta.waitState(t, Idle)
+	ta.waitState(t, activator.Idle)
 }
 
 func TestHTTPStreamedResponseIsFlushed(t *testing.T) {
@@ -248,7 +197,7 @@ func TestHTTPHostRouting(t *testing.T) {
 	// each is unused.
 	a := newTestAppNoListen(t, "a", []string{"-name", "app-a"}, []string{"a.example.com"})
 	b := newTestAppNoListen(t, "b", []string{"-name", "app-b"}, []string{"*.b.example.com"})
-	f, err := NewHTTPFront(ln, []*App{a, b}, nil)
+	f, err := NewHTTPFront(ln, []*activator.App{a, b}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,11 +218,11 @@ func TestHTTPHostRouting(t *testing.T) {
 
 	// hosts = ["*"] takes what no other app claims; an address has one.
 	all := newTestAppNoListen(t, "all", []string{"-name", "app-all"}, []string{"*"})
-	if err := f.SetApps([]*App{a, b, all, newTestAppNoListen(t, "plain", nil, nil)}); err == nil ||
+	if err := f.SetApps([]*activator.App{a, b, all, newTestAppNoListen(t, "plain", nil, nil)}); err == nil ||
 		!strings.Contains(err.Error(), "both take every host") {
 		t.Errorf("a catch-all next to an app without hosts: %v, want an error", err)
 	}
-	if err := f.SetApps([]*App{a, b, all}); err != nil {
+	if err := f.SetApps([]*activator.App{a, b, all}); err != nil {
 		t.Fatal(err)
 	}
 	servedBy(t, client, ln.Addr().String(), map[string]string{
@@ -310,14 +259,14 @@ func getHost(t *testing.T, client *http.Client, addr, host string) (int, string)
 }
 
 // newTestAppNoListen is an http app for a front the test builds itself.
-func newTestAppNoListen(t *testing.T, name string, args []string, hosts []string) *App {
+func newTestAppNoListen(t *testing.T, name string, args []string, hosts []string) *activator.App {
 	t.Helper()
 	port := freePort(t)
 	cfg := testConfig("shared", "127.0.0.1:"+strconv.Itoa(port), os.DevNull)
-	cfg.Name, cfg.Mode, cfg.Hosts = name, ModeHTTP, hosts
+	cfg.Name, cfg.Mode, cfg.Hosts = name, activator.ModeHTTP, hosts
 	cfg.RequestBuffer, cfg.ResponseTimeout = 1<<20, 30*time.Second
 	cfg.Process.Argv = append(cfg.Process.Argv, append([]string{"-proto", "http"}, args...)...)
-	a, err := New(cfg, nil, Options{Logger: nil})
+	a, err := activator.New(cfg, nil, activator.Options{Logger: nil})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +281,7 @@ func TestHTTPTwoAppsWithoutHostsNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	apps := []*App{newTestAppNoListen(t, "blog", nil, nil), newTestAppNoListen(t, "shop", nil, nil)}
+	apps := []*activator.App{newTestAppNoListen(t, "blog", nil, nil), newTestAppNoListen(t, "shop", nil, nil)}
 	_, err = NewHTTPFront(ln, apps, nil)
 	if want := "apps blog and shop both take every host on " + ln.Addr().String() + ` (no hosts, or "*")`; err == nil || err.Error() != want {
 		t.Errorf("error %v, want %q", err, want)
@@ -368,7 +317,7 @@ func TestHTTPBadRequestsFromClients(t *testing.T) {
 }
 
 func TestHTTPBodies(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.RequestBuffer = 64 << 10 })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.RequestBuffer = 64 << 10 })
 	client := newClient(t)
 	for _, size := range []int{0, 1, 64 << 10, 64<<10 + 1, 5 << 20} {
 		body := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
@@ -398,7 +347,7 @@ func TestHTTPExpectContinueAnsweredWhenReady(t *testing.T) {
 	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
 		t.Fatalf("first line %q %v, want 100 Continue", line, err)
 	}
-	if st := ta.Status(); st.State != Ready {
+	if st := ta.Status(); st.State != activator.Ready {
 		t.Errorf("100 Continue sent while the app was %s", st.State)
 	}
 	br.ReadString('\n')
@@ -445,12 +394,12 @@ func TestHTTPForwardedHeadersAreReplaced(t *testing.T) {
 }
 
 func TestHTTPIdleKeepAliveDoesNotKeepTheAppUp(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.IdleTimeout = 100 * time.Millisecond })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.IdleTimeout = 100 * time.Millisecond })
 	client := newClient(t)
 	_, body1 := get(t, client, "http://"+ta.addr+"/pid")
 	// The client keeps its connection to rouse open and idle, as nginx's
 	// upstream keepalive pool does; the app still stops.
-	ta.waitState(t, Idle)
+	ta.waitState(t, activator.Idle)
 	_, body2 := get(t, client, "http://"+ta.addr+"/pid")
 	if body1 == body2 {
 		t.Errorf("same pid %s after an idle stop", body1)

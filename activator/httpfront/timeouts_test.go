@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"io"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
 )
 
 // Clients that stall their request bodies cannot hold an app's slots
@@ -15,7 +17,7 @@ import (
 // all there). Each gets 408, its connection closes, the slots are freed.
 func TestBodyTimeoutFreesTheSlots(t *testing.T) {
 	const timeout = 400 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) {
 		c.MaxConns = 2
 		c.BodyTimeout = timeout
 		c.RequestBuffer = 1 << 10
@@ -87,7 +89,7 @@ func eofText(err error) string {
 // again.
 func TestHeaderTimeoutCoversAHeadHandedOn(t *testing.T) {
 	const timeout = 600 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.HeaderTimeout = timeout })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.HeaderTimeout = timeout })
 	start := time.Now() // (before the connection, whose clock starts at its accept)
 	rc := dialRaw(t, ta.addr)
 	rc.send("GET / HTTP/1.1\r\nHost: x\r\nX-A: " + strings.Repeat("a", 4000) + "\r\n")
@@ -110,7 +112,7 @@ func TestHeaderTimeoutCoversAHeadHandedOn(t *testing.T) {
 // reading is cut at send_timeout, and the app's slot freed.
 func TestSendTimeoutOnTheNetHTTPPath(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.SendTimeout = timeout })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.SendTimeout = timeout })
 	rc := dialSmallWindow(t, ta.addr)
 	rc.send("GET /bytes?n=50000000 HTTP/1.0\r\nHost: x\r\n\r\n")
 	resp, err := http.ReadResponse(rc.br, nil)

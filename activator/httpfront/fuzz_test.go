@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
 )
 
 // panicWatch is a log handler that remembers whether anything logged a
@@ -111,17 +113,17 @@ func fuzzFront(f *testing.F) (string, *atomic.Value) {
 		f.Fatal(err)
 	}
 	up := testConfig("fuzz", "127.0.0.1:"+strconv.Itoa(freePort(f)), os.DevNull)
-	up.Name, up.Mode, up.Hosts = "up", ModeHTTP, []string{"up.test"}
+	up.Name, up.Mode, up.Hosts = "up", activator.ModeHTTP, []string{"up.test"}
 	up.Process.Argv = append(up.Process.Argv, "-proto", "http", "-plain")
 	up.IdleTimeout = 0 // started once, kept for the whole run
 	up.RequestBuffer, up.ResponseTimeout = 64<<10, 5*time.Second
 	down := testConfig("fuzz", "127.0.0.1:1", os.DevNull)
-	down.Name, down.Mode, down.Hosts = "down", ModeHTTP, []string{"down.test"}
+	down.Name, down.Mode, down.Hosts = "down", activator.ModeHTTP, []string{"down.test"}
 	down.Process.Argv = []string{"/nonexistent/rouse-fuzz-app"}
 	down.RequestBuffer, down.ResponseTimeout = 64<<10, 5*time.Second
-	var apps []*App
-	for _, cfg := range []Config{up, down} {
-		a, err := New(cfg, nil, Options{Logger: log})
+	var apps []*activator.App
+	for _, cfg := range []activator.Config{up, down} {
+		a, err := activator.New(cfg, nil, activator.Options{Logger: log})
 		if err != nil {
 			f.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -14,13 +14,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rouse-dev/rouse/activator"
 	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The app's side of a request net/http's server read (httpRequest): it
 // goes over the front's own connections to the app (httpUpstream.get, so
 // a kept one is taken only when reusable, and new ones are paced by the
-// dialGate), its response head is read and checked by the same functions
+// activator.DialGate), its response head is read and checked by the same functions
 // as the front's (readResponse, h1.AppendResponseHead, h1.ChunkScanner), and it
 // is passed on through net/http's ResponseWriter, which frames it for the
 // client.
@@ -40,10 +41,10 @@ func (e bodyReadError) Unwrap() error { return e.error }
 // netExchange is one attempt of a request net/http's server read, over
 // one connection to the app.
 type netExchange struct {
-	a    *App
+	a    *activator.App
 	w    http.ResponseWriter
 	r    *http.Request
-	inst *instance
+	inst *activator.Instance
 	uc   *upConn
 	head []byte // the request head to send
 	body *requestBody
@@ -58,46 +59,30 @@ type netExchange struct {
 
 // exchange sends the request to inst's process once (with the quiet retry
 // of a dead kept connection) and passes the response on.
-func (q *httpRequest) exchange(inst *instance) exchangeResult {
-	head, err := q.a.requestHead(q.r, q.body)
+func (q *httpRequest) Exchange(inst *activator.Instance) activator.ExchangeResult {
+	head, err := requestHead(q.a, q.r, q.body)
 	if err != nil {
-		return exchangeResult{err: err, stage: stageRejected}
+		return activator.ExchangeResult{Err: err, Stage: activator.StageRejected}
 	}
-	attempt := func() (exchangeResult, bool) {
+	attempt := func() (activator.ExchangeResult, bool) {
 		uc, err := upstreamOf(q.a).get(q.r.Context(), inst)
 		if err != nil {
-			return exchangeResult{err: err, stage: stageDial}, false
+			return activator.ExchangeResult{Err: err, Stage: activator.StageDial}, false
 		}
 		reused := uc.reused // read before the exchange may put uc back in the pool
 		x := &netExchange{a: q.a, w: q.w, r: q.r, inst: inst, uc: uc, head: head, body: q.body}
 		return x.run(), reused
 	}
 	res, reused := attempt()
-	res = q.a.retryQuietly(q, res, reused, attempt)
-	q.cut = res.cut
+	res = q.a.RetryQuietly(q, res, reused, attempt)
+	q.cut = res.Cut
 	var be bodyReadError
-	if res.err != nil && !res.answered && errors.As(res.err, &be) {
+	if res.Err != nil && !res.Answered && errors.As(res.Err, &be) {
 		// The client stalled or broke a body streamed to the app: its
 		// fault, not the app's.
-		q.a.bodyFailed(q.w, be.error)
-		return exchangeResult{answered: true}
+		q.a.BodyFailed(q.w, be.error)
+		return activator.ExchangeResult{Answered: true}
 	}
-	return res
-}
-
-// retryQuietly is the quiet retry, on every path, of a request that a
-// kept connection (reused) lost before any answer (not a malformed one,
-// which is an answer): most likely the app closed it meanwhile (its
-// keep-alive timeout, or a crash), and the other kept ones with it. As
-// net/http's Transport does, it is sent once more on a new connection,
-// not counted as a try or a failure, if it may be.
-func (a *App) retryQuietly(rq proxyRequest, res exchangeResult, reused bool, attempt func() (exchangeResult, bool)) exchangeResult {
-	if !reused || res.err == nil || errors.Is(res.err, errBadResponse) || res.answered || res.timeout ||
-		rq.context().Err() != nil || (res.sent && !a.replayable(rq)) {
-		return res
-	}
-	a.dropIdleConns()
-	res, _ = attempt()
 	return res
 }
 
@@ -105,7 +90,7 @@ func (a *App) retryQuietly(rq proxyRequest, res exchangeResult, reused bool, att
 // target as the client sent it (in origin form if it was absolute), Host,
 // the headers (outgoingHeader) and the body's framing: Content-Length for
 // a body read whole or of a known length, chunked for the rest.
-func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
+func requestHead(a *activator.App, r *http.Request, body *requestBody) ([]byte, error) {
 	switch {
 	case r.Host == "":
 		return nil, errors.New("no Host in the request") // an HTTP/1.0 one: the app is sent HTTP/1.1
@@ -120,7 +105,7 @@ func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", r.Method, target, r.Host)
-	a.outgoingHeader(r).Write(&b)
+	outgoingHeader(a, r).Write(&b)
 	switch {
 	case body.rest == nil && (len(body.buf) > 0 || len(r.TransferEncoding) > 0 || r.Header.Get("Content-Length") != ""):
 		// Read whole: sent with a Content-Length, which every app reads
@@ -137,7 +122,7 @@ func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
 
 // outgoingHeader is the request's header as the app gets it: minus
 // hop-by-hop headers and framing, plus X-Forwarded-*.
-func (a *App) outgoingHeader(r *http.Request) http.Header {
+func outgoingHeader(a *activator.App, r *http.Request) http.Header {
 	h := r.Header.Clone()
 	h1.RemoveHopHeaders(h)
 	h.Del("Content-Length") // the body's own framing is set apart
@@ -149,15 +134,15 @@ func (a *App) outgoingHeader(r *http.Request) http.Header {
 	if r.Header.Get("Te") == "trailers" {
 		h.Set("Te", "trailers")
 	}
-	a.setForwarded(r, h)
+	setForwarded(a, r, h)
 	return h
 }
 
 // run sends the request and passes the response on; it keeps uc for the
 // next request or closes it.
-func (x *netExchange) run() (res exchangeResult) {
+func (x *netExchange) run() (res activator.ExchangeResult) {
 	uc, ctx := x.uc, x.r.Context()
-	x.hard = x.a.config().ResponseTimeout
+	x.hard = x.a.Config().ResponseTimeout
 	uc.c.SetDeadline(time.Time{})
 	// The client going away ends the exchange: nothing on uc is of use
 	// then.
@@ -204,16 +189,16 @@ func (x *netExchange) run() (res exchangeResult) {
 		}()
 	}
 	res, keep = x.relay()
-	if res.err != nil && x.wrote != nil {
+	if res.Err != nil && x.wrote != nil {
 		// The writer's error says more (the client's body failed, or the
 		// app closed the connection as it came).
 		uc.c.Close()
 		if err := <-x.wrote; err != nil {
-			res.err = err
+			res.Err = err
 		}
 		x.wrote = nil
 	}
-	if res.err == nil && x.wrote != nil {
+	if res.Err == nil && x.wrote != nil {
 		select {
 		case err := <-x.wrote:
 			x.wrote, keep = nil, keep && err == nil
@@ -231,12 +216,12 @@ func (x *netExchange) run() (res exchangeResult) {
 }
 
 // failed is the result of an attempt that got no response.
-func (x *netExchange) failed(err error) exchangeResult {
+func (x *netExchange) failed(err error) activator.ExchangeResult {
 	x.mu.Lock()
 	sent := x.sent
 	x.mu.Unlock()
-	timeout := isTimeout(err) && x.r.Context().Err() == nil
-	return exchangeResult{err: err, sent: sent, timeout: timeout, stage: stageConnected}
+	timeout := activator.IsTimeout(err) && x.r.Context().Err() == nil
+	return activator.ExchangeResult{Err: err, Sent: sent, Timeout: timeout, Stage: activator.StageConnected}
 }
 
 // setHard gives the app response_timeout from now for its response head.
@@ -302,7 +287,7 @@ func chunkSize(n int) []byte { return []byte(strconv.FormatInt(int64(n), 16) + "
 
 // relay reads the app's response and passes it on; keep says uc may
 // serve another request (once the writer is done).
-func (x *netExchange) relay() (res exchangeResult, keep bool) {
+func (x *netExchange) relay() (res activator.ExchangeResult, keep bool) {
 	a, w, r, uc := x.a, x.w, x.r, x.uc
 	upgrade := upgradeType(r.Header) != ""
 	var rh h1.Response
@@ -317,7 +302,7 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 		return x.failed(err), false
 	}
 	uc.c.SetReadDeadline(time.Time{})
-	a.metrics.outcome(statusClass(rh.Status))
+	a.CountResponse(rh.Status)
 	if rh.Status == http.StatusSwitchingProtocols {
 		return x.upgrade(line), false
 	}
@@ -326,14 +311,14 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 	}
 	h := w.Header()
 	if !copyResponseHeader(h, out) {
-		return x.failed(errBadResponse), false
+		return x.failed(activator.ErrBadResponse), false
 	}
 	if rh.BodyUntilClose() {
 		h.Set("Connection", "close")
 	}
 	// A response of unknown length (SSE, streaming) is flushed as it
 	// comes; one of known length is left to net/http's buffering.
-	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.config().sendTimeout()}
+	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.Config().EffectiveSendTimeout()}
 	dst.flush = rh.Length < 0
 	dst.deadline() // for the head, written with the first bytes of the body or at the end
 	w.WriteHeader(rh.Status)
@@ -348,17 +333,17 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 	_, err = io.CopyBuffer(dst, body, *buf)
 	upstreamOf(a).buffers.Put(buf)
 	if err != nil {
-		if r.Context().Err() == nil && !isWriteError(err) {
+		if r.Context().Err() == nil && !activator.IsWriteError(err) {
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.responseCut(x.inst, r.Method, r.URL.Path, err)
+			a.ResponseCut(x.inst, r.Method, r.URL.Path, err)
 		}
-		return exchangeResult{answered: true, cut: true}, false
+		return activator.ExchangeResult{Answered: true, Cut: true}, false
 	}
 	for k, vv := range body.trailer {
 		h[http.TrailerPrefix+k] = vv
 	}
-	return exchangeResult{answered: true}, rh.KeepsConn() && uc.br.Buffered() == 0
+	return activator.ExchangeResult{Answered: true}, rh.KeepsConn() && uc.br.Buffered() == 0
 }
 
 // copyResponseHeader puts the headers of a response head from
@@ -444,7 +429,7 @@ func (b *responseBody) readChunked(p []byte) (int, error) {
 		for ; i < len(buf) && b.s.DataLeft() == 0 && !b.s.Done(); i++ {
 			trailer := b.s.InTrailer()
 			if _, _, err := b.s.Feed(buf[i : i+1]); err != nil {
-				return 0, errBadResponse
+				return 0, activator.ErrBadResponse
 			}
 			if trailer {
 				b.trail = append(b.trail, buf[i])
@@ -464,7 +449,7 @@ func (b *responseBody) readChunked(p []byte) (int, error) {
 func (b *responseBody) parseTrailer() error {
 	b.trailer = make(http.Header)
 	if !h1.EachField(b.trail, func(name, value []byte) { b.trailer.Add(string(name), string(value)) }) {
-		return errBadResponse
+		return activator.ErrBadResponse
 	}
 	return nil
 }
@@ -472,28 +457,28 @@ func (b *responseBody) parseTrailer() error {
 // upgrade connects a client whose request the app answered with 101
 // Switching Protocols (WebSocket and the like) to the app, byte for byte.
 // The open connection counts as activity until both sides are done.
-func (x *netExchange) upgrade(head []byte) exchangeResult {
+func (x *netExchange) upgrade(head []byte) activator.ExchangeResult {
 	a, w, r, uc := x.a, x.w, x.r, x.uc
 	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), r)
 	if err != nil {
-		return x.failed(errBadResponse)
+		return x.failed(activator.ErrBadResponse)
 	}
 	if x.wrote != nil || !x.stop() {
 		// A request streamed to the app does not switch protocols; a
 		// client gone needs no tunnel.
-		return x.failed(errBadResponse)
+		return x.failed(activator.ErrBadResponse)
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return exchangeResult{answered: true}
+		return activator.ExchangeResult{Answered: true}
 	}
 	defer conn.Close()
 	// The request's slot stays taken while the connection is open: it
 	// keeps the app up, and the caller releases it when this returns.
-	if !a.adopt(x.inst, conn, uc.c) {
-		return exchangeResult{answered: true}
+	if !a.Adopt(x.inst, conn, uc.c) {
+		return activator.ExchangeResult{Answered: true}
 	}
-	defer a.forget(x.inst, conn, uc.c)
+	defer a.Forget(x.inst, conn, uc.c)
 	proto := resp.Header.Get("Upgrade")
 	h1.RemoveHopHeaders(resp.Header)
 	resp.Header.Set("Connection", "Upgrade")
@@ -505,7 +490,7 @@ func (x *netExchange) upgrade(head []byte) exchangeResult {
 	resp.Header.Write(brw)
 	brw.WriteString("\r\n")
 	if err := brw.Flush(); err != nil {
-		return exchangeResult{answered: true}
+		return activator.ExchangeResult{Answered: true}
 	}
 	conn.SetDeadline(time.Time{})
 	// The upgraded connection to the app cannot be half-closed, so when
@@ -520,5 +505,5 @@ func (x *netExchange) upgrade(head []byte) exchangeResult {
 	conn.Close()
 	uc.c.Close()
 	<-done
-	return exchangeResult{answered: true}
+	return activator.ExchangeResult{Answered: true}
 }
