@@ -42,8 +42,9 @@
 // front's Upstream when kept connections must go (DropIdle: the process
 // stops, exited or froze; Retire: a reload moved the app). The rules it
 // owns there:
-//   - holding, retries, 502/503/504, and the start page while the app
-//     starts: App.Proxy (refuse, holdForPage, writeError).
+//   - holding, retries, 502/503/504 (App.Proxy, refuse, WriteAnswer),
+//     and who gets the waiting page while the app starts (wantsStartPage,
+//     holdForPage; the front renders it: Request.StartPage).
 //   - whether a request may be replayed: App.replayable; the quiet retry
 //     of a request a dead kept connection lost: App.RetryQuietly.
 //   - a body the client did not send in time: App.BodyFailed (408).

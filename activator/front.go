@@ -49,6 +49,8 @@ type Request interface {
 	Exchange(inst *Instance) ExchangeResult
 	// ErrorWriter is where rouse writes a response of its own.
 	ErrorWriter() http.ResponseWriter
+	// StartPage answers with the waiting page.
+	StartPage(p StartPage)
 	// Hold is called before waiting for the app to be ready (the front
 	// then watches the client); the func it returns is called when the
 	// wait is over.

@@ -2,13 +2,11 @@ package activator
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -106,13 +104,8 @@ type goroutineListener struct{ net.Listener }
 // no process, goroutine or fd is left.
 func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 	t.Helper()
-	level := slog.LevelDebug
-	if _, bench := t.(*testing.B); bench {
-		level = slog.LevelWarn
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
-	goroutines := runtime.NumGoroutine()
-	fds := countFDs(t)
+	log := testbackend.Logger(t)
+	base := leakcheck.Take(t)
 	var (
 		tas    []*testApp
 		apps   []*App
@@ -165,27 +158,18 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		t.Fatal(err)
 	}
 	sup.Serve()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		sup.Close(ctx)
+	base.After(t, sup.Close, func() []int {
 		var pids []int
 		for _, ta := range tas {
 			pids = append(pids, ta.pids()...)
 		}
-		checkNoLeaks(t, pids, goroutines, fds)
+		return pids
 	})
 	return tas
 }
 
 // pids returns the pids of every process the app started, in order.
-func (ta *testApp) pids() []int {
-	var pids []int
-	for _, s := range ta.startLines() {
-		pids = append(pids, s.pid)
-	}
-	return pids
-}
+func (ta *testApp) pids() []int { return testbackend.Pids(ta.starts) }
 
 type startLine struct {
 	pid int
@@ -264,10 +248,3 @@ var newFront func(ln net.Listener, apps []*App, log *slog.Logger) (Front, error)
 
 // freePort is a port for an app to listen on later (testport.Free).
 func freePort(t testing.TB) int { return testport.Free(t) }
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}

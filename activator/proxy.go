@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -80,27 +81,27 @@ func (a *App) Proxy(rq Request, start time.Time) bool {
 			// cannot be told apart: no answer, cut the connection.
 			return false
 		case res.Stage == StageRejected:
-			a.writeError(rq.ErrorWriter(), http.StatusBadRequest, 0, "http_request_error",
+			a.WriteAnswer(rq.ErrorWriter(), http.StatusBadRequest, 0, "http_request_error",
 				fmt.Sprintf("rouse cannot forward this request: %v", res.Err))
 			return true
 		case res.Timeout:
-			a.writeError(rq.ErrorWriter(), http.StatusGatewayTimeout, 0, "http_response_timeout",
+			a.WriteAnswer(rq.ErrorWriter(), http.StatusGatewayTimeout, 0, "http_response_timeout",
 				fmt.Sprintf("the app did not answer within %s", cfg.ResponseTimeout))
 			return true
 		}
 		if res.Sent && !a.replayable(rq) {
 			a.log.Info("request failed, not replayed", "method", rq.Method(), "path", rq.Path(), "err", res.Err)
-			a.writeError(rq.ErrorWriter(), http.StatusBadGateway, 0, "connection_terminated",
+			a.WriteAnswer(rq.ErrorWriter(), http.StatusBadGateway, 0, "connection_terminated",
 				"the app broke the connection before answering; the request was not repeated because it may have had an effect")
 			return true
 		}
 		if try >= cfg.RetryTries || !a.now().Before(retryDeadline) {
 			if !v.unhealthy || !a.replaced(inst) {
 				if res.Sent {
-					a.writeError(rq.ErrorWriter(), http.StatusBadGateway, 0, "connection_terminated",
+					a.WriteAnswer(rq.ErrorWriter(), http.StatusBadGateway, 0, "connection_terminated",
 						fmt.Sprintf("the app broke the connection %d times", try))
 				} else {
-					a.writeError(rq.ErrorWriter(), http.StatusServiceUnavailable, time.Second, "connection_refused",
+					a.WriteAnswer(rq.ErrorWriter(), http.StatusServiceUnavailable, time.Second, "connection_refused",
 						fmt.Sprintf("the app refused the connection %d times", try))
 				}
 				return true
@@ -124,11 +125,11 @@ func (a *App) Proxy(rq Request, start time.Time) bool {
 func (a *App) BodyFailed(w http.ResponseWriter, err error) {
 	w.Header().Set("Connection", "close")
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		a.writeError(w, http.StatusRequestTimeout, 0, "http_request_error",
+		a.WriteAnswer(w, http.StatusRequestTimeout, 0, "http_request_error",
 			fmt.Sprintf("the client sent none of its request body for %s", a.config().bodyTimeout()))
 		return
 	}
-	a.writeError(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
+	a.WriteAnswer(w, http.StatusBadRequest, 0, "http_request_error", "could not read the request body")
 }
 
 // replayable reports whether a request that reached the app but got no
@@ -178,31 +179,31 @@ func (a *App) refuse(rq Request, err, lastErr error) bool {
 	switch {
 	case errors.As(err, &be):
 		wait := max(be.Until.Sub(a.now()), time.Second)
-		a.writeError(w, http.StatusServiceUnavailable, wait, "destination_unavailable",
+		a.WriteAnswer(w, http.StatusServiceUnavailable, wait, "destination_unavailable",
 			fmt.Sprintf("the app failed to start and is in back-off for %s more (last error: %s)", roundUp(wait), be.Last))
 	case errors.Is(err, ErrQueueFull):
-		a.writeError(w, http.StatusServiceUnavailable, time.Second, "connection_limit_reached",
+		a.WriteAnswer(w, http.StatusServiceUnavailable, time.Second, "connection_limit_reached",
 			"too many requests are already waiting for the app")
 	case errors.Is(err, ErrQueueTimeout):
 		if lastErr != nil {
-			a.writeError(w, http.StatusBadGateway, 0, "connection_terminated",
+			a.WriteAnswer(w, http.StatusBadGateway, 0, "connection_terminated",
 				fmt.Sprintf("the app failed and was not back within retry_timeout: %v", lastErr))
 			break
 		}
-		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
+		a.WriteAnswer(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			fmt.Sprintf("the app was not ready within %s", a.config().QueueTimeout))
 	case errors.Is(err, ErrClosing) && a.removed.Load():
-		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
+		a.WriteAnswer(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			"the app was removed from rouse's configuration")
 	case errors.Is(err, ErrClosing):
-		a.writeError(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
+		a.WriteAnswer(w, http.StatusServiceUnavailable, 5*time.Second, "destination_unavailable",
 			"rouse is shutting down")
 	case rq.Context().Err() != nil:
 		// The client went away (or half-closed) while its request was
 		// held: no made-up answer, cut the connection.
 		return false
 	default:
-		a.writeError(w, http.StatusServiceUnavailable, time.Second, "destination_unavailable", err.Error())
+		a.WriteAnswer(w, http.StatusServiceUnavailable, time.Second, "destination_unavailable", err.Error())
 	}
 	return true
 }
@@ -221,10 +222,10 @@ func roundUp(d time.Duration) time.Duration {
 	return time.Duration(math.Ceil(d.Seconds())) * time.Second
 }
 
-// writeError writes a response rouse makes itself: short, plain text,
+// WriteAnswer writes a response rouse makes itself: short, plain text,
 // never cached, naming the app and the reason, with an RFC 9209
 // Proxy-Status naming the error type.
-func (a *App) writeError(w http.ResponseWriter, code int, retryAfter time.Duration, proxyError, msg string) {
+func (a *App) WriteAnswer(w http.ResponseWriter, code int, retryAfter time.Duration, proxyError, msg string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
@@ -233,7 +234,7 @@ func (a *App) writeError(w http.ResponseWriter, code int, retryAfter time.Durati
 	if retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int(max(1, roundUp(retryAfter)/time.Second))))
 	}
-	a.metrics.outcome("rouse_" + strconv.Itoa(code))
+	a.CountAnswer(code)
 	// (Not for the front's own rawResponse: it is written through
 	// frontConn.Write, with its own deadline.)
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(a.config().sendTimeout()))
@@ -255,4 +256,60 @@ func (a *App) RetryQuietly(rq Request, res ExchangeResult, reused bool, attempt 
 	a.dropIdleConns()
 	res, _ = attempt()
 	return res
+}
+
+// CountAnswer counts a response rouse made itself, with status code.
+func (a *App) CountAnswer(code int) { a.metrics.outcome("rouse_" + strconv.Itoa(code)) }
+
+// The waiting page (start_page): a person who opens a cold app in a
+// browser sees, after start_page_after, a small page saying the app is
+// starting, which reloads itself every second; the reload is held like any
+// request and gets the app's own answer once it is ready. Only a GET that
+// accepts text/html gets it, on its first attempt; every other request
+// (an API client, a HEAD, a retry) is held exactly as without it. The page
+// is a 503 with Retry-After, never cached, so that nothing keeps it. The
+// front renders it (Request.StartPage).
+
+// StartPage is what the waiting page says.
+type StartPage struct {
+	Waited  time.Duration // held so far
+	Retry   time.Duration // when the page reloads (its Retry-After)
+	Failure *BackoffError // the start failed: the app is in back-off; nil while it starts
+	LastOut string        // the app's last stderr line, when the start failed
+}
+
+// wantsStartPage reports whether rq is a browser's request that gets the
+// waiting page instead of being held past start_page_after.
+func (a *App) wantsStartPage(rq Request) bool {
+	return a.config().StartPage && rq.Method() == http.MethodGet && strings.Contains(rq.Accept(), "text/html")
+}
+
+// holdForPage is acquire for a request that may get the waiting page: it
+// waits until start_page_after at most, then answers with the page if the
+// app is not ready yet (or failed to start); done reports that.
+func (a *App) holdForPage(rq Request, start, deadline time.Time) (inst *instance, done bool, err error) {
+	early := start.Add(a.config().StartPageAfter)
+	if !early.Before(deadline) {
+		inst, err = a.acquire(rq.Context(), deadline, false)
+		return inst, false, err
+	}
+	inst, err = a.acquire(rq.Context(), early, false)
+	var be *BackoffError
+	switch {
+	case err == nil:
+		return inst, false, nil
+	case errors.Is(err, ErrQueueTimeout):
+		rq.StartPage(StartPage{Waited: a.now().Sub(start), Retry: time.Second})
+		return nil, true, nil
+	case errors.As(err, &be):
+		p := StartPage{Waited: a.now().Sub(start), Failure: be, Retry: max(roundUp(be.Until.Sub(a.now())), time.Second)}
+		a.mu.Lock()
+		if n := len(a.lastTail); n > 0 {
+			p.LastOut = a.lastTail[n-1]
+		}
+		a.mu.Unlock()
+		rq.StartPage(p)
+		return nil, true, nil
+	}
+	return nil, false, err
 }

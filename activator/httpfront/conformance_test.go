@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // The conformance table: raw requests and raw responses, run through rouse
@@ -267,7 +268,7 @@ func netHTTPShape(req string) string {
 }
 
 func TestConformance(t *testing.T) {
-	py := python3(t)
+	py := testbackend.Python3(t)
 	for _, path := range []struct {
 		name         string
 		onGoroutines bool

@@ -45,6 +45,7 @@
 //     netExchange.relay (ExchangeResult.Cut).
 //   - the access log and Server-Timing: loopConn.logAccess,
 //     frontConn.logAccess, trackedWriter (accesslog.go).
+//   - the waiting page, which App.Proxy decides to show: writeStartPage.
 //
 // An HTTPFront's methods are safe to call concurrently; Close returns when
 // every goroutine and connection it owns is gone.

@@ -16,11 +16,13 @@ import (
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 func TestHTTPColdStartManyRequestsOneSpawn(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, []string{"-delay", "300ms"}, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	const n = 300
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
@@ -54,17 +56,17 @@ func TestHTTPColdStartManyRequestsOneSpawn(t *testing.T) {
 // passed through, never counted, never retried; the app keeps serving.
 func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
 	ta, hits := newHTTPTestApp(t, nil, func(c *activator.Config) { c.MaxFails = 1 })
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	for range 20 {
-		resp, body := get(t, client, "http://"+ta.addr+"/broken")
+		resp, body := testbackend.Get(t, client, "http://"+ta.addr+"/broken")
 		if resp.StatusCode != 500 || !strings.Contains(body, "broken on purpose") {
 			t.Fatalf("/broken: %d %q, want the app's own 500", resp.StatusCode, body)
 		}
-		if resp, _ := get(t, client, "http://"+ta.addr+"/"); resp.StatusCode != 200 {
+		if resp, _ := testbackend.Get(t, client, "http://"+ta.addr+"/"); resp.StatusCode != 200 {
 			t.Fatalf("/ after /broken: %d", resp.StatusCode)
 		}
 	}
-	if n := hitCount(t, hits, "/broken"); n != 20 {
+	if n := testbackend.HitCount(t, hits, "/broken"); n != 20 {
 		t.Errorf("/broken reached the app %d times for 20 requests: retried?", n)
 	}
 	st := ta.Status()
@@ -79,7 +81,7 @@ func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
 
 func TestHTTPPostThatKillsTheAppIsSentOnceAnd502(t *testing.T) {
 	ta, hits := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	resp, err := client.Post("http://"+ta.addr+"/crash", "text/plain", strings.NewReader("payload"))
 	if err != nil {
 		t.Fatal(err)
@@ -95,15 +97,15 @@ func TestHTTPPostThatKillsTheAppIsSentOnceAnd502(t *testing.T) {
 	if !strings.Contains(string(body), "app t") {
 		t.Errorf("502 body %q should name the app", body)
 	}
-	if n := hitCount(t, hits, "/crash"); n != 1 {
+	if n := testbackend.HitCount(t, hits, "/crash"); n != 1 {
 		t.Errorf("POST /crash delivered %d times, want exactly once", n)
 	}
 }
 
 func TestHTTPGetInFlightWhenAppKilledIsAnsweredByTheRestart(t *testing.T) {
 	ta, hits := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
-	get(t, client, "http://"+ta.addr+"/") // start it
+	client := testbackend.NewClient(t)
+	testbackend.Get(t, client, "http://"+ta.addr+"/") // start it
 	pid := ta.Status().PID
 	type result struct {
 		code int
@@ -121,7 +123,7 @@ func TestHTTPGetInFlightWhenAppKilledIsAnsweredByTheRestart(t *testing.T) {
 		resp.Body.Close()
 		done <- result{resp.StatusCode, string(b), nil}
 	}()
-	waitFor(t, "the GET to reach the app", func() bool { return hitCount(t, hits, "/sleep") == 1 })
+	leakcheck.WaitFor(t, "the GET to reach the app", func() bool { return testbackend.HitCount(t, hits, "/sleep") == 1 })
 	syscall.Kill(pid, syscall.SIGKILL)
 	r := <-done
 	if r.err != nil || r.code != 200 || !strings.HasPrefix(r.body, "slept") {
@@ -167,7 +169,7 @@ func TestHTTPUpgradeIsPassedThroughAndCountsAsActivity(t *testing.T) {
 
 func TestHTTPStreamedResponseIsFlushed(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	resp, err := client.Get("http://" + ta.addr + "/sse?n=1000") // 20 s in all
 	if err != nil {
 		t.Fatal(err)
@@ -203,7 +205,7 @@ func TestHTTPHostRouting(t *testing.T) {
 	}
 	f.Serve()
 	defer f.Close()
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	servedBy(t, client, ln.Addr().String(), map[string]string{
 		"a.example.com":        "hello from app-a",
 		"A.Example.Com:80":     "hello from app-a",
@@ -308,7 +310,7 @@ func TestHTTPBadRequestsFromClients(t *testing.T) {
 	if got := raw(huge); !strings.HasPrefix(got, "HTTP/1.1 431") {
 		t.Errorf("200 KiB header answered %q, want 431", got)
 	}
-	if n := hitCount(t, hits, "/"); n != 0 {
+	if n := testbackend.HitCount(t, hits, "/"); n != 0 {
 		t.Errorf("bad requests reached the app %d times", n)
 	}
 	if st := ta.Status(); st.Starts != 0 {
@@ -318,7 +320,7 @@ func TestHTTPBadRequestsFromClients(t *testing.T) {
 
 func TestHTTPBodies(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.RequestBuffer = 64 << 10 })
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	for _, size := range []int{0, 1, 64 << 10, 64<<10 + 1, 5 << 20} {
 		body := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
 		resp, err := client.Post("http://"+ta.addr+"/echo", "application/octet-stream", bytes.NewReader(body))
@@ -364,7 +366,7 @@ func TestHTTPExpectContinueAnsweredWhenReady(t *testing.T) {
 
 func TestHTTPForwardedHeadersAreReplaced(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	req, _ := http.NewRequest("GET", "http://"+ta.addr+"/headers", nil)
 	req.Host = "blog.example.com"
 	req.Header.Set("X-Forwarded-For", "6.6.6.6")
@@ -395,12 +397,12 @@ func TestHTTPForwardedHeadersAreReplaced(t *testing.T) {
 
 func TestHTTPIdleKeepAliveDoesNotKeepTheAppUp(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.IdleTimeout = 100 * time.Millisecond })
-	client := newClient(t)
-	_, body1 := get(t, client, "http://"+ta.addr+"/pid")
+	client := testbackend.NewClient(t)
+	_, body1 := testbackend.Get(t, client, "http://"+ta.addr+"/pid")
 	// The client keeps its connection to rouse open and idle, as nginx's
 	// upstream keepalive pool does; the app still stops.
 	ta.waitState(t, activator.Idle)
-	_, body2 := get(t, client, "http://"+ta.addr+"/pid")
+	_, body2 := testbackend.Get(t, client, "http://"+ta.addr+"/pid")
 	if body1 == body2 {
 		t.Errorf("same pid %s after an idle stop", body1)
 	}
@@ -412,8 +414,8 @@ func TestHTTPIdleKeepAliveDoesNotKeepTheAppUp(t *testing.T) {
 func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
 	broken, _ := newHTTPTestApp(t, []string{"-exit", "1"}, nil)
 	healthy, _ := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
-	resp, body := get(t, client, "http://"+broken.addr+"/")
+	client := testbackend.NewClient(t)
+	resp, body := testbackend.Get(t, client, "http://"+broken.addr+"/")
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("first request to a crashing app: %d %q %v, want 503 with Retry-After", resp.StatusCode, body, resp.Header)
 	}
@@ -422,7 +424,7 @@ func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
 	first := time.Now()
 	for time.Since(first) < 700*time.Millisecond {
 		start := time.Now()
-		resp, body := get(t, client, "http://"+broken.addr+"/")
+		resp, body := testbackend.Get(t, client, "http://"+broken.addr+"/")
 		if took := time.Since(start); took > 500*time.Millisecond {
 			t.Errorf("503 during back-off took %s, want at once", took)
 		}
@@ -430,7 +432,7 @@ func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
 		if resp.StatusCode != 503 || ra < 1 || !strings.Contains(body, "back-off") {
 			t.Errorf("during back-off: %d Retry-After %q %q", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 		}
-		if resp, _ := get(t, client, "http://"+healthy.addr+"/"); resp.StatusCode != 200 {
+		if resp, _ := testbackend.Get(t, client, "http://"+healthy.addr+"/"); resp.StatusCode != 200 {
 			t.Errorf("neighbour app answered %d", resp.StatusCode)
 		}
 	}

@@ -1,14 +1,12 @@
 package httpfront
 
 import (
-	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,16 +23,6 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
-
-// The shared helpers, under the names this package's tests use.
-var (
-	waitFor      = leakcheck.WaitFor
-	checkNoLeaks = leakcheck.Check
-	python3      = testbackend.Python3
-	get          = testbackend.Get
-	newClient    = testbackend.NewClient
-	hitCount     = testbackend.HitCount
-)
 
 // freePort is a port for an app to listen on later (testport.Free).
 func freePort(t testing.TB) int { return testport.Free(t) }
@@ -83,60 +71,54 @@ type goroutineListener struct{ net.Listener }
 // checks that no process, goroutine or fd is left.
 func newTestApps(t testing.TB, specs ...appSpec) []*testApp {
 	t.Helper()
-	level := slog.LevelDebug
-	if _, bench := t.(*testing.B); bench {
-		level = slog.LevelWarn
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
-	goroutines, fds := runtime.NumGoroutine(), leakcheck.FDs(t)
-	var tas []*testApp
-	var apps []*activator.App
-	var fronts []activator.Front
+	log := testbackend.Logger(t)
+	base := leakcheck.Take(t)
+	tas := make([]*testApp, len(specs))
+	apps := make([]*activator.App, len(specs))
+	fronts := make([]activator.Front, len(specs))
+	var starts []string
 	for i, spec := range specs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		starts := filepath.Join(t.TempDir(), "starts")
-		cfg := testConfig(ln.Addr().String(), "127.0.0.1:"+strconv.Itoa(freePort(t)), starts)
-		if len(specs) > 1 {
-			cfg.Name = "t" + strconv.Itoa(i)
-		}
-		cfg.Process.Argv = append(cfg.Process.Argv, spec.args...)
-		if spec.edit != nil {
-			spec.edit(&cfg)
-		}
-		a, err := activator.New(cfg, nil, activator.Options{Logger: log, AccessLog: spec.access})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fln net.Listener = ln
-		if spec.onGoroutines {
-			fln = goroutineListener{ln}
-		}
-		f, err := NewHTTPFront(fln, []*activator.App{a}, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		apps, fronts = append(apps, a), append(fronts, f)
-		tas = append(tas, &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts), front: f})
+		ta := startTestApp(t, log, spec, len(specs) > 1, i)
+		tas[i], apps[i], fronts[i] = ta, ta.App, ta.front
+		starts = append(starts, ta.starts)
 	}
 	sup, err := activator.NewSupervisor(apps, fronts, activator.Capacity{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sup.Serve()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		sup.Close(ctx)
-		var pids []int
-		for _, ta := range tas {
-			pids = append(pids, ta.pids()...)
-		}
-		checkNoLeaks(t, pids, goroutines, fds)
-	})
+	base.After(t, sup.Close, func() []int { return testbackend.Pids(starts...) })
 	return tas
+}
+
+// startTestApp makes the i-th app of newTestApps and its front (named
+// for i when numbered).
+func startTestApp(t testing.TB, log *slog.Logger, spec appSpec, numbered bool, i int) *testApp {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta := &testApp{addr: ln.Addr().String(), dir: t.TempDir()}
+	ta.starts = filepath.Join(ta.dir, "starts")
+	cfg := testConfig(ta.addr, "127.0.0.1:"+strconv.Itoa(freePort(t)), ta.starts)
+	cfg.Process.Argv = append(cfg.Process.Argv, spec.args...)
+	if numbered {
+		cfg.Name = fmt.Sprintf("t%d", i)
+	}
+	if spec.edit != nil {
+		spec.edit(&cfg)
+	}
+	if ta.App, err = activator.New(cfg, nil, activator.Options{Logger: log, AccessLog: spec.access}); err != nil {
+		t.Fatal(err)
+	}
+	var fln net.Listener = ln
+	if spec.onGoroutines {
+		fln = goroutineListener{ln}
+	}
+	if ta.front, err = NewHTTPFront(fln, []*activator.App{ta.App}, log); err != nil {
+		t.Fatal(err)
+	}
+	return ta
 }
 
 // newTestApp is one app of newTestApps.
@@ -154,27 +136,14 @@ func newHTTPTestApp(t testing.TB, args []string, edit func(*activator.Config)) (
 }
 
 // pids returns the pids of every process the app started, in order.
-func (ta *testApp) pids() []int {
-	var pids []int
-	for _, s := range testbackend.Starts(ta.starts) {
-		pids = append(pids, s.Pid)
-	}
-	return pids
-}
+func (ta *testApp) pids() []int { return testbackend.Pids(ta.starts) }
 
 func (ta *testApp) waitState(t testing.TB, want activator.State) activator.Status {
 	t.Helper()
 	var st activator.Status
-	waitFor(t, "state "+want.String(), func() bool {
+	leakcheck.WaitFor(t, "state "+want.String(), func() bool {
 		st = ta.Status()
 		return st.State == want
 	})
 	return st
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // pyPrelude is the start of every Python app of the tests: it notes its
@@ -27,7 +29,7 @@ with open(sys.argv[2], "a") as f:
 // pyPrelude) run by python3; onGoroutines as in appSpec.
 func newPythonHTTPApp(t testing.TB, script string, onGoroutines bool, edit func(*activator.Config)) *testApp {
 	t.Helper()
-	py := python3(t)
+	py := testbackend.Python3(t)
 	return newTestApps(t, appSpec{onGoroutines: onGoroutines, edit: func(c *activator.Config) {
 		_, port, _ := net.SplitHostPort(c.UpstreamAddress)
 		starts := c.Process.Argv[2]
@@ -170,7 +172,7 @@ func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
 				if resp, body := a.response(tc.method); body != tc.body {
 					t.Fatalf("%s /%s: %d %q, want %q", tc.method, tc.kind, resp.StatusCode, body, tc.body)
 				}
-				waitFor(t, "the app's extra bytes sent", func() bool {
+				leakcheck.WaitFor(t, "the app's extra bytes sent", func() bool {
 					_, err := os.Stat(filepath.Join(ta.dir, fmt.Sprintf("sent-%d", i)))
 					return err == nil
 				})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
 )
 
 // Clients that stall their request bodies cannot hold an app's slots
@@ -53,7 +54,7 @@ func TestBodyTimeoutFreesTheSlots(t *testing.T) {
 			done <- resp.Status + " " + closeText(resp.Close) + " " + eofText(eof)
 		}()
 	}
-	waitFor(t, "both slots taken by stalled bodies", func() bool { return ta.Status().Conns == 2 })
+	leakcheck.WaitFor(t, "both slots taken by stalled bodies", func() bool { return ta.Status().Conns == 2 })
 	for range stalls {
 		if got := <-done; got != "408 Request Timeout Connection: close EOF" {
 			t.Errorf("a stalled body: %q, want 408, Connection: close, then EOF", got)
@@ -62,7 +63,7 @@ func TestBodyTimeoutFreesTheSlots(t *testing.T) {
 	if took := time.Since(start); took < timeout {
 		t.Errorf("answered after %s, before body_timeout", took)
 	}
-	waitFor(t, "the slots freed", func() bool { return ta.Status().Conns == 0 })
+	leakcheck.WaitFor(t, "the slots freed", func() bool { return ta.Status().Conns == 0 })
 	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
 	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "ok" {
 		t.Errorf("POST after the stalls: %d %q", resp.StatusCode, body)
@@ -119,9 +120,9 @@ func TestSendTimeoutOnTheNetHTTPPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the app's slot taken", func() bool { return ta.Status().Conns == 1 })
+	leakcheck.WaitFor(t, "the app's slot taken", func() bool { return ta.Status().Conns == 1 })
 	start := time.Now()
-	waitFor(t, "the client cut and the slot freed", func() bool { return ta.Status().Conns == 0 })
+	leakcheck.WaitFor(t, "the client cut and the slot freed", func() bool { return ta.Status().Conns == 0 })
 	if took := time.Since(start); took < timeout/2 {
 		t.Errorf("cut after %s, before the send timeout", took)
 	}

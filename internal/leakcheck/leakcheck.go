@@ -5,6 +5,7 @@
 package leakcheck
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime"
@@ -14,6 +15,24 @@ import (
 	"testing"
 	"time"
 )
+
+// Baseline is what the test process had before a test started anything.
+type Baseline struct{ goroutines, fds int }
+
+// Take notes the baseline now.
+func Take(t testing.TB) Baseline { return Baseline{runtime.NumGoroutine(), FDs(t)} }
+
+// After makes t's cleanup call stop (with 10 s to finish), then Check
+// that the processes pids returns are gone and that goroutines and fds
+// are back to b.
+func (b Baseline) After(t testing.TB, stop func(context.Context), pids func() []int) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stop(ctx)
+		Check(t, pids(), b.goroutines, b.fds)
+	})
+}
 
 // Check fails t if any of pids still runs (or is an unreaped child of
 // ours), or if goroutines or fds did not come back to what they were

@@ -7,6 +7,7 @@ package testbackend
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -78,6 +79,17 @@ func Starts(path string) []Start {
 	return out
 }
 
+// Pids are the processes noted in the starts files, in order.
+func Pids(starts ...string) []int {
+	var pids []int
+	for _, f := range starts {
+		for _, s := range Starts(f) {
+			pids = append(pids, s.Pid)
+		}
+	}
+	return pids
+}
+
 // HitCount counts the requests for path that the backend, run with
 // -hits, noted in hits.
 func HitCount(t testing.TB, hits, path string) int {
@@ -107,6 +119,23 @@ func Python3(t testing.TB) string {
 		t.Fatalf("python3 is needed (.ci/deps): %v", err)
 	}
 	return p
+}
+
+// Logger logs to t: everything in a test, warnings and errors in a
+// benchmark.
+func Logger(t testing.TB) *slog.Logger {
+	level := slog.LevelDebug
+	if _, bench := t.(*testing.B); bench {
+		level = slog.LevelWarn
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 // Get GETs url and returns the response with its body read.
