@@ -36,7 +36,7 @@
 //
 // Mode http: the HTTP front (package httpfront) parses, forwards and
 // relays the requests; the app owns what is about the app, and the front
-// reaches it through a small seam (front.go): App.Proxy takes each
+// reaches it through a small seam (frontseam.go): App.Proxy takes each
 // request, TryAcquire and Release lease the process, ExchangeResult,
 // ResponseCut and LogAccess report what happened, and the app tells the
 // front's Upstream when kept connections must go (DropIdle: the process
