@@ -9,11 +9,11 @@ import (
 
 // The access log and Server-Timing. Every path that ends a request (http)
 // or a connection (tcp, inetd) hands one AccessRecord to
-// Options.AccessLog, for an app whose Config.AccessLog is set: the event
-// loop (loopConn.logAccess), the goroutine path (frontConn.logAccess),
-// net/http's path (trackedWriter.done), tcp (serveConn) and inetd
-// (serveInetdConn). What the record says of waiting comes from proxy (or
-// connect, inetdAcquire), which alone holds requests: proxyTrace. The
+// Options.AccessLog, for an app whose Config.AccessLog is set: the HTTP
+// front's paths (package httpfront, through App.LogAccess), tcp
+// (serveConn) and inetd (serveInetdConn). What the record says of waiting
+// comes from Proxy (or connect, inetdAcquire), which alone holds requests:
+// proxyTrace. The
 // activator formats and writes nothing: cmd/rouse's sink copies the
 // record into a bounded buffer and a goroutine of its own writes it.
 
@@ -65,9 +65,9 @@ func (a *App) logAccess(r AccessRecord) {
 	a.accessLog(r)
 }
 
-// proxyTrace is what proxy (or connect) saw of one request or connection:
+// proxyTrace is what Proxy (or connect) saw of one request or connection:
 // how long it was held for the app, and how many attempts it took. The
-// requests proxy serves embed one.
+// requests Proxy serves embed one.
 type proxyTrace struct {
 	wasHeld  bool
 	wait     time.Duration // held for, the hold in progress aside

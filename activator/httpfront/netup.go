@@ -32,7 +32,7 @@ import (
 const syncWriteMax = 64 << 10
 
 // bodyReadError is the client's failure to send its request body, met
-// while it was being streamed to the app: answered by bodyFailed, not
+// while it was being streamed to the app: answered by App.BodyFailed, not
 // held against the app.
 type bodyReadError struct{ error }
 

@@ -144,10 +144,9 @@ func ParseRequest(head []byte, h *Request) bool {
 // found it) frames its body in a way RFC 9112 6.1 says to treat as
 // faulty: Transfer-Encoding with Content-Length, or before HTTP/1.1 (which
 // net/http's server ignores there, reading what follows as the next
-// request). The front answers those 400 and closes the connection
-// (frontConn.reject) before net/http's server would see them; and that
-// server closes the connection after any chunked request (App.ServeHTTP),
-// for those it reads itself.
+// request). The front answers those 400 and closes the connection before
+// net/http's server would see them; and it closes the connection after any
+// chunked request that server reads itself.
 func AmbiguousFraming(head []byte) bool {
 	line, rest := NextLine(head)
 	major, minor, ok := http.ParseHTTPVersion(string(line[bytes.LastIndexByte(line, ' ')+1:]))
