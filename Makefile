@@ -36,7 +36,7 @@ check:
 	$(GO) tool staticcheck ./...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./activator
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./activator/...
 
 # bench-compare runs rouse against systemd-socket-proxyd, nginx, HAProxy and
 # Go proxies on loopback (examples/bench) and writes BENCHMARKS.md; ~25 min.

@@ -35,3 +35,28 @@ func (l *patientListener) Accept() (net.Conn, error) {
 	}
 	return c, nil
 }
+
+// The HTTP front (package httpfront) accepts as the apps' accept loops
+// do, with the same patience (tcp.go).
+
+// AcceptWarner counts failed accepts of one loop and warns of them once
+// per acceptWarnEvery.
+type AcceptWarner = acceptWarner
+
+// NewAcceptWarner returns the warner of one accept loop.
+func NewAcceptWarner(log *slog.Logger) *AcceptWarner { return newAcceptWarner(log) }
+
+// Accept accepts on ln, waiting out errors as the apps' accept loops do
+// (wait pauses, false to give up); nil once ln is closed.
+func Accept(ln net.Listener, warn *AcceptWarner, wait func(time.Duration) bool) net.Conn {
+	return accept(ln, warn, wait)
+}
+
+// AcceptWith is Accept for any accept function.
+func AcceptWith[T any](next func() (T, error), addr net.Addr, warn *AcceptWarner, wait func(time.Duration) bool) (T, bool) {
+	return acceptWith(next, addr, warn, wait)
+}
+
+// QuiesceWait bounds how long a removed listener's queued connections are
+// served (listeners.Quiesce).
+const QuiesceWait = quiesceWait

@@ -1,22 +1,19 @@
 package activator
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 )
 
 // The access log and Server-Timing. Every path that ends a request (http)
 // or a connection (tcp, inetd) hands one AccessRecord to
-// Options.AccessLog, for an app whose Config.AccessLog is set: the event
-// loop (loopConn.logAccess), the goroutine path (frontConn.logAccess),
-// net/http's path (trackedWriter.done), tcp (serveConn) and inetd
-// (serveInetdConn). What the record says of waiting comes from proxy (or
-// connect, inetdAcquire), which alone holds requests: proxyTrace. The
+// Options.AccessLog, for an app whose Config.AccessLog is set: the HTTP
+// front's paths (package httpfront, through App.LogAccess), tcp
+// (serveConn) and inetd (serveInetdConn). What the record says of waiting
+// comes from Proxy (or connect, inetdAcquire), which alone holds requests:
+// proxyTrace. The
 // activator formats and writes nothing: cmd/rouse's sink copies the
 // record into a bounded buffer and a goroutine of its own writes it.
 
@@ -54,11 +51,6 @@ type AccessRecord struct {
 	Attempts int
 }
 
-var (
-	proto11 = []byte("HTTP/1.1")
-	proto10 = []byte("HTTP/1.0")
-)
-
 // StatusClientGone is the status an access record gives a request whose
 // client went away before a response was sent (nginx's 499).
 const StatusClientGone = 499
@@ -73,9 +65,9 @@ func (a *App) logAccess(r AccessRecord) {
 	a.accessLog(r)
 }
 
-// proxyTrace is what proxy (or connect) saw of one request or connection:
+// proxyTrace is what Proxy (or connect) saw of one request or connection:
 // how long it was held for the app, and how many attempts it took. The
-// requests proxy serves embed one.
+// requests Proxy serves embed one.
 type proxyTrace struct {
 	wasHeld  bool
 	wait     time.Duration // held for, the hold in progress aside
@@ -83,7 +75,8 @@ type proxyTrace struct {
 	attempts int
 }
 
-func (t *proxyTrace) trace() *proxyTrace { return t }
+// Trace is the trace itself, for a Request that embeds one.
+func (t *proxyTrace) Trace() *proxyTrace { return t }
 
 // holdBegan and holdEnded bracket a wait for the app, which began or ended at now.
 func (t *proxyTrace) holdBegan(now time.Time) { t.wasHeld, t.since = true, now }
@@ -107,15 +100,6 @@ func (t *proxyTrace) waited(now time.Time) time.Duration {
 // Server-Timing header: it waited for the app, and the app wants it.
 func (t *proxyTrace) serverTiming(cfg *Config) bool { return t.wasHeld && cfg.ServerTiming }
 
-// appendServerTiming appends the value of the Server-Timing header a held
-// response carries: how long it waited for the app, in milliseconds.
-func appendServerTiming(b []byte, wait time.Duration) []byte {
-	b = append(b, "rouse-start;dur="...)
-	return strconv.AppendFloat(b, float64(wait.Microseconds())/1000, 'f', -1, 64)
-}
-
-func serverTimingValue(wait time.Duration) string { return string(appendServerTiming(nil, wait)) }
-
 // connStatus is the access log's status of a tcp or inetd connection that
 // could not be handed on: 503 when rouse held it back, 502 when the app
 // could not be reached or run.
@@ -130,98 +114,13 @@ func connStatus(err error) int {
 	return http.StatusBadGateway
 }
 
-// trackedWriter is the ResponseWriter of a request net/http's server
-// read, when its app logs access or sends Server-Timing: it notes the
-// status and the body bytes, and adds Server-Timing to the head of a
-// response that waited for the app.
-type trackedWriter struct {
-	http.ResponseWriter
-	a      *App
-	r      *http.Request
-	tr     *proxyTrace
-	status int
-	bytes  int64
-}
-
-func (w *trackedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *trackedWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
-		w.addServerTiming(w.Header())
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-// addServerTiming adds Server-Timing to h, the head of the response, if
-// the request was held for the app.
-func (w *trackedWriter) addServerTiming(h http.Header) {
-	if w.tr.serverTiming(w.a.config()) {
-		h.Add("Server-Timing", serverTimingValue(w.tr.waited(w.a.now())))
-	}
-}
-
-func (w *trackedWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.bytes += int64(n)
-	return n, err
-}
-
-// Hijack is for a 101 Switching Protocols, which upgrade writes on the
-// hijacked connection itself.
-func (w *trackedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if w.status == 0 {
-		w.status = http.StatusSwitchingProtocols
-	}
-	return http.NewResponseController(w.ResponseWriter).Hijack()
-}
-
-// done logs the request, once its handler is done (it may be panicking
-// to cut the connection).
-func (w *trackedWriter) done(start time.Time) {
-	if !w.a.logsAccess() {
-		return
-	}
-	r := w.r
-	status := w.status
-	if status == 0 {
-		status = StatusClientGone
-	}
-	proto := proto11
-	if !r.ProtoAtLeast(1, 1) {
-		proto = proto10
-	}
-	w.a.logAccess(AccessRecord{
-		Client: clientIP(r.RemoteAddr), Time: start, Duration: w.a.now().Sub(start),
-		Method: []byte(r.Method), Target: []byte(r.RequestURI), Proto: proto,
-		Referer: []byte(r.Header.Get("Referer")), UserAgent: []byte(r.Header.Get("User-Agent")),
-		Status: status, Bytes: w.bytes, Waited: w.tr.wasHeld, Wait: w.tr.wait, Attempts: w.tr.attempts,
-	})
-}
-
-// clientIP is the address part of a RemoteAddr; "" for a unix socket's.
-func clientIP(remote string) string {
+// ClientIP is the address part of a RemoteAddr; "" for a unix socket's.
+func ClientIP(remote string) string {
 	ip, _, err := net.SplitHostPort(remote)
 	if err != nil {
 		return ""
 	}
 	return ip
-}
-
-// requestLine returns the method and the target of a request head's first
-// line.
-func requestLine(head []byte) (method, target []byte) {
-	line, _, _ := cutLine(head)
-	if i := bytes.IndexByte(line, ' '); i >= 0 {
-		method, target = line[:i], line[i+1:]
-	}
-	if i := bytes.IndexByte(target, ' '); i >= 0 {
-		target = target[:i]
-	}
-	return method, target
 }
 
 // logConn logs a tcp or inetd connection c, accepted at start.
@@ -230,7 +129,7 @@ func (a *App) logConn(c net.Conn, start time.Time, status int, bytes int64, tr *
 		return
 	}
 	a.logAccess(AccessRecord{
-		Client: clientIP(c.RemoteAddr().String()), Time: start, Duration: a.now().Sub(start),
+		Client: ClientIP(c.RemoteAddr().String()), Time: start, Duration: a.now().Sub(start),
 		Status: status, Bytes: bytes, Waited: tr.wasHeld, Wait: tr.wait, Attempts: tr.attempts,
 	})
 }

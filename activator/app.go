@@ -30,8 +30,9 @@ type App struct {
 	cfgp  atomic.Pointer[Config] // replaced whole by Reconfigure; read with config()
 	probe procman.Probe          // set by the mode (handoff); else derived from the config at each start
 	now   func() time.Time
-	http  atomic.Pointer[httpUpstream] // http mode: the connections to the app
-	gate  *dialGate                    // paces new connections to the process (http, tcp)
+	gate  *DialGate // paces new connections to the process (http, tcp)
+	// upstream: http mode, the front's connections to the process.
+	upstream upstreamSlot
 	// removed: a reload took the app out of the config (it drains).
 	removed atomic.Bool
 	// pending counts the connections and requests going through their
@@ -140,9 +141,6 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 	a.movePort, a.accessLog = opts.MovePort, opts.AccessLog
 	cfg.Process.Notify = cfg.Ready.Kind == "notify" // readiness is the app's READY=1
 	a.cfgp.Store(&cfg)
-	if cfg.Mode == ModeHTTP {
-		a.http.Store(newHTTPUpstream(cfg, a.gate))
-	}
 	if err := a.setupShimmed(opts.ExecShim); err != nil {
 		return nil, fmt.Errorf("app %s: %w", cfg.Name, err)
 	}
@@ -281,11 +279,9 @@ func (a *App) stopLocked(why string, failure error) {
 	a.inst.why, a.inst.failure = why, failure
 	a.setState(Stopping)
 	a.inst.stop()
-	if up := a.http.Load(); up != nil {
-		// Pooled connections to the app, some dialed and never used,
-		// would hold up its graceful shutdown (a Go app waits for them).
-		up.closeIdle()
-	}
+	// Pooled connections to the app, some dialed and never used, would
+	// hold up its graceful shutdown (a Go app waits for them).
+	a.dropIdleConns()
 }
 
 // run owns one process from spawn to reaping.
@@ -413,10 +409,8 @@ func (a *App) finish(inst *instance, err error, kind string) {
 	for c := range inst.conns {
 		c.Close()
 	}
-	if up := a.http.Load(); up != nil {
-		// Keep-alive connections to a process that is gone are dead.
-		up.closeIdle()
-	}
+	// Keep-alive connections to a process that is gone are dead.
+	a.dropIdleConns()
 	if err == nil && inst.failure != nil {
 		err, kind = inst.failure, FailTooMany
 	}

@@ -44,13 +44,13 @@ const (
 // the app was not accepted within the dial bound while it should listen.
 const FailDialTimeout = "dial_timeout"
 
-// attemptStage is how far an attempt got before it failed.
-type attemptStage int
+// Stage is how far an attempt got before it failed.
+type Stage int
 
 const (
-	stageDial      attemptStage = iota // no connection to the app was made
-	stageConnected                     // connected: the app accepted (or kept) it
-	stageRejected                      // rouse refused to send the request as it came
+	StageDial      Stage = iota // no connection to the app was made
+	StageConnected              // connected: the app accepted (or kept) it
+	StageRejected               // rouse refused to send the request as it came
 )
 
 // verdict is what a failed attempt says, and about whom.
@@ -65,16 +65,16 @@ type verdict struct {
 // blame classifies the error of one attempt that got as far as stage.
 // clientGone reports whether the client had gone away by then (its
 // context ended, or a write to it failed).
-func blame(err error, stage attemptStage, clientGone bool) verdict {
+func blame(err error, stage Stage, clientGone bool) verdict {
 	switch {
-	case clientGone || isWriteError(err) || errors.Is(err, context.Canceled):
+	case clientGone || IsWriteError(err) || errors.Is(err, context.Canceled):
 		return verdict{kind: ErrKindClient}
 	case localError(err):
 		return verdict{kind: ErrKindLocal}
-	case stage == stageRejected:
+	case stage == StageRejected:
 		return verdict{kind: ErrKindUnforwardable}
-	case stage == stageConnected:
-		if errors.Is(err, errBadResponse) {
+	case stage == StageConnected:
+		if errors.Is(err, ErrBadResponse) {
 			return verdict{kind: ErrKindBadResponse}
 		}
 		return verdict{kind: ErrKindAppClosed}
@@ -83,14 +83,14 @@ func blame(err error, stage attemptStage, clientGone bool) verdict {
 	switch {
 	case errors.Is(err, syscall.EAGAIN):
 		return verdict{kind: ErrKindBacklog}
-	case isTimeout(err):
+	case IsTimeout(err):
 		return verdict{kind: FailDialTimeout, unhealthy: true}
 	}
 	return verdict{kind: FailRefused, unhealthy: true}
 }
 
-// isTimeout reports whether err is a deadline that passed.
-func isTimeout(err error) bool {
+// IsTimeout reports whether err is a deadline that passed.
+func IsTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
 		(errors.As(err, &ne) && ne.Timeout())
@@ -100,7 +100,7 @@ func isTimeout(err error) bool {
 // every path; the caller cuts the client's connection, so that a short
 // body cannot pass for a whole one.
 func (a *App) responseCut(inst *instance, method, path string, err error) {
-	a.judge(inst, err, blame(err, stageConnected, false))
+	a.judge(inst, err, blame(err, StageConnected, false))
 	a.log.Info("response cut by the app", "method", method, "path", path, "err", err)
 }
 

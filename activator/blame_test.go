@@ -26,23 +26,23 @@ func TestBlame(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		err        error
-		stage      attemptStage
+		stage      Stage
 		clientGone bool
 		want       verdict
 	}{
-		{"dial refused", dialError{refused}, stageDial, false, verdict{FailRefused, true}},
-		{"dial timed out", dialError{fmt.Errorf("dial: %w", os.ErrDeadlineExceeded)}, stageDial, false, verdict{FailDialTimeout, true}},
-		{"unix backlog full", dialError{full}, stageDial, false, verdict{ErrKindBacklog, false}},
-		{"rouse out of fds", dialError{emfile}, stageDial, false, verdict{ErrKindLocal, false}},
-		{"client gone while dialing", dialError{context.Canceled}, stageDial, false, verdict{ErrKindClient, false}},
-		{"client gone, any error", refused, stageDial, true, verdict{ErrKindClient, false}},
-		{"app reset after accepting", reset, stageConnected, false, verdict{ErrKindAppClosed, false}},
-		{"app closed before answering", io.EOF, stageConnected, false, verdict{ErrKindAppClosed, false}},
-		{"app cut the body", io.ErrUnexpectedEOF, stageConnected, false, verdict{ErrKindAppClosed, false}},
-		{"malformed response", errBadResponse, stageConnected, false, verdict{ErrKindBadResponse, false}},
-		{"write to the client failed", writeError{reset}, stageConnected, false, verdict{ErrKindClient, false}},
-		{"response too slow", os.ErrDeadlineExceeded, stageConnected, false, verdict{ErrKindAppClosed, false}},
-		{"transport refused the request", errors.New("http: no Host in request URL"), stageRejected, false, verdict{ErrKindUnforwardable, false}},
+		{"dial refused", dialError{refused}, StageDial, false, verdict{FailRefused, true}},
+		{"dial timed out", dialError{fmt.Errorf("dial: %w", os.ErrDeadlineExceeded)}, StageDial, false, verdict{FailDialTimeout, true}},
+		{"unix backlog full", dialError{full}, StageDial, false, verdict{ErrKindBacklog, false}},
+		{"rouse out of fds", dialError{emfile}, StageDial, false, verdict{ErrKindLocal, false}},
+		{"client gone while dialing", dialError{context.Canceled}, StageDial, false, verdict{ErrKindClient, false}},
+		{"client gone, any error", refused, StageDial, true, verdict{ErrKindClient, false}},
+		{"app reset after accepting", reset, StageConnected, false, verdict{ErrKindAppClosed, false}},
+		{"app closed before answering", io.EOF, StageConnected, false, verdict{ErrKindAppClosed, false}},
+		{"app cut the body", io.ErrUnexpectedEOF, StageConnected, false, verdict{ErrKindAppClosed, false}},
+		{"malformed response", ErrBadResponse, StageConnected, false, verdict{ErrKindBadResponse, false}},
+		{"write to the client failed", WriteError{reset}, StageConnected, false, verdict{ErrKindClient, false}},
+		{"response too slow", os.ErrDeadlineExceeded, StageConnected, false, verdict{ErrKindAppClosed, false}},
+		{"transport refused the request", errors.New("http: no Host in request URL"), StageRejected, false, verdict{ErrKindUnforwardable, false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := blame(tc.err, tc.stage, tc.clientGone); got != tc.want {

@@ -17,7 +17,7 @@ import (
 // backlog (Python's socketserver listens with 5), and the kernel drops the
 // SYNs beyond it, to be retransmitted 1, 3, 7 ... seconds later: a burst
 // of held requests then waits tens of seconds for what the app could serve
-// in one. So dials go through a dialGate:
+// in one. So dials go through a DialGate:
 //   - at most window of them are in flight at once; window starts small
 //     for each new process and grows by one with each dial that completes
 //     (as TCP's slow start), halves when one stalls, and from then on grows
@@ -28,7 +28,7 @@ import (
 //     and made again on a new connection as soon as it gets a slot, not
 //     after the kernel's second;
 //   - a request waiting for a slot takes a kept connection instead as soon
-//     as one comes back (kick), so kept connections are used first.
+//     as one comes back (Kick), so kept connections are used first.
 // Stalls are not failures: an app busy accepting is not unhealthy. A dial
 // refused, or not completed within dialBound while no other dial to the app
 // completed, is (see blame).
@@ -55,9 +55,9 @@ type dialError struct{ error }
 
 func (e dialError) Unwrap() error { return e.error }
 
-// dialGate paces the dials to one app's process. Its methods are safe for
+// DialGate paces the dials to one app's process. Its methods are safe for
 // concurrent use; mu is never held across a dial or a wait.
-type dialGate struct {
+type DialGate struct {
 	mu        sync.Mutex
 	window    int
 	inflight  int
@@ -68,18 +68,19 @@ type dialGate struct {
 	rtt       time.Duration // how long dials take to complete, averaged
 }
 
-func newDialGate() *dialGate { return &dialGate{window: gateInitial, threshold: gateMax} }
+func newDialGate() *DialGate { return &DialGate{window: gateInitial, threshold: gateMax} }
 
 // reset starts the window small again: a new process is ready.
-func (g *dialGate) reset() {
+func (g *DialGate) reset() {
 	g.mu.Lock()
 	g.window, g.threshold, g.acked = gateInitial, gateMax, 0
 	g.mu.Unlock()
 }
 
-// enter waits for a dial slot (true), or for a kept connection to have
-// come back (false: look at the pool, then enter again), or for ctx to end.
-func (g *dialGate) enter(ctx context.Context) (bool, error) {
+// Enter waits for a dial slot (true), or for a kept connection to have
+// come back (false: look at the pool, then Enter again), or for ctx to end
+// (a dialError, as Dial's).
+func (g *DialGate) Enter(ctx context.Context) (bool, error) {
 	g.mu.Lock()
 	if g.inflight < g.window && len(g.waiters) == 0 {
 		g.inflight++
@@ -98,18 +99,18 @@ func (g *dialGate) enter(ctx context.Context) (bool, error) {
 	if i := slices.Index(g.waiters, ch); i >= 0 {
 		g.waiters = slices.Delete(g.waiters, i, i+1)
 		g.mu.Unlock()
-		return false, ctx.Err()
+		return false, dialError{ctx.Err()}
 	}
 	g.mu.Unlock()
 	if <-ch { // handed a slot as ctx ended: pass it on
 		g.leave(0)
 	}
-	return false, ctx.Err()
+	return false, dialError{ctx.Err()}
 }
 
 // leave gives a slot back; grow > 0 widens the window (a dial completed),
 // < 0 narrows it (a dial stalled), 0 leaves it.
-func (g *dialGate) leave(grow int) {
+func (g *DialGate) leave(grow int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.inflight--
@@ -133,8 +134,8 @@ func (g *dialGate) leave(grow int) {
 	}
 }
 
-// kick tells the longest waiter that a kept connection came back.
-func (g *dialGate) kick() {
+// Kick tells the longest waiter that a kept connection came back.
+func (g *DialGate) Kick() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if len(g.waiters) > 0 {
@@ -146,27 +147,27 @@ func (g *dialGate) kick() {
 // open waits for a slot and dials network/address (see dial). A kept
 // connection that comes back meanwhile is for others: open passes the
 // word on.
-func (g *dialGate) open(ctx context.Context, network, address string) (net.Conn, error) {
+func (g *DialGate) open(ctx context.Context, network, address string) (net.Conn, error) {
 	for {
-		slot, err := g.enter(ctx)
+		slot, err := g.Enter(ctx)
 		if err != nil {
-			return nil, dialError{err}
+			return nil, err
 		}
 		if slot {
-			return g.dial(ctx, network, address)
+			return g.Dial(ctx, network, address)
 		}
-		g.kick()
+		g.Kick()
 	}
 }
 
-// dial opens a connection to network/address, with a slot already taken
-// by enter; it gives the slot back. A stalled dial is made again, each time
+// Dial opens a connection to network/address, with a slot already taken
+// by Enter; it gives the slot back. A stalled dial is made again, each time
 // after a slot of its own, until one completes or ctx ends, or dialBound
 // passes without any dial to the app completing (then it is a timeout
 // that counts against the app); while others complete, the app is busy,
 // not unhealthy, and it goes on, up to dialPatience. Its errors are
 // dialErrors.
-func (g *dialGate) dial(ctx context.Context, network, address string) (net.Conn, error) {
+func (g *DialGate) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	start := time.Now()
 	stalls := 0
 	for {
@@ -181,7 +182,7 @@ func (g *dialGate) dial(ctx context.Context, network, address string) (net.Conn,
 		case ctx.Err() != nil:
 			g.leave(0)
 			return nil, dialError{err}
-		case !isTimeout(err) && !errors.Is(err, syscall.EAGAIN):
+		case !IsTimeout(err) && !errors.Is(err, syscall.EAGAIN):
 			g.leave(0) // refused: the process is to blame, not the pace
 			return nil, dialError{err}
 		}
@@ -194,20 +195,20 @@ func (g *dialGate) dial(ctx context.Context, network, address string) (net.Conn,
 			return nil, dialError{ctx.Err()}
 		}
 		for {
-			slot, err := g.enter(ctx)
+			slot, err := g.Enter(ctx)
 			if err != nil {
-				return nil, dialError{err}
+				return nil, err
 			}
 			if slot {
 				break
 			}
-			g.kick() // this dial has no use for a kept connection
+			g.Kick() // this dial has no use for a kept connection
 		}
 	}
 }
 
 // stall is how long a dial may take before it is taken for stalled.
-func (g *dialGate) stall() time.Duration {
+func (g *DialGate) stall() time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return min(max(4*g.rtt, dialStallMin), dialStallMax)
@@ -215,14 +216,14 @@ func (g *dialGate) stall() time.Duration {
 
 // took notes how long a dial took to complete (an average of the last
 // few, as TCP's SRTT).
-func (g *dialGate) took(d time.Duration) {
+func (g *DialGate) took(d time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.rtt += (d - g.rtt) / 8
 }
 
 // progressSince reports whether a dial to the app completed after t.
-func (g *dialGate) progressSince(t time.Time) bool {
+func (g *DialGate) progressSince(t time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.completed.After(t)

@@ -33,43 +33,25 @@
 //     app gets it) without ever blocking rouse. conns are the connections
 //     the app holds (sock_diag, sampled while it runs), queued those in the
 //     backlogs.
-//
-// Mode http: an HTTPFront serves requests on three paths: an event loop
-// per P (loop.go) for a plain request it can finish at once, a goroutine
-// per connection (frontConn) for the rest of what the front parses itself
-// (a held request, a body or head in parts, a slow or large response),
-// and net/http's server for requests the front does not parse (a chunked
-// body, Expect, an upgrade, HTTP/1.0...), which gets the connection and
-// the bytes read so far. All three go to the app over the front's own
-// connections (httpUpstream; netExchange for net/http's requests, whose
-// responses go through its ResponseWriter). Each rule has one owner that
-// every path calls:
-//   - holding, retries, 502/503/504: App.proxy.
-//   - which requests the front parses: parseRequestHead; end of a head:
-//     headEnd; a Host or absolute-form host: validHost.
-//   - request framing rejected with 400 and a close (Transfer-Encoding
-//     with Content-Length, or before HTTP/1.1): ambiguousFraming.
-//   - headers a client may not set (X-Forwarded-*, Forwarded, any '_'
-//     spelling): forwardedHeader, in appendOutgoing and setForwarded.
-//   - response framing, and 502 for what cannot be passed on:
-//     appendResponseHead (reading a head: upConn.readResponse, but in the
-//     loop); chunked bodies: chunkScanner (responseBody de-chunks with it
-//     for net/http's server).
-//   - keeping an app connection: respHead.keepsConn after a response,
-//     reusable (nothing unread, still open) each time it is taken again
-//     (httpUpstream.popIdle, and the loop's own), on every path.
-//   - client timeouts, per app: header_timeout (HTTPFront.headerTimeout,
-//     its deadline handed on by startOver and handedConn), body_timeout
-//     (frontConn.readBody, timedBody; bodyFailed answers 408),
-//     send_timeout (evLoop.writeClient, frontConn.Write, clientWriter).
-//   - the quiet retry of a request a dead kept connection lost:
-//     App.retryQuietly (in the loop: evLoop.sendFailed, before any byte).
-//   - a response the app broke off cuts the client's connection:
-//     App.responseCut, from cutRelay, frontConn.relay and
-//     netExchange.relay (exchangeResult.cut).
 //   - inetd: one process per connection, at most max_conns at once; the
 //     state is ready while one runs, idle when none does, never starting
 //     or stopping; starts counts spawns; failures count spawn errors (which
 //     put the app in back-off) and processes killed by a signal rouse did
 //     not send (SIGPIPE aside). There is no idle timer.
+//
+// Mode http: the HTTP front (package httpfront) parses, forwards and
+// relays the requests; the app owns what is about the app, and the front
+// reaches it through a small seam (frontseam.go): App.Proxy takes each
+// request, TryAcquire and Release lease the process, ExchangeResult,
+// ResponseCut and LogAccess report what happened, and the app tells the
+// front's Upstream when kept connections must go (DropIdle: the process
+// stops, exited or froze; Retire: a reload moved the app). The rules it
+// owns there:
+//   - holding, retries, 502/503/504 (App.Proxy, refuse, WriteAnswer),
+//     and who gets the waiting page while the app starts (wantsStartPage,
+//     holdForPage; the front renders it: Request.StartPage).
+//   - whether a request may be replayed: App.replayable; the quiet retry
+//     of a request a dead kept connection lost: App.RetryQuietly.
+//   - a body the client did not send in time: App.BodyFailed (408).
+//   - whose fault a failed attempt was: blame.
 package activator

@@ -25,7 +25,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
+
+// hitCount is the shared helper, under the name this package gives it.
+var hitCount = testbackend.HitCount
 
 // tally counts outcomes by kind and keeps the first few examples of each.
 type tally struct {

@@ -22,11 +22,9 @@ package activator
 // stopped after idle_timeout instead.
 func (a *App) freezeLocked() {
 	p := a.inst.proc
-	if up := a.http.Load(); up != nil {
-		// The app's own timers jump at the thaw: a kept connection it
-		// would close then must not carry a request meanwhile.
-		up.closeIdle()
-	}
+	// The app's own timers jump at the thaw: a kept connection it would
+	// close then must not carry a request meanwhile.
+	a.dropIdleConns()
 	if err := p.Freeze(); err != nil {
 		a.log.Warn("cannot freeze: stopped after idle_timeout instead", "pid", p.Pid(), "err", err)
 		a.inst.noFreeze = true

@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rouse-dev/rouse/internal/testbackend"
 	"github.com/rouse-dev/rouse/procman"
 )
 
 // guardVerb is how TestMain recognizes the guard process, as rouse's.
-const guardVerb = "__guard"
+const guardVerb = testbackend.GuardVerb
 
 // cgroupGuard starts a guard that gives every app a cgroup of its own; it
 // skips the test where no cgroup v2 subtree can be managed.

@@ -2,21 +2,18 @@ package activator
 
 import (
 	"bufio"
-	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/rouse-dev/rouse/examples/backend"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 	"github.com/rouse-dev/rouse/internal/testport"
 	"github.com/rouse-dev/rouse/procman"
 )
@@ -27,11 +24,8 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == shimVerb { // before the backend: the shim runs it
 		os.Exit(ExecMain(os.Args[2:], os.Stderr))
 	}
-	if len(os.Args) > 1 && os.Args[1] == guardVerb {
-		os.Exit(procman.GuardMain(os.Stdin))
-	}
-	if os.Getenv("ROUSE_TEST_BACKEND") == "1" {
-		os.Exit(backend.Main(os.Args[1:], os.Stdout, os.Stderr))
+	if code, ran := testbackend.Main(); ran {
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }
@@ -39,17 +33,11 @@ func TestMain(m *testing.M) {
 // testConfig is an app in tcp mode whose process is this test binary
 // running the backend, listening on upstream and noting its starts in starts.
 func testConfig(listen, upstream, starts string) Config {
-	cfg := Config{
-		Name:   "t",
-		Mode:   ModeTCP,
-		Listen: []string{listen},
-		Process: procman.Spec{
-			Argv: []string{os.Args[0], "-starts", starts, "-listen", upstream},
-			// A race-built child sleeps 1 s at exit by default: that would
-			// hide how fast exits are noticed, and slow the suite.
-			Env:         []string{"ROUSE_TEST_BACKEND=1", "GORACE=atexit_sleep_ms=0"},
-			StopTimeout: 5 * time.Second,
-		},
+	return Config{
+		Name:            "t",
+		Mode:            ModeTCP,
+		Listen:          []string{listen},
+		Process:         testbackend.Spec(starts, upstream),
 		UpstreamNetwork: "tcp",
 		UpstreamAddress: upstream,
 		Ready:           Readiness{Kind: "tcp"},
@@ -63,19 +51,14 @@ func testConfig(listen, upstream, starts string) Config {
 		FailTimeout:     30 * time.Second,
 		BackoffMax:      5 * time.Minute,
 	}
-	if os.Geteuid() == 0 {
-		cfg.Process.User = "root" // CI runs as root; apps need an explicit user then
-	}
-	return cfg
 }
 
 // testApp is an App under test with the files to observe it by.
 type testApp struct {
 	*App
-	addr   string     // where clients connect
-	starts string     // file the backend appends "PID UNIXNANO" to at each start
-	dir    string     // a temporary directory of the test
-	front  *HTTPFront // an http app's
+	addr   string // where clients connect
+	starts string // file the backend appends "PID UNIXNANO" to at each start
+	dir    string // a temporary directory of the test
 }
 
 // newTestApp starts an app in tcp mode whose process is this test binary
@@ -83,6 +66,22 @@ type testApp struct {
 func newTestApp(t testing.TB, args []string, edit func(*Config)) *testApp {
 	t.Helper()
 	return newTestApps(t, Capacity{}, appSpec{args: args, edit: edit})[0]
+}
+
+// newHTTPTestApp is newTestApp in http mode; the backend notes every
+// request it receives in the returned hits file.
+func newHTTPTestApp(t testing.TB, args []string, edit func(*Config)) (*testApp, string) {
+	t.Helper()
+	hits := filepath.Join(t.TempDir(), "hits")
+	ta := newTestApp(t, append([]string{"-proto", "http", "-hits", hits}, args...), func(c *Config) {
+		c.Mode = ModeHTTP
+		c.RequestBuffer = 1 << 20
+		c.ResponseTimeout = 30 * time.Second
+		if edit != nil {
+			edit(c)
+		}
+	})
+	return ta, hits
 }
 
 // appSpec is one app of newTestApps: backend arguments and a config edit.
@@ -96,7 +95,7 @@ type appSpec struct {
 	access       func(AccessRecord) // Options.AccessLog
 }
 
-// goroutineListener hides a TCP listener's type from an HTTPFront, which
+// goroutineListener hides a TCP listener's type from an HTTP front, which
 // then serves its connections on goroutines.
 type goroutineListener struct{ net.Listener }
 
@@ -105,17 +104,12 @@ type goroutineListener struct{ net.Listener }
 // no process, goroutine or fd is left.
 func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 	t.Helper()
-	level := slog.LevelDebug
-	if _, bench := t.(*testing.B); bench {
-		level = slog.LevelWarn
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
-	goroutines := runtime.NumGoroutine()
-	fds := countFDs(t)
+	log := testbackend.Logger(t)
+	base := leakcheck.Take(t)
 	var (
 		tas    []*testApp
 		apps   []*App
-		fronts []*HTTPFront
+		fronts []Front
 	)
 	// Upstream ports, one per app (freePort never gives one twice).
 	ports := make([]int, len(specs))
@@ -150,18 +144,14 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 			if spec.onGoroutines {
 				fln = goroutineListener{ln}
 			}
-			f, err := NewHTTPFront(fln, []*App{a}, log)
+			f, err := newFront(fln, []*App{a}, log)
 			if err != nil {
 				t.Fatal(err)
 			}
 			fronts = append(fronts, f)
 		}
 		apps = append(apps, a)
-		ta := &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts)}
-		if cfg.Mode == ModeHTTP {
-			ta.front = fronts[len(fronts)-1]
-		}
-		tas = append(tas, ta)
+		tas = append(tas, &testApp{App: a, addr: ln.Addr().String(), starts: starts, dir: filepath.Dir(starts)})
 	}
 	if limits.Logger == nil {
 		limits.Logger = log
@@ -171,60 +161,18 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		t.Fatal(err)
 	}
 	sup.Serve()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		sup.Close(ctx)
+	base.After(t, sup.Close, func() []int {
 		var pids []int
 		for _, ta := range tas {
 			pids = append(pids, ta.pids()...)
 		}
-		checkNoLeaks(t, pids, goroutines, fds)
+		return pids
 	})
 	return tas
 }
 
-// checkNoLeaks fails t if any of pids still runs (or is an unreaped child
-// of ours), or if goroutines or fds did not come back to what they were.
-func checkNoLeaks(t testing.TB, pids []int, goroutines, fds int) {
-	t.Helper()
-	for _, pid := range pids {
-		// A process of the group that is not our child (the app's own
-		// child) is reaped by init, which takes its time.
-		deadline := time.Now().Add(2 * time.Second)
-		for alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond) // polling with a deadline
-		}
-		if alive(pid) {
-			t.Errorf("app process %d still alive after Close", pid)
-			syscall.Kill(-pid, syscall.SIGKILL)
-		}
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for runtime.NumGoroutine() > goroutines {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("timed out waiting for goroutines back to where they were (%d > %d):\n%s",
-				runtime.NumGoroutine(), goroutines, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
-	}
-	// splice(2) keeps a pool of pipes that only the garbage collector
-	// closes: collect while polling.
-	waitFor(t, "fds back to where they were", func() bool {
-		runtime.GC()
-		return countFDs(t) <= fds
-	})
-}
-
 // pids returns the pids of every process the app started, in order.
-func (ta *testApp) pids() []int {
-	var pids []int
-	for _, s := range ta.startLines() {
-		pids = append(pids, s.pid)
-	}
-	return pids
-}
+func (ta *testApp) pids() []int { return testbackend.Pids(ta.starts) }
 
 type startLine struct {
 	pid int
@@ -232,19 +180,9 @@ type startLine struct {
 }
 
 func (ta *testApp) startLines() []startLine {
-	b, err := os.ReadFile(ta.starts)
-	if err != nil {
-		return nil
-	}
 	var out []startLine
-	for line := range strings.Lines(string(b)) {
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			continue
-		}
-		pid, _ := strconv.Atoi(f[0])
-		ns, _ := strconv.ParseInt(f[1], 10, 64)
-		out = append(out, startLine{pid, time.Unix(0, ns)})
+	for _, s := range testbackend.Starts(ta.starts) {
+		out = append(out, startLine{s.Pid, s.At})
 	}
 	return out
 }
@@ -295,53 +233,21 @@ func bannerConn(t *testing.T, addr string) (net.Conn, int) {
 	return c, pid
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for d := time.Millisecond; !cond(); d = min(2*d, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(d) // polling interval of a condition with a deadline
-	}
-}
+// The shared helpers, under the names this package's tests use.
+var (
+	waitFor      = leakcheck.WaitFor
+	alive        = leakcheck.Alive
+	countFDs     = leakcheck.FDs
+	checkNoLeaks = leakcheck.Check
+	python3      = testbackend.Python3
+	get          = testbackend.Get
+	newClient    = testbackend.NewClient
+)
 
-// alive reports whether pid runs, or is a zombie of ours: procman must
-// reap its children, so an unreaped child is a leak. The zombie of a
-// process that is not our child is init's to reap and counts as dead.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 2 {
-		return false
-	}
-	switch f[0] {
-	case "X":
-		return false
-	case "Z":
-		return f[1] == strconv.Itoa(os.Getpid())
-	}
-	return true
-}
+// newFront makes the HTTP front of the http apps under test: httpfront's,
+// set by front_test.go (package activator_test, since httpfront builds on
+// this package).
+var newFront func(ln net.Listener, apps []*App, log *slog.Logger) (Front, error)
 
 // freePort is a port for an app to listen on later (testport.Free).
 func freePort(t testing.TB) int { return testport.Free(t) }
-
-func countFDs(t testing.TB) int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}

@@ -70,9 +70,7 @@ func (a *App) storeConfig(cfg Config) (old *Config, upstream bool) {
 	a.cfgp.Store(&cfg)
 	upstream = old.UpstreamNetwork != cfg.UpstreamNetwork || old.UpstreamAddress != cfg.UpstreamAddress
 	if cfg.Mode == ModeHTTP && (upstream || old.ResponseTimeout != cfg.ResponseTimeout) {
-		if prev := a.http.Swap(newHTTPUpstream(cfg, a.gate)); prev != nil {
-			prev.retire()
-		}
+		a.renewUpstream(&cfg)
 	}
 	return old, upstream
 }

@@ -12,7 +12,7 @@ import (
 type Supervisor struct {
 	mu     sync.Mutex
 	apps   map[string]*App
-	fronts []*HTTPFront
+	fronts []Front
 	pool   *pool // always: a reload may set limits (SetCapacity)
 
 	stopPool context.CancelFunc
@@ -25,7 +25,7 @@ type Supervisor struct {
 
 // NewSupervisor groups apps and the HTTP fronts that route to them, and
 // shares limits between the apps; app names must be unique.
-func NewSupervisor(apps []*App, fronts []*HTTPFront, limits Capacity) (*Supervisor, error) {
+func NewSupervisor(apps []*App, fronts []Front, limits Capacity) (*Supervisor, error) {
 	s := &Supervisor{apps: make(map[string]*App, len(apps)), fronts: fronts}
 	// The pool counts running and starting apps even without limits, so
 	// that limits a reload sets start from the true counts.
@@ -80,10 +80,10 @@ func (s *Supervisor) Serve() {
 }
 
 // Fronts returns the HTTP fronts.
-func (s *Supervisor) Fronts() []*HTTPFront {
+func (s *Supervisor) Fronts() []Front {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]*HTTPFront(nil), s.fronts...)
+	return append([]Front(nil), s.fronts...)
 }
 
 // Add adds an app (a reload found it new) and starts serving it.
@@ -101,7 +101,7 @@ func (s *Supervisor) Add(a *App) error {
 }
 
 // AddFront adds and starts a front (a reload found a new http address).
-func (s *Supervisor) AddFront(f *HTTPFront) {
+func (s *Supervisor) AddFront(f Front) {
 	s.mu.Lock()
 	s.fronts = append(s.fronts, f)
 	s.mu.Unlock()
@@ -136,7 +136,7 @@ func (s *Supervisor) Retire(ctx context.Context, a *App, quiesce bool) {
 // RetireFront removes a front: it stops accepting at once and closes when
 // its requests are done or ctx ends. Close waits for it. quiesce: as for
 // Retire.
-func (s *Supervisor) RetireFront(ctx context.Context, f *HTTPFront, quiesce bool) {
+func (s *Supervisor) RetireFront(ctx context.Context, f Front, quiesce bool) {
 	s.mu.Lock()
 	for i, g := range s.fronts {
 		if g == f {
@@ -146,7 +146,7 @@ func (s *Supervisor) RetireFront(ctx context.Context, f *HTTPFront, quiesce bool
 	}
 	s.mu.Unlock()
 	if quiesce {
-		f.quiesce()
+		f.Quiesce()
 	}
 	s.retired.Add(1)
 	s.frontsRetiring.Add(1)

@@ -184,7 +184,7 @@ func (a *App) connect(ctx context.Context, client net.Conn, tr *proxyTrace) (*in
 			err = errors.New("the app's process ended")
 		}
 		a.release(inst)
-		v := blame(err, stageDial, ctx.Err() != nil)
+		v := blame(err, StageDial, ctx.Err() != nil)
 		a.judge(inst, err, v)
 		lastErr = err
 		if try >= a.config().RetryTries || !a.now().Before(retryDeadline) {

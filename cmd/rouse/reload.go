@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/activator/httpfront"
 	"github.com/rouse-dev/rouse/listeners"
 	"github.com/rouse-dev/rouse/procman"
 )
@@ -32,7 +33,7 @@ type daemon struct {
 	cfg    *Config
 	sup    *activator.Supervisor
 	owned  map[string]map[string][]net.Listener // tcp-like app -> its address -> listeners
-	fronts map[string]*activator.HTTPFront      // http address -> its front
+	fronts map[string]*httpfront.HTTPFront      // http address -> its front
 }
 
 // build binds (or takes from systemd) every listen address of cfg and
@@ -43,7 +44,7 @@ func (d *daemon) build(cfg *Config) (*activator.Supervisor, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.owned = make(map[string]map[string][]net.Listener)
-	d.fronts = make(map[string]*activator.HTTPFront)
+	d.fronts = make(map[string]*httpfront.HTTPFront)
 	var apps []*activator.App
 	undo := func() {
 		for _, f := range d.fronts {
@@ -75,7 +76,7 @@ func (d *daemon) build(cfg *Config) (*activator.Supervisor, error) {
 	}
 	limits := capacity(cfg)
 	limits.Logger = d.log
-	sup, err := activator.NewSupervisor(apps, mapValues(d.fronts), limits)
+	sup, err := activator.NewSupervisor(apps, supervised(d.fronts), limits)
 	if err != nil {
 		undo()
 		return nil, err
@@ -120,7 +121,7 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 	return a, nil
 }
 
-func (d *daemon) newFront(addr listeners.Addr, apps []*activator.App) (*activator.HTTPFront, error) {
+func (d *daemon) newFront(addr listeners.Addr, apps []*activator.App) (*httpfront.HTTPFront, error) {
 	// The front closes idle connections itself (as nginx, no SO_KEEPALIVE).
 	lns, err := d.sockets.Listen(addr, listeners.Options{NoKeepAlive: true, Keep: true})
 	if err != nil {
@@ -130,7 +131,7 @@ func (d *daemon) newFront(addr listeners.Addr, apps []*activator.App) (*activato
 		closeAll(lns)
 		return nil, fmt.Errorf("listen %s: %d sockets for one http address; name each systemd socket differently", addr, len(lns))
 	}
-	f, err := activator.NewHTTPFront(lns[0], apps, d.log)
+	f, err := httpfront.NewHTTPFront(lns[0], apps, d.log)
 	if err != nil {
 		closeAll(lns)
 		return nil, err
@@ -404,6 +405,15 @@ func pick(byName map[string]*activator.App, names []string) []*activator.App {
 		}
 	}
 	return out
+}
+
+// supervised is the fronts as the Supervisor runs them.
+func supervised(fronts map[string]*httpfront.HTTPFront) []activator.Front {
+	var l []activator.Front
+	for _, f := range fronts {
+		l = append(l, f)
+	}
+	return l
 }
 
 func mapValues[K comparable, V any](m map[K]V) []V {

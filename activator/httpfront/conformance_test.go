@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // The conformance table: raw requests and raw responses, run through rouse
@@ -265,7 +268,7 @@ func netHTTPShape(req string) string {
 }
 
 func TestConformance(t *testing.T) {
-	py := python3(t)
+	py := testbackend.Python3(t)
 	for _, path := range []struct {
 		name         string
 		onGoroutines bool
@@ -277,8 +280,8 @@ func TestConformance(t *testing.T) {
 	} {
 		t.Run(path.name, func(t *testing.T) {
 			ra := newRecApp(t, path.delay)
-			ta := newTestApps(t, Capacity{}, appSpec{onGoroutines: path.onGoroutines, edit: func(c *Config) {
-				c.Mode = ModeHTTP
+			ta := newTestApps(t, appSpec{onGoroutines: path.onGoroutines, edit: func(c *activator.Config) {
+				c.Mode = activator.ModeHTTP
 				c.Process.Argv = []string{py, "-c", pyPrelude + "time.sleep(1e6)\n", "0", c.Process.Argv[2]}
 				c.UpstreamAddress = ra.ln.Addr().String()
 				c.RetryTries, c.MaxFails = 1, 0 // one request per case, whatever the app does

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The front serves plain HTTP/1.1 requests itself, with its own keep-alive
@@ -24,10 +27,10 @@ import (
 // once; frontConn serves a connection on a goroutine: on other listeners,
 // and for what a loop leaves (a held request, a head or body in parts, a
 // slow or large response), after which the connection goes back to a
-// loop. A request the front does not serve itself (see parseRequestHead),
+// loop. A request the front does not serve itself (see h1.ParseRequest),
 // and every later one on its connection, goes to net/http's server, with
 // nothing read off the connection lost and the head's deadline kept
-// (handedConn); one whose framing is ambiguous does not (ambiguousFraming).
+// (handedConn); one whose framing is ambiguous does not (h1.AmbiguousFraming).
 // The rules all paths share, and their owners, are in doc.go.
 
 const (
@@ -76,7 +79,7 @@ type frontConn struct {
 	closeAfter   bool      // the request or response said Connection: close
 	cut          bool      // the response broke off: close without flushing
 	rq           rawRequest
-	head         reqHead
+	head         h1.Request
 	out          []byte // the request as sent to the app
 	resp         []byte // a response head from the app
 	line         []byte
@@ -148,10 +151,10 @@ func (fc *frontConn) serve() {
 			fc.close()
 			return
 		}
-		var a *App
+		var a *activator.App
 		if ok {
-			if head, _ := fc.br.Peek(n); ambiguousFraming(head) {
-				fc.reject(ambiguousFramingText)
+			if head, _ := fc.br.Peek(n); h1.AmbiguousFraming(head) {
+				fc.reject(h1.AmbiguousFramingText)
 				return
 			}
 			a, ok = fc.simple(n)
@@ -227,7 +230,7 @@ func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 	from := 0
 	for {
 		buf, _ := fc.br.Peek(fc.br.Buffered())
-		if n := headEnd(buf, from); n >= 0 {
+		if n := h1.HeadEnd(buf, from); n >= 0 {
 			return n, true
 		}
 		if len(buf) == fc.br.Size() {
@@ -248,35 +251,35 @@ func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 
 // simple parses the head of length n and picks its app; false leaves the
 // request to net/http.
-func (fc *frontConn) simple(n int) (*App, bool) {
+func (fc *frontConn) simple(n int) (*activator.App, bool) {
 	head, _ := fc.br.Peek(n)
 	h := &fc.head
-	if !parseRequestHead(head, h) {
+	if !h1.ParseRequest(head, h) {
 		return nil, false
 	}
-	a := fc.f.routeBytes(h.host)
-	if a == nil || h.contentLength > min(fastBodyMax, a.config().RequestBuffer) {
+	a := fc.f.routeBytes(h.Host)
+	if a == nil || h.ContentLength > min(fastBodyMax, a.Config().RequestBuffer) {
 		return nil, false // net/http answers 404, or streams the body
 	}
-	if h.forwarded && a.trusted(fc.ip) {
+	if h.Forwarded && trusted(a, fc.ip) {
 		return nil, false // the trusted proxy's headers are extended there
 	}
-	fc.out = appendOutgoing(fc.out[:0], head, h, fc.ip)
+	fc.out = h1.AppendOutgoing(fc.out[:0], head, h, fc.ip)
 	// head is fc.br's buffer, which the watch goroutine refills with a
 	// pipelined request during the exchange: from here on the request
 	// line is read from fc.out, which starts with it, and nothing else
 	// of head is kept.
-	m, t := len(h.method), len(h.target)
-	h.method, h.target = fc.out[:m:m], fc.out[m+1:m+1+t:m+1+t]
-	h.host, h.referer, h.userAgent = nil, nil, nil
+	m, t := len(h.Method), len(h.Target)
+	h.Method, h.Target = fc.out[:m:m], fc.out[m+1:m+1+t:m+1+t]
+	h.Host, h.Referer, h.UserAgent = nil, nil, nil
 	return a, true
 }
 
 // serveOne serves the request whose head (n bytes) simple accepted. It
 // returns false when the connection must be cut.
-func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
+func (fc *frontConn) serveOne(a *activator.App, n int, start time.Time) bool {
 	fc.br.Discard(n)
-	if cl := int(fc.head.contentLength); cl > 0 {
+	if cl := int(fc.head.ContentLength); cl > 0 {
 		m := len(fc.out)
 		fc.out = append(fc.out, make([]byte, cl)...)
 		if err := fc.readBody(a, fc.out[m:]); err != nil {
@@ -284,7 +287,7 @@ func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 				q := &fc.rq
 				q.a, fc.closeAfter = a, true
 				fc.beginResponse()
-				a.bodyFailed(q.errorWriter(), err)
+				a.BodyFailed(q.ErrorWriter(), err)
 				q.err.writeTo(fc)
 				fc.bw.Flush()
 				fc.logAccess(a, start)
@@ -297,8 +300,8 @@ func (fc *frontConn) serveOne(a *App, n int, start time.Time) bool {
 
 // readBody reads p, a request body, whole: each read from the client
 // within the app's body_timeout of the previous one.
-func (fc *frontConn) readBody(a *App, p []byte) error {
-	timeout := a.config().bodyTimeout()
+func (fc *frontConn) readBody(a *activator.App, p []byte) error {
+	timeout := a.Config().EffectiveBodyTimeout()
 	for len(p) > 0 {
 		if fc.br.Buffered() == 0 {
 			fc.c.SetReadDeadline(time.Now().Add(timeout))
@@ -314,13 +317,13 @@ func (fc *frontConn) readBody(a *App, p []byte) error {
 
 // serveRequest serves the request in fc.head and fc.out. It returns false
 // when the connection must be cut.
-func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
+func (fc *frontConn) serveRequest(a *activator.App, start time.Time) bool {
 	q := &fc.rq
 	q.a, q.err = a, nil
-	fc.closeAfter, fc.cut = fc.head.close, false
+	fc.closeAfter, fc.cut = fc.head.Close, false
 	fc.beginResponse()
 	defer fc.logAccess(a, start)
-	if !a.proxy(q, start) || fc.cut {
+	if !a.Proxy(q, start) || fc.cut {
 		return false
 	}
 	if q.err != nil {
@@ -335,7 +338,7 @@ func (fc *frontConn) serveRequest(a *App, start time.Time) bool {
 
 // beginResponse readies the access log's counts for the next response.
 func (fc *frontConn) beginResponse() {
-	fc.rq.proxyTrace = proxyTrace{}
+	fc.rq.ProxyTrace = activator.ProxyTrace{}
 	fc.status, fc.sent, fc.bodyFrom = 0, 0, 0
 }
 
@@ -358,33 +361,33 @@ func (fc *frontConn) headWritten(status int) {
 // in progress the Server-Timing header of a request held for the app.
 func (fc *frontConn) appendServerTiming(head []byte) []byte {
 	q := &fc.rq
-	if !q.serverTiming(q.a.config()) {
+	if !q.ServerTiming(q.a.Config()) {
 		return head
 	}
 	head = append(head, "Server-Timing: "...)
-	return append(appendServerTiming(head, q.waited(q.a.now())), '\r', '\n')
+	return append(appendServerTiming(head, q.Waited(q.a.Now())), '\r', '\n')
 }
 
 // logAccess logs the request of fc.out, served since start.
-func (fc *frontConn) logAccess(a *App, start time.Time) {
-	if !a.logsAccess() {
+func (fc *frontConn) logAccess(a *activator.App, start time.Time) {
+	if !a.LogsAccess() {
 		return
 	}
 	status, body := fc.status, int64(0)
 	if status == 0 {
-		status = StatusClientGone
+		status = activator.StatusClientGone
 	} else {
 		body = fc.written() - fc.bodyFrom
 	}
 	// From fc.out, not fc.head: the reader's buffer, where fc.head
 	// points, may hold the next request by now.
-	method, target := requestLine(fc.out)
+	method, target := h1.RequestLine(fc.out)
 	q := &fc.rq
-	a.logAccess(AccessRecord{
-		Client: fc.ip, Time: start, Duration: a.now().Sub(start),
+	a.LogAccess(activator.AccessRecord{
+		Client: fc.ip, Time: start, Duration: a.Now().Sub(start),
 		Method: method, Target: target, Proto: proto11,
-		Referer: headerBytes(fc.out, "referer"), UserAgent: headerBytes(fc.out, "user-agent"),
-		Status: status, Bytes: body, Waited: q.wasHeld, Wait: q.wait, Attempts: q.attempts,
+		Referer: h1.HeaderValue(fc.out, "referer"), UserAgent: h1.HeaderValue(fc.out, "user-agent"),
+		Status: status, Bytes: body, Waited: q.WasHeld(), Wait: q.Wait(), Attempts: q.Attempts(),
 	})
 }
 
@@ -418,7 +421,7 @@ func (fc *frontConn) abandon() {
 		q.resume = nil
 	}
 	if q.held != nil {
-		q.a.release(q.held)
+		q.a.Release(q.held)
 		q.held = nil
 	}
 	fc.close()
@@ -436,9 +439,9 @@ func (fc *frontConn) Write(p []byte) (int, error) {
 // sendTimeout is the send_timeout of the app of the request being served.
 func (fc *frontConn) sendTimeout() time.Duration {
 	if a := fc.rq.a; a != nil {
-		return a.config().sendTimeout()
+		return a.Config().EffectiveSendTimeout()
 	}
-	return DefaultSendTimeout
+	return activator.DefaultSendTimeout
 }
 
 // close closes the connection and recycles its buffers.
@@ -486,31 +489,31 @@ func (fc *frontConn) gone() bool { return fc.ctx.Err() != nil }
 // goes to the app, body included.
 type rawRequest struct {
 	fc  *frontConn
-	a   *App
+	a   *activator.App
 	err *rawResponse // a response rouse made, written once proxy returns
 	// An exchange an event loop began: the app's slot it took, the
 	// connection the request went on (nil if not sent), and how much of
 	// fc.out is still to send.
-	held   *instance
+	held   *activator.Instance
 	resume *upConn
 	unsent int
-	proxyTrace
+	activator.ProxyTrace
 }
 
-func (q *rawRequest) context() context.Context { return q.fc.ctx }
-func (q *rawRequest) method() string           { return string(q.fc.head.method) }
-func (q *rawRequest) accept() string           { return headerValue(q.fc.out, "accept") }
-func (q *rawRequest) prepare() error           { return nil }
-func (q *rawRequest) bodyReplayable() bool     { return true }
-func (q *rawRequest) hold() func()             { return q.fc.watch(nil) }
+func (q *rawRequest) Context() context.Context { return q.fc.ctx }
+func (q *rawRequest) Method() string           { return string(q.fc.head.Method) }
+func (q *rawRequest) Accept() string           { return string(h1.HeaderValue(q.fc.out, "accept")) }
+func (q *rawRequest) Prepare() error           { return nil }
+func (q *rawRequest) BodyReplayable() bool     { return true }
+func (q *rawRequest) Hold() func()             { return q.fc.watch(nil) }
 
-func (q *rawRequest) taken() *instance {
+func (q *rawRequest) Taken() *activator.Instance {
 	inst := q.held
 	q.held = nil
 	return inst
 }
 
-func (q *rawRequest) path() string { return targetPath(q.fc.head.target) }
+func (q *rawRequest) Path() string { return targetPath(q.fc.head.Target) }
 
 // targetPath is a request target without its query.
 func targetPath(t []byte) string {
@@ -522,7 +525,7 @@ func targetPath(t []byte) string {
 	return string(t)
 }
 
-func (q *rawRequest) errorWriter() http.ResponseWriter {
+func (q *rawRequest) ErrorWriter() http.ResponseWriter {
 	q.err = &rawResponse{header: make(http.Header)}
 	return q.err
 }
@@ -560,18 +563,16 @@ func (w *rawResponse) writeTo(fc *frontConn) {
 	if fc.closeAfter || fc.f.shutting.Load() {
 		w.header.Set("Connection", "close")
 	}
-	if q := &fc.rq; q.serverTiming(q.a.config()) {
-		w.header.Add("Server-Timing", serverTimingValue(q.waited(q.a.now())))
+	if q := &fc.rq; q.ServerTiming(q.a.Config()) {
+		w.header.Add("Server-Timing", serverTimingValue(q.Waited(q.a.Now())))
 	}
 	w.header.Write(bw)
 	bw.WriteString("\r\n")
 	fc.headWritten(w.code)
-	if !fc.head.isHead() {
+	if !fc.head.IsHead() {
 		bw.Write(w.body)
 	}
 }
-
-func (h *reqHead) isHead() bool { return string(h.method) == http.MethodHead }
 
 // handedConn is a connection given to net/http's server, with the bytes
 // the front had read first.

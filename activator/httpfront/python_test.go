@@ -1,31 +1,20 @@
-package activator
+package httpfront
 
 import (
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-)
 
-// python3 returns the Python interpreter the tests run apps with:
-// Debian's when there is one (CI has only that), else the one on PATH.
-func python3(t testing.TB) string {
-	t.Helper()
-	if _, err := os.Stat("/usr/bin/python3"); err == nil {
-		return "/usr/bin/python3"
-	}
-	p, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatalf("python3 is needed (.ci/deps): %v", err)
-	}
-	return p
-}
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
+	"github.com/rouse-dev/rouse/internal/testbackend"
+)
 
 // pyPrelude is the start of every Python app of the tests: it notes its
 // pid in the starts file (sys.argv[2]), as the Go backend does, so the
@@ -38,14 +27,14 @@ with open(sys.argv[2], "a") as f:
 
 // newPythonHTTPApp is an http app whose process is script (after
 // pyPrelude) run by python3; onGoroutines as in appSpec.
-func newPythonHTTPApp(t testing.TB, script string, onGoroutines bool, edit func(*Config)) *testApp {
+func newPythonHTTPApp(t testing.TB, script string, onGoroutines bool, edit func(*activator.Config)) *testApp {
 	t.Helper()
-	py := python3(t)
-	return newTestApps(t, Capacity{}, appSpec{onGoroutines: onGoroutines, edit: func(c *Config) {
+	py := testbackend.Python3(t)
+	return newTestApps(t, appSpec{onGoroutines: onGoroutines, edit: func(c *activator.Config) {
 		_, port, _ := net.SplitHostPort(c.UpstreamAddress)
 		starts := c.Process.Argv[2]
 		c.Process.Argv = []string{py, "-c", pyPrelude + script, port, starts, filepath.Dir(starts)}
-		c.Mode = ModeHTTP
+		c.Mode = activator.ModeHTTP
 		c.RequestBuffer = 1 << 20
 		c.ResponseTimeout = 30 * time.Second
 		if edit != nil {
@@ -183,7 +172,7 @@ func TestHTTPBytesAfterAResponseReachNoOtherClient(t *testing.T) {
 				if resp, body := a.response(tc.method); body != tc.body {
 					t.Fatalf("%s /%s: %d %q, want %q", tc.method, tc.kind, resp.StatusCode, body, tc.body)
 				}
-				waitFor(t, "the app's extra bytes sent", func() bool {
+				leakcheck.WaitFor(t, "the app's extra bytes sent", func() bool {
 					_, err := os.Stat(filepath.Join(ta.dir, fmt.Sprintf("sent-%d", i)))
 					return err == nil
 				})
@@ -259,7 +248,7 @@ S(("127.0.0.1", PORT), H).serve_forever()
 // passed on at once, on the net/http path (which streams such bodies):
 // not when the client sends its next bytes, nor body_timeout later.
 func TestHTTPEarlyAnswerToAStreamedBody(t *testing.T) {
-	ta := newPythonHTTPApp(t, pyEarlyAnswer, false, func(c *Config) {
+	ta := newPythonHTTPApp(t, pyEarlyAnswer, false, func(c *activator.Config) {
 		c.RequestBuffer = 1 << 10
 		c.BodyTimeout = time.Minute
 	})

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"io"
@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
 )
 
 // Clients that stall their request bodies cannot hold an app's slots
@@ -15,7 +18,7 @@ import (
 // all there). Each gets 408, its connection closes, the slots are freed.
 func TestBodyTimeoutFreesTheSlots(t *testing.T) {
 	const timeout = 400 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) {
 		c.MaxConns = 2
 		c.BodyTimeout = timeout
 		c.RequestBuffer = 1 << 10
@@ -51,7 +54,7 @@ func TestBodyTimeoutFreesTheSlots(t *testing.T) {
 			done <- resp.Status + " " + closeText(resp.Close) + " " + eofText(eof)
 		}()
 	}
-	waitFor(t, "both slots taken by stalled bodies", func() bool { return ta.Status().Conns == 2 })
+	leakcheck.WaitFor(t, "both slots taken by stalled bodies", func() bool { return ta.Status().Conns == 2 })
 	for range stalls {
 		if got := <-done; got != "408 Request Timeout Connection: close EOF" {
 			t.Errorf("a stalled body: %q, want 408, Connection: close, then EOF", got)
@@ -60,7 +63,7 @@ func TestBodyTimeoutFreesTheSlots(t *testing.T) {
 	if took := time.Since(start); took < timeout {
 		t.Errorf("answered after %s, before body_timeout", took)
 	}
-	waitFor(t, "the slots freed", func() bool { return ta.Status().Conns == 0 })
+	leakcheck.WaitFor(t, "the slots freed", func() bool { return ta.Status().Conns == 0 })
 	rc.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
 	if resp, body := rc.response("POST"); resp.StatusCode != 200 || body != "ok" {
 		t.Errorf("POST after the stalls: %d %q", resp.StatusCode, body)
@@ -87,7 +90,7 @@ func eofText(err error) string {
 // again.
 func TestHeaderTimeoutCoversAHeadHandedOn(t *testing.T) {
 	const timeout = 600 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.HeaderTimeout = timeout })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.HeaderTimeout = timeout })
 	start := time.Now() // (before the connection, whose clock starts at its accept)
 	rc := dialRaw(t, ta.addr)
 	rc.send("GET / HTTP/1.1\r\nHost: x\r\nX-A: " + strings.Repeat("a", 4000) + "\r\n")
@@ -110,16 +113,16 @@ func TestHeaderTimeoutCoversAHeadHandedOn(t *testing.T) {
 // reading is cut at send_timeout, and the app's slot freed.
 func TestSendTimeoutOnTheNetHTTPPath(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.SendTimeout = timeout })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.SendTimeout = timeout })
 	rc := dialSmallWindow(t, ta.addr)
 	rc.send("GET /bytes?n=50000000 HTTP/1.0\r\nHost: x\r\n\r\n")
 	resp, err := http.ReadResponse(rc.br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the app's slot taken", func() bool { return ta.Status().Conns == 1 })
+	leakcheck.WaitFor(t, "the app's slot taken", func() bool { return ta.Status().Conns == 1 })
 	start := time.Now()
-	waitFor(t, "the client cut and the slot freed", func() bool { return ta.Status().Conns == 0 })
+	leakcheck.WaitFor(t, "the client cut and the slot freed", func() bool { return ta.Status().Conns == 0 })
 	if took := time.Since(start); took < timeout/2 {
 		t.Errorf("cut after %s, before the send timeout", took)
 	}

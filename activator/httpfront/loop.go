@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -14,6 +14,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The event loop serves the common case of a TCP or Unix-socket front: a
@@ -139,11 +142,11 @@ type loopConn struct {
 	hasBufs bool // in, out and resp: between equip and shed
 
 	// The request in progress.
-	head       reqHead
+	head       h1.Request
 	headAt     int // where in in the head began
 	headLen    int
-	a          *App
-	inst       *instance
+	a          *activator.App
+	inst       *activator.Instance
 	up         *loopUp
 	out        []byte // the request as it goes to the app
 	sent       int    // of out
@@ -164,7 +167,7 @@ type loopConn struct {
 type relayState struct {
 	left      int64 // body bytes still to come: Content-Length; -1 until the app closes
 	chunked   bool
-	chunks    chunkScanner
+	chunks    h1.ChunkScanner
 	done      bool // the app's last byte of the response was read
 	keep      bool // the app's connection can serve another request after
 	fromUp    bool // what is being written is up.buf, not resp
@@ -176,7 +179,7 @@ type relayState struct {
 type loopUp struct {
 	fd       int
 	upstream *httpUpstream
-	inst     *instance
+	inst     *activator.Instance
 	gen      uint64 // upstream.gen when made or kept
 	reused   bool
 	c        *loopConn // the request it serves; nil while kept
@@ -431,7 +434,7 @@ func (l *evLoop) scan(now time.Time) {
 			}
 		case lcAnswering, lcRelaying:
 			if c.blocked && now.After(c.deadline) {
-				c.a.log.Info("client cut: it took none of its response", "for", c.a.config().sendTimeout(), "client", c.ip)
+				c.a.Logger().Info("client cut: it took none of its response", "for", c.a.Config().EffectiveSendTimeout(), "client", c.ip)
 				l.closeConn(c)
 			}
 		}
@@ -608,7 +611,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 // or a goroutine gets the connection.
 func (l *evLoop) serveRequest(c *loopConn) {
 	buf := c.in[c.r:c.w]
-	n := headEnd(buf, 0)
+	n := h1.HeadEnd(buf, 0)
 	if n < 0 {
 		// In parts, or longer than the buffer: a goroutine reads it,
 		// with the slow path's timeouts and limits.
@@ -616,33 +619,33 @@ func (l *evLoop) serveRequest(c *loopConn) {
 		return
 	}
 	h := &c.head
-	if !parseRequestHead(buf[:n], h) {
+	if !h1.ParseRequest(buf[:n], h) {
 		l.startOver(c)
 		return
 	}
-	a := l.f.routeBytes(h.host)
-	if a == nil || h.contentLength > int64(min(len(buf)-n, fastBodyMax)) || h.contentLength > a.config().RequestBuffer ||
-		(h.forwarded && a.trusted(c.ip)) {
+	a := l.f.routeBytes(h.Host)
+	if a == nil || h.ContentLength > int64(min(len(buf)-n, fastBodyMax)) || h.ContentLength > a.Config().RequestBuffer ||
+		(h.Forwarded && trusted(a, c.ip)) {
 		l.startOver(c) // 404, a body still to read, or headers to extend
 		return
 	}
-	up := a.http.Load()
+	up := upstreamOf(a)
 	if up.sockaddr() == nil {
 		l.startOver(c)
 		return
 	}
-	inst := a.tryAcquire()
+	inst := a.TryAcquire()
 	if inst == nil {
 		l.startOver(c) // held there until the app is ready
 		return
 	}
-	body := int(h.contentLength)
-	c.out = appendOutgoing(c.out[:0], buf[:n], h, c.ip)
+	body := int(h.ContentLength)
+	c.out = h1.AppendOutgoing(c.out[:0], buf[:n], h, c.ip)
 	c.out = append(c.out, buf[n:n+body]...)
 	c.headAt, c.headLen = c.r, n
 	c.r += n + body
 	c.a, c.inst, c.start = a, inst, l.now
-	c.closeAfter, c.retried, c.sent = h.close, false, 0
+	c.closeAfter, c.retried, c.sent = h.Close, false, 0
 	c.status, c.toClient = 0, 0
 	c.state = lcSending
 	l.busy++
@@ -683,7 +686,7 @@ func (l *evLoop) connect(c *loopConn, up *httpUpstream) bool {
 }
 
 // dial opens a new connection to the app, without waiting for it.
-func (l *evLoop) dial(up *httpUpstream, inst *instance, gen uint64) (*loopUp, error) {
+func (l *evLoop) dial(up *httpUpstream, inst *activator.Instance, gen uint64) (*loopUp, error) {
 	// A copy: connect(2) writes into it, and loops dial at once.
 	var sa unix.Sockaddr
 	family := unix.AF_INET
@@ -713,7 +716,7 @@ func (l *evLoop) dial(up *httpUpstream, inst *instance, gen uint64) (*loopUp, er
 }
 
 // register makes fd, a connection to the app, the loop's.
-func (l *evLoop) register(fd int, up *httpUpstream, inst *instance, gen uint64) (*loopUp, error) {
+func (l *evLoop) register(fd int, up *httpUpstream, inst *activator.Instance, gen uint64) (*loopUp, error) {
 	if err := epollAdd(l.epfd, fd); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -832,10 +835,10 @@ func (l *evLoop) receive(c *loopConn) {
 		}
 		return
 	}
-	var r respHead
+	var r h1.Response
 	from := 0
 	for {
-		n := headEnd(u.buf[from:], 0)
+		n := h1.HeadEnd(u.buf[from:], 0)
 		if n < 0 {
 			if u.eof || len(u.buf) == cap(u.buf) {
 				l.continueElsewhere(c) // a cut or long head: there
@@ -843,31 +846,31 @@ func (l *evLoop) receive(c *loopConn) {
 			return
 		}
 		var ok bool
-		c.resp, ok = appendResponseHead(c.resp[:0], u.buf[from:from+n], &r)
+		c.resp, ok = h1.AppendResponseHead(c.resp[:0], u.buf[from:from+n], &r)
 		if !ok {
 			l.continueElsewhere(c)
 			return
 		}
 		from += n
-		if r.status >= 200 {
+		if r.Status >= 200 {
 			break
 		}
 		// 1xx interim responses are dropped, as net/http's Transport does.
 	}
-	if c.head.isHead() {
-		r.noBody = true
+	if c.head.IsHead() {
+		r.NoBody = true
 	}
 	body := int64(0)
-	if !r.noBody {
+	if !r.NoBody {
 		switch {
-		case r.length > relayMax:
+		case r.Length > relayMax:
 			l.continueElsewhere(c) // spliced there
 			return
-		case r.chunked || r.bodyUntilClose() || r.length > int64(cap(u.buf)-from):
+		case r.Chunked || r.BodyUntilClose() || r.Length > int64(cap(u.buf)-from):
 			l.beginRelay(c, &r, from)
 			return
 		}
-		body = r.length
+		body = r.Length
 	}
 	if int64(len(u.buf)-from) < body {
 		if u.eof {
@@ -880,7 +883,7 @@ func (l *evLoop) receive(c *loopConn) {
 	c.resp = append(c.resp, u.buf[from:end]...)
 	c.up = nil
 	u.c = nil
-	if r.keepsConn() && end == len(u.buf) && !u.eof && !u.hup {
+	if r.KeepsConn() && end == len(u.buf) && !u.eof && !u.hup {
 		l.keep(u)
 	} else {
 		l.closeUp(u)
@@ -901,14 +904,14 @@ func (l *evLoop) answer(c *loopConn) {
 
 // endHead counts the response whose head is in resp and ends the head,
 // telling the client the connection closes after it if it must.
-func (l *evLoop) endHead(c *loopConn, r *respHead) {
-	c.a.metrics.outcome(statusClass(r.status))
-	if r.bodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
+func (l *evLoop) endHead(c *loopConn, r *h1.Response) {
+	c.a.CountResponse(r.Status)
+	if r.BodyUntilClose() || c.closeAfter || l.f.shutting.Load() {
 		c.closeAfter = true
 		c.resp = append(c.resp, "Connection: close\r\n"...)
 	}
 	c.resp = append(c.resp, '\r', '\n')
-	c.status, c.respHead = r.status, len(c.resp)
+	c.status, c.respHead = r.Status, len(c.resp)
 }
 
 // writeClient writes out[c.written:] to the client; false when it has to
@@ -920,7 +923,7 @@ func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 		if err == unix.EAGAIN {
 			c.blocked = true
 			if c.wrote {
-				c.deadline, c.wrote = l.now.Add(c.a.config().sendTimeout()), false
+				c.deadline, c.wrote = l.now.Add(c.a.Config().EffectiveSendTimeout()), false
 			}
 			return false
 		}
@@ -954,11 +957,11 @@ func (l *evLoop) answered(c *loopConn) {
 // body bytes read so far, and passes the rest on as it comes. The client's
 // connection is cut if the app breaks the response halfway, as on the
 // goroutine path.
-func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
+func (l *evLoop) beginRelay(c *loopConn, r *h1.Response, from int) {
 	u := c.up
 	rs := &c.relay
-	*rs = relayState{left: r.length, chunked: r.chunked, keep: r.keepsConn()}
-	if r.bodyUntilClose() {
+	*rs = relayState{left: r.Length, chunked: r.Chunked, keep: r.KeepsConn()}
+	if r.BodyUntilClose() {
 		rs.left = -1
 	}
 	body := u.buf[from:]
@@ -985,7 +988,7 @@ func (l *evLoop) beginRelay(c *loopConn, r *respHead, from int) {
 func (rs *relayState) take(p []byte) (n int, done bool, err error) {
 	switch {
 	case rs.chunked:
-		return rs.chunks.feed(p)
+		return rs.chunks.Feed(p)
 	case rs.left < 0:
 		return len(p), false, nil // until the app closes
 	}
@@ -1066,26 +1069,26 @@ func (l *evLoop) endRelay(c *loopConn) {
 // client's connection is cut, so that it cannot take a short body for a
 // whole one, and the failure counts against the app.
 func (l *evLoop) cutRelay(c *loopConn, err error) {
-	c.a.responseCut(c.inst, string(c.head.method), targetPath(c.head.target), err)
+	c.a.ResponseCut(c.inst, string(c.head.Method), targetPath(c.head.Target), err)
 	l.closeConn(c)
 }
 
 // logAccess logs the exchange of c, which ends: answered, or cut short.
 func (l *evLoop) logAccess(c *loopConn) {
 	a := c.a
-	if !a.logsAccess() {
+	if !a.LogsAccess() {
 		return
 	}
 	status, body := c.status, int64(0)
 	if status == 0 {
-		status = StatusClientGone
+		status = activator.StatusClientGone
 	} else {
 		body = max(0, c.toClient-int64(c.respHead))
 	}
 	h := &c.head
-	a.logAccess(AccessRecord{
+	a.LogAccess(activator.AccessRecord{
 		Client: c.ip, Time: c.start, Duration: l.now.Sub(c.start),
-		Method: h.method, Target: h.target, Proto: proto11, Referer: h.referer, UserAgent: h.userAgent,
+		Method: h.Method, Target: h.Target, Proto: proto11, Referer: h.Referer, UserAgent: h.UserAgent,
 		Status: status, Bytes: body, Attempts: 1,
 	})
 }
@@ -1093,7 +1096,7 @@ func (l *evLoop) logAccess(c *loopConn) {
 // release gives back the app's slot the request held.
 func (l *evLoop) release(c *loopConn) {
 	if c.inst != nil {
-		c.a.release(c.inst)
+		c.a.Release(c.inst)
 		c.inst = nil
 		l.busy--
 	}
@@ -1206,7 +1209,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 			fc.close()
 			l.f.loopConnDone()
 		}
-		a.release(inst)
+		a.Release(inst)
 		c.in = nil
 		l.shed(c)
 		return
@@ -1220,7 +1223,7 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	fc.served = c.served
 	fc.out = append(fc.out[:0], c.out...)
 	head := append([]byte(nil), c.in[c.headAt:c.headAt+c.headLen]...)
-	parseRequestHead(head, &fc.head)
+	h1.ParseRequest(head, &fc.head)
 	q := &fc.rq
 	q.a, q.held, q.resume, q.unsent = a, inst, uc, len(c.out)-c.sent
 	c.in = nil // fc reads the rest of it

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -13,6 +13,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The front's side of an exchange with the app: keep-alive connections of
@@ -27,18 +30,15 @@ const (
 	spliceStep      = 256 << 10 // spliced at most at once: send_timeout is per step
 )
 
-var (
-	errBadResponse = errors.New("the app sent a malformed response")
-	errClientGone  = errors.New("the client went away")
-)
+var errClientGone = errors.New("the client went away")
 
 // upConn is a keep-alive connection to an app's process.
 type upConn struct {
 	c      net.Conn
 	raw    syscall.RawConn
 	br     *bufio.Reader
-	inst   *instance // the process it goes to
-	reused bool      // it served a request before: the quiet retry applies
+	inst   *activator.Instance // the process it goes to
+	reused bool                // it served a request before: the quiet retry applies
 }
 
 // upPool is an app's idle upConns.
@@ -49,22 +49,22 @@ type upPool struct {
 }
 
 // get returns an idle connection to inst's process, or dials a new one.
-// New connections are paced (see dialGate); a request waiting for its turn
+// New connections are paced (see activator.DialGate); a request waiting for its turn
 // to dial takes a kept connection that comes back meanwhile.
-func (up *httpUpstream) get(ctx context.Context, inst *instance) (*upConn, error) {
+func (up *httpUpstream) get(ctx context.Context, inst *activator.Instance) (*upConn, error) {
 	var c net.Conn
 	for c == nil {
 		if uc := up.popIdle(inst); uc != nil {
 			return uc, nil
 		}
-		slot, err := up.gate.enter(ctx)
+		slot, err := up.gate.Enter(ctx)
 		if err != nil {
-			return nil, dialError{err}
+			return nil, err
 		}
 		if !slot {
 			continue
 		}
-		if c, err = up.gate.dial(ctx, up.network, up.address); err != nil {
+		if c, err = up.gate.Dial(ctx, up.network, up.address); err != nil {
 			return nil, err
 		}
 	}
@@ -79,7 +79,7 @@ func (up *httpUpstream) get(ctx context.Context, inst *instance) (*upConn, error
 // out of Go's netpoller, for an event loop; -1 if there is none. A
 // connection an exchange moved from a loop to a goroutine comes back this
 // way, instead of the loop dialing anew.
-func (up *httpUpstream) takeIdleFD(inst *instance) int {
+func (up *httpUpstream) takeIdleFD(inst *activator.Instance) int {
 	uc := up.popIdle(inst)
 	if uc == nil {
 		return -1
@@ -91,7 +91,7 @@ func (up *httpUpstream) takeIdleFD(inst *instance) int {
 
 // popIdle takes the newest idle connection to inst's process that may be
 // reused (see reusable), closing those that may not; nil if none is left.
-func (up *httpUpstream) popIdle(inst *instance) *upConn {
+func (up *httpUpstream) popIdle(inst *activator.Instance) *upConn {
 	for {
 		up.pool.mu.Lock()
 		n := len(up.pool.idle)
@@ -135,11 +135,11 @@ func (up *httpUpstream) put(uc *upConn) {
 		uc.c.Close()
 		return
 	}
-	up.gate.kick()
+	up.gate.Kick()
 }
 
-// closeIdle closes every idle connection to the app.
-func (up *httpUpstream) closeIdle() {
+// DropIdle closes every idle connection to the app.
+func (up *httpUpstream) DropIdle() {
 	up.gen.Add(1) // the event loops' are closed as they come to them
 	up.pool.mu.Lock()
 	idle := up.pool.idle
@@ -150,14 +150,14 @@ func (up *httpUpstream) closeIdle() {
 	}
 }
 
-// retire closes the idle connections, and those still in use once they
+// Retire closes the idle connections, and those still in use once they
 // are done: a reload replaced the upstream.
-func (up *httpUpstream) retire() {
+func (up *httpUpstream) Retire() {
 	up.retired.Store(true)
 	up.pool.mu.Lock()
 	up.pool.retired = true
 	up.pool.mu.Unlock()
-	up.closeIdle()
+	up.DropIdle()
 }
 
 // reusable reports whether a kept connection may serve another request
@@ -180,7 +180,7 @@ func (uc *upConn) reusable() bool {
 // app has not closed it. Bytes there are the app's after a complete
 // response (a HEAD or a 204 answered with a body, a late duplicate):
 // another client would get them for its own response. (A connection is
-// kept only after a complete response: keepsConn.)
+// kept only after a complete response: h1.Response.KeepsConn.)
 func reusable(buffered int, fd uintptr) bool {
 	return buffered == 0 && quiet(fd)
 }
@@ -196,8 +196,8 @@ func quiet(fd uintptr) bool {
 
 // exchange sends the request to the app over a keep-alive connection and
 // passes the response on to the client.
-func (q *rawRequest) exchange(inst *instance) exchangeResult {
-	var res exchangeResult
+func (q *rawRequest) Exchange(inst *activator.Instance) activator.ExchangeResult {
+	var res activator.ExchangeResult
 	var reused bool
 	if uc := q.resume; uc != nil {
 		// The attempt an event loop began.
@@ -207,15 +207,15 @@ func (q *rawRequest) exchange(inst *instance) exchangeResult {
 	} else {
 		res, reused = q.attempt(inst)
 	}
-	return q.a.retryQuietly(q, res, reused, func() (exchangeResult, bool) { return q.attempt(inst) })
+	return q.a.RetryQuietly(q, res, reused, func() (activator.ExchangeResult, bool) { return q.attempt(inst) })
 }
 
 // attempt is one exchange; reused reports whether it went over a kept
 // connection.
-func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
-	uc, err := q.a.http.Load().get(q.fc.ctx, inst)
+func (q *rawRequest) attempt(inst *activator.Instance) (res activator.ExchangeResult, reused bool) {
+	uc, err := upstreamOf(q.a).get(q.fc.ctx, inst)
 	if err != nil {
-		return exchangeResult{err: err, stage: stageDial}, false
+		return activator.ExchangeResult{Err: err, Stage: activator.StageDial}, false
 	}
 	// Read before finish: it may put uc back in the pool, where another
 	// exchange may take it at once.
@@ -225,7 +225,7 @@ func (q *rawRequest) attempt(inst *instance) (res exchangeResult, reused bool) {
 
 // finish sends the request from byte from on (bytes before went already)
 // and passes the response on.
-func (q *rawRequest) finish(uc *upConn, from int) (res exchangeResult) {
+func (q *rawRequest) finish(uc *upConn, from int) (res activator.ExchangeResult) {
 	fc, a := q.fc, q.a
 	keep := false
 	n, err := 0, error(nil)
@@ -235,12 +235,12 @@ func (q *rawRequest) finish(uc *upConn, from int) (res exchangeResult) {
 	if err != nil {
 		// Nothing written means the app had closed the connection before:
 		// it cannot have seen the request.
-		res = exchangeResult{err: err, sent: from+n > 0, stage: stageConnected}
+		res = activator.ExchangeResult{Err: err, Sent: from+n > 0, Stage: activator.StageConnected}
 	} else {
 		res, keep = fc.relay(a, uc.inst, uc)
 	}
 	if keep {
-		a.http.Load().put(uc)
+		upstreamOf(a).put(uc)
 	} else {
 		uc.c.Close()
 	}
@@ -249,54 +249,54 @@ func (q *rawRequest) finish(uc *upConn, from int) (res exchangeResult) {
 
 // relay reads the app's response and passes it on. reuse reports whether
 // uc may serve another request.
-func (fc *frontConn) relay(a *App, inst *instance, uc *upConn) (res exchangeResult, reuse bool) {
+func (fc *frontConn) relay(a *activator.App, inst *activator.Instance, uc *upConn) (res activator.ExchangeResult, reuse bool) {
 	var hard time.Time
-	if rt := a.config().ResponseTimeout; rt > 0 {
+	if rt := a.Config().ResponseTimeout; rt > 0 {
 		hard = time.Now().Add(rt)
 	}
-	var r respHead
+	var r h1.Response
 	var err error
 	fc.line, fc.resp, err = uc.readResponse(fc.line, fc.resp, &r, false, func(need int) error { return fc.fill(uc, need, hard) })
 	if err != nil {
 		timeout := errors.Is(err, os.ErrDeadlineExceeded) && !fc.gone()
-		return exchangeResult{err: err, sent: true, timeout: timeout, stage: stageConnected}, false
+		return activator.ExchangeResult{Err: err, Sent: true, Timeout: timeout, Stage: activator.StageConnected}, false
 	}
-	if fc.head.isHead() {
-		r.noBody = true
+	if fc.head.IsHead() {
+		r.NoBody = true
 	}
-	a.metrics.outcome(statusClass(r.status))
-	if r.bodyUntilClose() || fc.closeAfter || fc.f.shutting.Load() {
+	a.CountResponse(r.Status)
+	if r.BodyUntilClose() || fc.closeAfter || fc.f.shutting.Load() {
 		fc.closeAfter = true
 		fc.resp = append(fc.resp, "Connection: close\r\n"...)
 	}
 	fc.resp = append(fc.appendServerTiming(fc.resp), '\r', '\n')
 	_, err = fc.bw.Write(fc.resp)
 	if err != nil {
-		err = writeError{err}
+		err = activator.WriteError{Err: err}
 	}
-	fc.headWritten(r.status)
+	fc.headWritten(r.Status)
 	switch {
-	case err != nil, r.noBody:
-	case r.chunked:
+	case err != nil, r.NoBody:
+	case r.Chunked:
 		err = fc.copyChunked(uc)
-	case r.length >= 0:
-		err = fc.copyN(uc, r.length)
+	case r.Length >= 0:
+		err = fc.copyN(uc, r.Length)
 	default:
 		err = fc.copyToEOF(uc)
 	}
 	if err != nil {
 		switch {
-		case !isWriteError(err) && !fc.gone():
+		case !activator.IsWriteError(err) && !fc.gone():
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.responseCut(inst, fc.rq.method(), fc.rq.path(), err)
+			a.ResponseCut(inst, fc.rq.Method(), fc.rq.Path(), err)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			a.log.Info("client cut: it took none of its response", "for", a.config().sendTimeout(), "client", fc.ip)
+			a.Logger().Info("client cut: it took none of its response", "for", a.Config().EffectiveSendTimeout(), "client", fc.ip)
 		}
 		fc.cut = true
-		return exchangeResult{answered: true}, false
+		return activator.ExchangeResult{Answered: true}, false
 	}
-	return exchangeResult{answered: true}, r.keepsConn() && uc.br.Buffered() == 0
+	return activator.ExchangeResult{Answered: true}, r.KeepsConn() && uc.br.Buffered() == 0
 }
 
 // fill waits until uc has need bytes buffered (need <= its size). Before
@@ -308,7 +308,7 @@ func (fc *frontConn) fill(uc *upConn, need int, hard time.Time) error {
 		return nil
 	}
 	if err := fc.bw.Flush(); err != nil {
-		return writeError{err}
+		return activator.WriteError{Err: err}
 	}
 	soft := time.Now().Add(watchAfter)
 	if !hard.IsZero() && hard.Before(soft) {
@@ -331,25 +331,25 @@ func (fc *frontConn) fill(uc *upConn, need int, hard time.Time) error {
 
 // readResponse reads the app's response head off uc, 1xx interim
 // responses dropped (as nginx and net/http's Transport do), and appends
-// what the client gets to out (appendResponseHead, whose false is
-// errBadResponse). With upgrade (the request asked for one), a 101 is
+// what the client gets to out (h1.AppendResponseHead, whose false is
+// activator.ErrBadResponse). With upgrade (the request asked for one), a 101 is
 // returned as it came, in line, with r.status 101 and out untouched. fill
 // waits until uc has need bytes buffered. It is how every path but the
 // event loop reads a response head.
-func (uc *upConn) readResponse(line, out []byte, r *respHead, upgrade bool, fill func(need int) error) (_, _ []byte, err error) {
+func (uc *upConn) readResponse(line, out []byte, r *h1.Response, upgrade bool, fill func(need int) error) (_, _ []byte, err error) {
 	for {
 		if line, err = uc.readHead(line[:0], fill); err != nil {
 			return line, out, err
 		}
 		if upgrade && len(line) >= 12 && string(line[:9]) == "HTTP/1.1 " && string(line[9:12]) == "101" {
-			*r = respHead{status: 101, noBody: true, length: -1}
+			*r = h1.Response{Status: 101, NoBody: true, Length: -1}
 			return line, out, nil
 		}
 		var ok bool
-		if out, ok = appendResponseHead(out[:0], line, r); !ok {
-			return line, out, errBadResponse
+		if out, ok = h1.AppendResponseHead(out[:0], line, r); !ok {
+			return line, out, activator.ErrBadResponse
 		}
-		if r.status >= 200 {
+		if r.Status >= 200 {
 			return line, out, nil
 		}
 	}
@@ -364,20 +364,20 @@ func (uc *upConn) readHead(line []byte, fill func(need int) error) ([]byte, erro
 		buf, _ := uc.br.Peek(uc.br.Buffered())
 		m := len(line)
 		if m == 0 {
-			if n := headEnd(buf, 0); n >= 0 {
+			if n := h1.HeadEnd(buf, 0); n >= 0 {
 				line = append(line, buf[:n]...)
 				uc.br.Discard(n)
 				return line, nil
 			}
 		}
 		line = append(line, buf...)
-		if n := headEnd(line, max(0, m-2)); n >= 0 {
+		if n := h1.HeadEnd(line, max(0, m-2)); n >= 0 {
 			uc.br.Discard(n - m)
 			return line[:n], nil
 		}
 		uc.br.Discard(len(buf))
 		if len(line) > maxResponseHead {
-			return line, errBadResponse
+			return line, activator.ErrBadResponse
 		}
 	}
 }
@@ -402,7 +402,7 @@ func (fc *frontConn) copyN(uc *upConn, n int64) error {
 		k := int(min(n, int64(uc.br.Buffered())))
 		p, _ := uc.br.Peek(k)
 		if _, err := fc.bw.Write(p); err != nil {
-			return writeError{err}
+			return activator.WriteError{Err: err}
 		}
 		uc.br.Discard(k)
 		n -= int64(k)
@@ -415,7 +415,7 @@ func (fc *frontConn) copyN(uc *upConn, n int64) error {
 // along: the copy ends when it goes away.
 func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
 	if err := fc.bw.Flush(); err != nil {
-		return writeError{err}
+		return activator.WriteError{Err: err}
 	}
 	uc.c.SetReadDeadline(time.Time{})
 	stop := fc.watch(uc.c)
@@ -441,7 +441,7 @@ func (fc *frontConn) splice(dst *net.TCPConn, uc *upConn, n int64) error {
 	case err != nil:
 		// The error does not say whose side failed: not counted against
 		// the app.
-		return writeError{err}
+		return activator.WriteError{Err: err}
 	case n > 0:
 		return io.ErrUnexpectedEOF // the app closed early
 	}
@@ -463,16 +463,16 @@ func (fc *frontConn) copyToEOF(uc *upConn) error {
 }
 
 // copyChunked passes on a chunked body as it comes, unchanged, trailers
-// included: chunkScanner finds its end, as in the event loop. The data of
+// included: h1.ChunkScanner finds its end, as in the event loop. The data of
 // a large chunk goes with copyN (spliced).
 func (fc *frontConn) copyChunked(uc *upConn) error {
-	var s chunkScanner
+	var s h1.ChunkScanner
 	for {
-		if n := s.dataLeft(); n >= spliceMin && uc.br.Buffered() == 0 {
+		if n := s.DataLeft(); n >= spliceMin && uc.br.Buffered() == 0 {
 			if err := fc.copyN(uc, n); err != nil {
 				return err
 			}
-			s.passed(n)
+			s.Passed(n)
 		}
 		if err := fc.fill(uc, 1, time.Time{}); err != nil {
 			if err == io.EOF {
@@ -481,14 +481,14 @@ func (fc *frontConn) copyChunked(uc *upConn) error {
 			return err
 		}
 		p, _ := uc.br.Peek(uc.br.Buffered())
-		n, done, err := s.feed(p)
+		n, done, err := s.Feed(p)
 		if _, werr := fc.bw.Write(p[:n]); werr != nil {
-			return writeError{werr}
+			return activator.WriteError{Err: werr}
 		}
 		uc.br.Discard(n)
 		switch {
 		case err != nil:
-			return errBadResponse
+			return activator.ErrBadResponse
 		case done:
 			return nil
 		}

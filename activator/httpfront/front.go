@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"context"
@@ -16,8 +16,11 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/rouse-dev/rouse/listeners"
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/h1"
+	"github.com/rouse-dev/rouse/listeners"
 )
 
 // HTTPFront serves HTTP/1.1 on one listener and routes every request to
@@ -58,32 +61,32 @@ type HTTPFront struct {
 
 // routes is a front's Host table.
 type routes struct {
-	apps     []*App
-	exact    map[string]*App
-	wildcard []hostRoute // "*.example.com" as suffix ".example.com", longest first
-	fallback *App        // the app without hosts or with "*", if any
+	apps     []*activator.App
+	exact    map[string]*activator.App
+	wildcard []hostRoute    // "*.example.com" as suffix ".example.com", longest first
+	fallback *activator.App // the app without hosts or with "*", if any
 }
 
 type hostRoute struct {
 	suffix string
-	app    *App
+	app    *activator.App
 }
 
-func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
-	r := &routes{apps: apps, exact: make(map[string]*App)}
+func newRoutes(apps []*activator.App, addr net.Addr) (*routes, error) {
+	r := &routes{apps: apps, exact: make(map[string]*activator.App)}
 	for _, a := range apps {
-		if a.config().Mode != ModeHTTP {
-			return nil, fmt.Errorf("app %s: mode %s cannot be served by an HTTP front", a.config().Name, a.config().Mode)
+		if a.Config().Mode != activator.ModeHTTP {
+			return nil, fmt.Errorf("app %s: mode %s cannot be served by an HTTP front", a.Config().Name, a.Config().Mode)
 		}
 		// An app without hosts, or with the catch-all "*", gets every
 		// request no other app claims; an address has one such app.
-		if len(a.config().Hosts) == 0 || slices.Contains(a.config().Hosts, "*") {
+		if len(a.Config().Hosts) == 0 || slices.Contains(a.Config().Hosts, "*") {
 			if r.fallback != nil {
-				return nil, fmt.Errorf("apps %s and %s both take every host on %s (no hosts, or \"*\")", r.fallback.config().Name, a.config().Name, addr)
+				return nil, fmt.Errorf("apps %s and %s both take every host on %s (no hosts, or \"*\")", r.fallback.Config().Name, a.Config().Name, addr)
 			}
 			r.fallback = a
 		}
-		for _, h := range a.config().Hosts {
+		for _, h := range a.Config().Hosts {
 			h = strings.ToLower(h)
 			if h == "*" {
 				continue
@@ -101,7 +104,7 @@ func newRoutes(apps []*App, addr net.Addr) (*routes, error) {
 
 // NewHTTPFront returns a front for apps on ln; at most one of them may have
 // no hosts (it gets every request no other app claims).
-func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, error) {
+func NewHTTPFront(ln net.Listener, apps []*activator.App, log *slog.Logger) (*HTTPFront, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -139,9 +142,12 @@ func NewHTTPFront(ln net.Listener, apps []*App, log *slog.Logger) (*HTTPFront, e
 func (f *HTTPFront) headerTimeout() time.Duration {
 	d := time.Duration(0)
 	for _, a := range f.routes.Load().apps {
-		d = max(d, a.config().headerTimeout())
+		d = max(d, a.Config().EffectiveHeaderTimeout())
 	}
-	return orDefault(d, DefaultHeaderTimeout)
+	if d == 0 {
+		d = activator.DefaultHeaderTimeout // no apps
+	}
+	return d
 }
 
 func sortRoutes(r []hostRoute) {
@@ -183,9 +189,9 @@ func (f *HTTPFront) acceptLoop() {
 	if f.shutting.Load() {
 		return
 	}
-	warn := newAcceptWarner(f.log)
+	warn := activator.NewAcceptWarner(f.log)
 	for {
-		c := accept(f.ln, warn, f.pause)
+		c := activator.Accept(f.ln, warn, f.pause)
 		if c == nil {
 			return
 		}
@@ -241,9 +247,9 @@ func (f *HTTPFront) takeListener() *os.File {
 
 // acceptToLoops accepts connections for the event loops.
 func (f *HTTPFront) acceptToLoops(next func() (rawAccepted, error)) {
-	warn := newAcceptWarner(f.log)
+	warn := activator.NewAcceptWarner(f.log)
 	for {
-		c, ok := acceptWith(next, f.ln.Addr(), warn, f.pause)
+		c, ok := activator.AcceptWith(next, f.ln.Addr(), warn, f.pause)
 		if !ok {
 			return
 		}
@@ -466,23 +472,26 @@ func (f *HTTPFront) changedLocked() {
 // SetApps replaces the apps the front routes to, at once: a request is
 // routed by the old table or the new one, never by neither. Safe to call
 // while serving.
-func (f *HTTPFront) SetApps(apps []*App) error {
+func (f *HTTPFront) SetApps(apps []*activator.App) error {
 	r, err := newRoutes(apps, f.ln.Addr())
 	if err != nil {
 		return err
+	}
+	for _, a := range apps {
+		a.AttachUpstream(newHTTPUpstream)
 	}
 	f.routes.Store(r)
 	return nil
 }
 
 // Apps returns the apps the front routes to.
-func (f *HTTPFront) Apps() []*App { return f.routes.Load().apps }
+func (f *HTTPFront) Apps() []*activator.App { return f.routes.Load().apps }
 
 // Addr is the address the front listens on.
 func (f *HTTPFront) Addr() net.Addr { return f.ln.Addr() }
 
 // route picks the app for a Host header value.
-func (f *HTTPFront) route(host string) *App {
+func (f *HTTPFront) route(host string) *activator.App {
 	r := f.routes.Load()
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
@@ -501,7 +510,7 @@ func (f *HTTPFront) route(host string) *App {
 
 // routeBytes is route for the front's own parser, without allocating when
 // the address has one app and no hosts.
-func (f *HTTPFront) routeBytes(host []byte) *App {
+func (f *HTTPFront) routeBytes(host []byte) *activator.App {
 	if r := f.routes.Load(); len(r.exact) == 0 && len(r.wildcard) == 0 {
 		return r.fallback
 	}
@@ -518,7 +527,7 @@ func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.handlers.Add(1)
 	f.mu.Unlock()
 	defer f.handlers.Done()
-	if !validHost(r.Host) && (r.Host != "" || r.ProtoAtLeast(1, 1)) {
+	if !h1.ValidHost(r.Host) && (r.Host != "" || r.ProtoAtLeast(1, 1)) {
 		// (An absolute-form target's host: net/http checks only the
 		// Host header.) It would be routed, and become X-Forwarded-Host.
 		h := w.Header()
@@ -537,7 +546,7 @@ func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "404 Not Found: rouse: no app for host %q on %s\n", r.Host, f.ln.Addr())
 		return
 	}
-	a.ServeHTTP(w, r)
+	serveNet(a, w, r)
 }
 
 // Shutdown stops accepting and waits, until ctx ends, for every accepted
@@ -577,10 +586,10 @@ func (f *HTTPFront) Shutdown(ctx context.Context) {
 	}
 }
 
-// quiesce makes the front's listener complete no new connection and waits
+// Quiesce makes the front's listener complete no new connection and waits
 // for the accept loop to take those queued (listeners.Quiesce): the front
 // is removed for good.
-func (f *HTTPFront) quiesce() {
+func (f *HTTPFront) Quiesce() {
 	f.mu.Lock()
 	var sc syscall.Conn
 	if f.lnFile != nil {
@@ -592,7 +601,7 @@ func (f *HTTPFront) quiesce() {
 	if sc == nil {
 		return
 	}
-	if err := listeners.Quiesce(sc, quiesceWait); err != nil {
+	if err := listeners.Quiesce(sc, activator.QuiesceWait); err != nil {
 		f.log.Warn("removing the front: its queued connections may be reset", "addr", f.ln.Addr().String(), "err", err)
 	}
 }

@@ -1,16 +1,16 @@
-package activator
+package h1
 
 import (
 	"bytes"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 )
 
-// This file parses the HTTP/1.1 request heads that the front serves itself
-// (frontConn). It accepts a conservative subset: whatever it does not
-// recognise as plainly valid goes to net/http's server, which answers it or
-// rejects it (400, 431) as it always did.
+// ErrBadResponse is what ChunkScanner returns for a body whose framing is
+// not to be passed on; callers also return it for a malformed head.
+var ErrBadResponse = errors.New("the app sent a malformed response")
 
 // tchar reports whether c may appear in a token (RFC 9110 5.6.2).
 var tchar = func() (t [256]bool) {
@@ -26,11 +26,11 @@ var tchar = func() (t [256]bool) {
 	return t
 }()
 
-// headEnd returns the length of the head at the start of b: up to and
+// HeadEnd returns the length of the head at the start of b: up to and
 // including its empty line ("\n\r\n" or "\n\n" ends it). It returns -1 when
 // b holds no complete head. from is where to start looking, for a caller
 // that searched part of b before.
-func headEnd(b []byte, from int) int {
+func HeadEnd(b []byte, from int) int {
 	for i := from; i < len(b); {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
@@ -47,24 +47,28 @@ func headEnd(b []byte, from int) int {
 	return -1
 }
 
-// reqHead is what the front needs to know of a request head it parsed.
-type reqHead struct {
-	method, target, host []byte // slices of the head
-	referer, userAgent   []byte // for the access log
-	contentLength        int64
-	close                bool // Connection: close
-	teTrailers           bool // TE: trailers, forwarded as the app may send trailers
-	forwarded            bool // the client sent X-Forwarded-* or Forwarded
-	lines                int  // header lines
+// Request is what the front needs to know of a request head it parsed.
+type Request struct {
+	Method, Target, Host []byte // slices of the head
+	Referer, UserAgent   []byte // for the access log
+	ContentLength        int64
+	Close                bool // Connection: close
+	TETrailers           bool // TE: trailers, forwarded as the app may send trailers
+	Forwarded            bool // the client sent X-Forwarded-* or Forwarded
+	Lines                int  // header lines
 }
 
-// parseRequestHead parses head (as found by headEnd) into h. It returns
+// IsHead reports whether the request is a HEAD, whose response has no
+// body whatever its head says.
+func (h *Request) IsHead() bool { return string(h.Method) == http.MethodHead }
+
+// ParseRequest parses head (as found by HeadEnd) into h. It returns
 // false for anything the front leaves to net/http: an HTTP version other
 // than 1.1, a target not in origin form, bare LF or obsolete line folding,
 // a body framed other than by one Content-Length, Expect, Upgrade, and
 // Connection options other than close and keep-alive.
-func parseRequestHead(head []byte, h *reqHead) bool {
-	*h = reqHead{}
+func ParseRequest(head []byte, h *Request) bool {
+	*h = Request{}
 	line, rest, ok := cutLine(head)
 	if !ok {
 		return false
@@ -73,21 +77,21 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 	if sp <= 0 {
 		return false
 	}
-	h.method, line = line[:sp], line[sp+1:]
+	h.Method, line = line[:sp], line[sp+1:]
 	sp = bytes.IndexByte(line, ' ')
 	if sp <= 0 || string(line[sp+1:]) != "HTTP/1.1" {
 		return false
 	}
-	h.target = line[:sp]
-	for _, c := range h.method {
+	h.Target = line[:sp]
+	for _, c := range h.Method {
 		if !tchar[c] {
 			return false
 		}
 	}
-	if h.target[0] != '/' {
+	if h.Target[0] != '/' {
 		return false
 	}
-	for _, c := range h.target {
+	for _, c := range h.Target {
 		if c <= ' ' || c >= 0x7f {
 			return false
 		}
@@ -104,53 +108,52 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 		if !ok {
 			return false
 		}
-		h.lines++
+		h.Lines++
 		switch {
 		case foldEq(name, "host"):
-			if sawHost || !validHost(value) {
+			if sawHost || !ValidHost(value) {
 				return false
 			}
-			sawHost, h.host = true, value
+			sawHost, h.Host = true, value
 		case foldEq(name, "content-length"):
 			n, ok := parseLength(value)
 			if sawLength || !ok {
 				return false
 			}
-			sawLength, h.contentLength = true, n
+			sawLength, h.ContentLength = true, n
 		case foldEq(name, "connection"):
-			if !connectionTokens(value, &h.close) {
+			if !connectionTokens(value, &h.Close) {
 				return false
 			}
 		case foldEq(name, "te"):
-			h.teTrailers = foldEq(value, "trailers")
+			h.TETrailers = foldEq(value, "trailers")
 		case foldEq(name, "referer"):
-			h.referer = value
+			h.Referer = value
 		case foldEq(name, "user-agent"):
-			h.userAgent = value
+			h.UserAgent = value
 		case foldEq(name, "transfer-encoding"), foldEq(name, "expect"), foldEq(name, "upgrade"):
 			return false
-		case forwardedHeader(name):
-			h.forwarded = true
+		case ForwardedHeader(name):
+			h.Forwarded = true
 		}
 	}
 	return sawHost && len(rest) == 0
 }
 
-// ambiguousFraming reports whether a request head (whole, as headEnd
+// AmbiguousFraming reports whether a request head (whole, as HeadEnd
 // found it) frames its body in a way RFC 9112 6.1 says to treat as
 // faulty: Transfer-Encoding with Content-Length, or before HTTP/1.1 (which
 // net/http's server ignores there, reading what follows as the next
-// request). The front answers those 400 and closes the connection
-// (frontConn.reject) before net/http's server would see them; and that
-// server closes the connection after any chunked request (App.ServeHTTP),
-// for those it reads itself.
-func ambiguousFraming(head []byte) bool {
-	line, rest := nextLine(head)
+// request). The front answers those 400 and closes the connection before
+// net/http's server would see them; and it closes the connection after any
+// chunked request that server reads itself.
+func AmbiguousFraming(head []byte) bool {
+	line, rest := NextLine(head)
 	major, minor, ok := http.ParseHTTPVersion(string(line[bytes.LastIndexByte(line, ' ')+1:]))
 	old := !ok || major < 1 || (major == 1 && minor < 1)
 	te, cl := false, false
 	for {
-		if line, rest = nextLine(rest); len(line) == 0 {
+		if line, rest = NextLine(rest); len(line) == 0 {
 			return te && (cl || old)
 		}
 		if i := bytes.IndexByte(line, ':'); i > 0 {
@@ -161,15 +164,16 @@ func ambiguousFraming(head []byte) bool {
 	}
 }
 
-const ambiguousFramingText = "400 Bad Request: rouse: a request with Transfer-Encoding must be HTTP/1.1 and have no Content-Length\n"
+// AmbiguousFramingText is the body of the 400 that answers AmbiguousFraming.
+const AmbiguousFramingText = "400 Bad Request: rouse: a request with Transfer-Encoding must be HTTP/1.1 and have no Content-Length\n"
 
-// appendOutgoing appends the head to send to the app: h's request line and
+// AppendOutgoing appends the head to send to the app: h's request line and
 // headers without the hop-by-hop ones and the client's X-Forwarded-*, then
 // rouse's X-Forwarded-* (ip is the client's, "" for a unix socket).
-func appendOutgoing(out, head []byte, h *reqHead, ip string) []byte {
-	out = append(out, h.method...)
+func AppendOutgoing(out, head []byte, h *Request, ip string) []byte {
+	out = append(out, h.Method...)
 	out = append(out, ' ')
-	out = append(out, h.target...)
+	out = append(out, h.Target...)
 	out = append(out, " HTTP/1.1\r\n"...)
 	_, rest, _ := cutLine(head)
 	for {
@@ -179,13 +183,13 @@ func appendOutgoing(out, head []byte, h *reqHead, ip string) []byte {
 			break
 		}
 		name, _, _ := splitHeader(line)
-		if hopByHop(name) || forwardedHeader(name) {
+		if hopByHop(name) || ForwardedHeader(name) {
 			continue
 		}
 		out = append(out, line...)
 		out = append(out, '\r', '\n')
 	}
-	if h.teTrailers {
+	if h.TETrailers {
 		out = append(out, "Te: trailers\r\n"...)
 	}
 	if ip != "" {
@@ -194,12 +198,35 @@ func appendOutgoing(out, head []byte, h *reqHead, ip string) []byte {
 		out = append(out, '\r', '\n')
 	}
 	out = append(out, "X-Forwarded-Proto: http\r\nX-Forwarded-Host: "...)
-	out = append(out, h.host...)
+	out = append(out, h.Host...)
 	return append(out, "\r\n\r\n"...)
 }
 
-// hopByHop reports whether a header is one of hopHeaders (http.go), which
-// are meant for one connection only.
+// hopHeaders are meant for one connection, not to be forwarded (RFC 9110
+// 7.6.1), as in net/http/httputil.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// RemoveHopHeaders deletes from h the hop-by-hop headers and those its
+// Connection header names: the rule of hopByHop for a parsed http.Header
+// (net/http's server's requests).
+func RemoveHopHeaders(h http.Header) {
+	for _, f := range h.Values("Connection") {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = http.CanonicalHeaderKey(strings.TrimSpace(sf)); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+}
+
+// hopByHop reports whether a header is one of hopHeaders, which are meant
+// for one connection only.
 func hopByHop(name []byte) bool {
 	for _, h := range hopHeadersLower {
 		if foldEq(name, h) {
@@ -217,12 +244,12 @@ var hopHeadersLower = func() []string {
 	return l
 }()
 
-// forwardedHeader is the one rule, on every path, for the request headers
+// ForwardedHeader is the one rule, on every path, for the request headers
 // a client may not set: those rouse replaces with its own
 // (X-Forwarded-For/-Proto/-Host) or drops (Forwarded). It reads '_' as '-':
 // servers of the CGI convention (PHP, WSGI, Rack) map both to one variable
 // (HTTP_X_FORWARDED_FOR), so X_Forwarded_For would pass for rouse's own.
-func forwardedHeader[S string | []byte](name S) bool {
+func ForwardedHeader[S string | []byte](name S) bool {
 	return cgiEq(name, "x-forwarded-for") || cgiEq(name, "x-forwarded-proto") ||
 		cgiEq(name, "x-forwarded-host") || cgiEq(name, "forwarded")
 }
@@ -246,6 +273,51 @@ func cgiEq[S string | []byte](name S, s string) bool {
 		}
 	}
 	return true
+}
+
+// RequestLine returns the method and the target of a request head's first
+// line.
+func RequestLine(head []byte) (method, target []byte) {
+	line, _, _ := cutLine(head)
+	if i := bytes.IndexByte(line, ' '); i >= 0 {
+		method, target = line[:i], line[i+1:]
+	}
+	if i := bytes.IndexByte(target, ' '); i >= 0 {
+		target = target[:i]
+	}
+	return method, target
+}
+
+// HeaderValue returns the value of the first header called name (lower
+// case) in the request head, as a slice of head; nil if there is none.
+func HeaderValue(head []byte, name string) []byte {
+	_, rest, _ := cutLine(head) // the request line
+	for {
+		line, more, ok := cutLine(rest)
+		if !ok || len(line) == 0 {
+			return nil
+		}
+		if n, v, ok := splitHeader(line); ok && foldEq(n, name) {
+			return v
+		}
+		rest = more
+	}
+}
+
+// EachField calls f with each field of header lines (a head past its
+// first line, or trailers) up to an empty one; false if one is malformed.
+func EachField(lines []byte, f func(name, value []byte)) bool {
+	for {
+		var line []byte
+		if line, lines = NextLine(lines); len(line) == 0 {
+			return true
+		}
+		name, value, ok := splitHeader(line)
+		if !ok {
+			return false
+		}
+		f(name, value)
+	}
 }
 
 // cutLine cuts the first CRLF-terminated line off b. A bare LF is not
@@ -308,10 +380,10 @@ func foldEq(b []byte, s string) bool {
 	return true
 }
 
-// validHost accepts a plain host name or address with an optional port:
+// ValidHost accepts a plain host name or address with an optional port:
 // the one rule for a Host (and an absolute-form target's host), on every
 // path, before it is routed or becomes X-Forwarded-Host.
-func validHost[S string | []byte](v S) bool {
+func ValidHost[S string | []byte](v S) bool {
 	if len(v) == 0 {
 		return false
 	}
@@ -364,29 +436,29 @@ func connectionTokens(v []byte, close *bool) bool {
 	return true
 }
 
-// respHead is what the front needs to know of a response head from an app.
-type respHead struct {
-	status  int
-	http10  bool
-	length  int64 // -1: none given
-	chunked bool
-	close   bool // Connection: close
-	noBody  bool // set by the caller for HEAD, and here for 1xx, 204, 304
+// Response is what the front needs to know of a response head from an app.
+type Response struct {
+	Status  int
+	HTTP10  bool
+	Length  int64 // -1: none given
+	Chunked bool
+	Close   bool // Connection: close
+	NoBody  bool // set by the caller for HEAD, and here for 1xx, 204, 304
 }
 
-// keepsConn reports whether the app's connection may serve another request
+// KeepsConn reports whether the app's connection may serve another request
 // once this response is through (and then only with nothing unread after
 // it: see reusable).
-func (r *respHead) keepsConn() bool {
-	return !r.close && !r.http10 && !r.bodyUntilClose()
+func (r *Response) KeepsConn() bool {
+	return !r.Close && !r.HTTP10 && !r.BodyUntilClose()
 }
 
-// bodyUntilClose reports whether the body ends only when the app closes.
-func (r *respHead) bodyUntilClose() bool {
-	return !r.noBody && !r.chunked && r.length < 0
+// BodyUntilClose reports whether the body ends only when the app closes.
+func (r *Response) BodyUntilClose() bool {
+	return !r.NoBody && !r.Chunked && r.Length < 0
 }
 
-// appendResponseHead parses a response head from an app (lenient about
+// AppendResponseHead parses a response head from an app (lenient about
 // bare LF, like net/http's Transport) and appends what the client gets:
 // the status line as HTTP/1.1 and the headers without the hop-by-hop ones.
 // Content-Length (once) and Transfer-Encoding are kept: the body is passed
@@ -399,14 +471,14 @@ func (r *respHead) bodyUntilClose() bool {
 // different values, Transfer-Encoding other than one "chunked", both
 // (RFC 9112 6.3: ambiguous), Transfer-Encoding in HTTP/1.0, and 101 (the
 // front never forwards an upgrade: net/http's server has those).
-func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
-	*r = respHead{length: -1}
+func AppendResponseHead(out, head []byte, r *Response) ([]byte, bool) {
+	*r = Response{Length: -1}
 	lines := head
-	status, lines := nextLine(lines)
+	status, lines := NextLine(lines)
 	if len(status) < 12 || string(status[:7]) != "HTTP/1." || (status[7] != '1' && status[7] != '0') || status[8] != ' ' {
 		return out, false
 	}
-	r.http10 = status[7] == '0'
+	r.HTTP10 = status[7] == '0'
 	code, err := strconv.Atoi(string(status[9:12]))
 	if err != nil || code < 100 || code > 599 || (len(status) > 12 && status[12] != ' ') {
 		return out, false
@@ -416,8 +488,8 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 			return out, false
 		}
 	}
-	r.status = code
-	r.noBody = code < 200 || code == 204 || code == 304
+	r.Status = code
+	r.NoBody = code < 200 || code == 204 || code == 304
 	out = append(out, "HTTP/1.1 "...)
 	out = append(out, status[9:]...)
 	out = append(out, '\r', '\n')
@@ -427,7 +499,7 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 	hasTE := false
 	for l := lines; ; {
 		var line []byte
-		if line, l = nextLine(l); len(line) == 0 {
+		if line, l = NextLine(l); len(line) == 0 {
 			break
 		}
 		if c := line[0] | 0x20; c != 'c' && c != 't' {
@@ -443,19 +515,19 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 				tok = trimOWS(tok)
 				switch {
 				case foldEq(tok, "close"):
-					r.close = true
+					r.Close = true
 				case len(tok) > 0 && !foldEq(tok, "keep-alive"):
 					dropped = append(dropped, tok)
 				}
 			}
 		}
 	}
-	if r.status == 101 || (hasTE && r.http10) {
+	if r.Status == 101 || (hasTE && r.HTTP10) {
 		return out, false
 	}
 	for {
 		var line []byte
-		if line, lines = nextLine(lines); len(line) == 0 {
+		if line, lines = NextLine(lines); len(line) == 0 {
 			break
 		}
 		name, value, ok := splitHeader(line)
@@ -465,20 +537,20 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		switch {
 		case foldEq(name, "content-length"):
 			n, ok := parseLength(value)
-			if !ok || (r.length >= 0 && r.length != n) || hasTE {
+			if !ok || (r.Length >= 0 && r.Length != n) || hasTE {
 				return out, false
 			}
-			first := r.length < 0
-			r.length = n
-			if !first || r.noBody {
+			first := r.Length < 0
+			r.Length = n
+			if !first || r.NoBody {
 				continue
 			}
 		case foldEq(name, "transfer-encoding"):
-			if r.chunked || !foldEq(value, "chunked") {
+			if r.Chunked || !foldEq(value, "chunked") {
 				return out, false // twice, or a coding rouse cannot frame, as nginx
 			}
-			r.chunked = true
-			if r.noBody {
+			r.Chunked = true
+			if r.NoBody {
 				continue
 			}
 		case droppedHeader(name, dropped):
@@ -489,8 +561,8 @@ func appendResponseHead(out, head []byte, r *respHead) ([]byte, bool) {
 		out = append(out, line...)
 		out = append(out, '\r', '\n')
 	}
-	if r.noBody {
-		r.length, r.chunked = -1, false
+	if r.NoBody {
+		r.Length, r.Chunked = -1, false
 	}
 	return out, true
 }
@@ -507,8 +579,8 @@ func droppedHeader(name []byte, dropped [][]byte) bool {
 	return false
 }
 
-// nextLine cuts a line ending in LF or CRLF off b, without its ending.
-func nextLine(b []byte) (line, rest []byte) {
+// NextLine cuts a line ending in LF or CRLF off b, without its ending.
+func NextLine(b []byte) (line, rest []byte) {
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
 		return b, nil
@@ -520,14 +592,14 @@ func nextLine(b []byte) (line, rest []byte) {
 	return line, rest
 }
 
-// chunkScanner follows a chunked body as it passes through unchanged, to
+// ChunkScanner follows a chunked body as it passes through unchanged, to
 // find where it ends: chunk-size lines (extensions allowed), the data of
 // each chunk, and the trailer lines after the last, up to an empty one.
 // Both the event loop and the goroutine path pass chunked bodies with it.
-// As nextLine, it takes a bare LF for a line end; a CR anywhere but
+// As NextLine, it takes a bare LF for a line end; a CR anywhere but
 // before a LF, and control characters in extensions and trailers, are
 // errors: passed byte for byte, they could be read another way further on.
-type chunkScanner struct {
+type ChunkScanner struct {
 	state  int
 	size   int64 // csSize: the size so far; csData: bytes of the chunk still to come
 	digits int   // csSize: hex digits so far
@@ -555,29 +627,29 @@ const (
 	maxChunkSize = 1<<62 - 1
 )
 
-// feed takes the next bytes of the body; n of them belong to it, and done
+// Feed takes the next bytes of the body; n of them belong to it, and done
 // says they end it (any after n are not the body's).
-func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
+func (s *ChunkScanner) Feed(p []byte) (n int, done bool, err error) {
 	for n < len(p) {
 		b := p[n]
 		switch s.state {
 		case csSize:
 			if d, ok := hexDigit(b); ok {
 				if s.digits == 16 || s.size > maxChunkSize>>4 {
-					return n, false, errBadResponse
+					return n, false, ErrBadResponse
 				}
 				s.size, s.digits = s.size<<4|int64(d), s.digits+1
 				n++
 				continue
 			}
 			if s.digits == 0 {
-				return n, false, errBadResponse
+				return n, false, ErrBadResponse
 			}
 			s.state, s.ext, s.line, s.crlf = csSizeLine, false, 0, false
 		case csSizeLine:
 			n++
 			if s.line++; s.line > maxChunkLine || !s.lineByte(b) {
-				return n - 1, false, errBadResponse
+				return n - 1, false, ErrBadResponse
 			}
 			switch {
 			case b == '\n':
@@ -589,12 +661,12 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 			case b == ';':
 				s.ext = true
 			case !s.ext && b != ' ' && b != '\t' && b != '\r':
-				return n - 1, false, errBadResponse
+				return n - 1, false, ErrBadResponse
 			}
 		case csData:
 			k := min(int64(len(p)-n), s.size)
 			n += int(k)
-			s.passed(k)
+			s.Passed(k)
 		case csDataEnd:
 			switch {
 			case b == '\r' && !s.crlf:
@@ -602,13 +674,13 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 			case b == '\n':
 				s.state, s.size, s.digits = csSize, 0, 0
 			default:
-				return n, false, errBadResponse
+				return n, false, ErrBadResponse
 			}
 			n++
 		case csTrailer:
 			n++
 			if !s.lineByte(b) {
-				return n - 1, false, errBadResponse
+				return n - 1, false, ErrBadResponse
 			}
 			switch b {
 			case '\n':
@@ -622,7 +694,7 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 				s.line++
 			}
 			if s.trail++; s.trail > maxChunkLine {
-				return n, false, errBadResponse
+				return n, false, ErrBadResponse
 			}
 		case csDone:
 			return n, true, nil
@@ -633,7 +705,7 @@ func (s *chunkScanner) feed(p []byte) (n int, done bool, err error) {
 
 // lineByte takes the next byte of a size line or a trailer line: false
 // for a CR not followed by LF, and for other control characters.
-func (s *chunkScanner) lineByte(b byte) bool {
+func (s *ChunkScanner) lineByte(b byte) bool {
 	cr := s.crlf
 	s.crlf = b == '\r'
 	switch {
@@ -645,16 +717,24 @@ func (s *chunkScanner) lineByte(b byte) bool {
 	return b >= ' ' && b != 0x7f
 }
 
-// dataLeft is how many bytes of the current chunk's data are still to
-// come; passed says n of them went by some other way (copyN).
-func (s *chunkScanner) dataLeft() int64 {
+// DataLeft is how many bytes of the current chunk's data are still to
+// come, for a caller that passes them by some other way (a copy, a splice)
+// and then says how many went with Passed.
+func (s *ChunkScanner) DataLeft() int64 {
 	if s.state != csData {
 		return 0
 	}
 	return s.size
 }
 
-func (s *chunkScanner) passed(n int64) {
+// Done reports whether the body's end was found.
+func (s *ChunkScanner) Done() bool { return s.state == csDone }
+
+// InTrailer reports whether the next byte belongs to the trailer section.
+func (s *ChunkScanner) InTrailer() bool { return s.state == csTrailer }
+
+// Passed says n bytes of the current chunk's data went by without Feed.
+func (s *ChunkScanner) Passed(n int64) {
 	if s.size -= n; s.size == 0 {
 		s.state, s.crlf = csDataEnd, false
 	}

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -14,6 +14,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // rawClient is one client connection written to byte for byte.
@@ -190,7 +194,7 @@ func TestFrontPassesResponsesOnAsFramed(t *testing.T) {
 
 func TestFrontTrailersAndCutResponses(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	resp, err := client.Get("http://" + ta.addr + "/trailer")
 	if err != nil {
 		t.Fatal(err)
@@ -231,10 +235,10 @@ func TestFrontClientGoneEndsTheExchange(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
 	rc := dialRaw(t, ta.addr)
 	rc.send("GET /sleep?d=60s HTTP/1.1\r\nHost: x\r\n\r\n")
-	waitFor(t, "the request to reach the app", func() bool { return ta.Status().Conns == 1 })
+	leakcheck.WaitFor(t, "the request to reach the app", func() bool { return ta.Status().Conns == 1 })
 	rc.c.Close()
 	start := time.Now()
-	waitFor(t, "the slot to be freed", func() bool { return ta.Status().Conns == 0 })
+	leakcheck.WaitFor(t, "the slot to be freed", func() bool { return ta.Status().Conns == 0 })
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("slot freed %s after the client left", took)
 	}
@@ -244,7 +248,7 @@ func TestFrontClientGoneEndsTheExchange(t *testing.T) {
 // does not cost a POST a 502: a connection idle long enough is checked
 // before it is used.
 func TestFrontStaleKeepAliveToTheApp(t *testing.T) {
-	ta, hits := newHTTPTestApp(t, []string{"-keepalive", "50ms"}, func(c *Config) { c.IdleTimeout = time.Minute })
+	ta, hits := newHTTPTestApp(t, []string{"-keepalive", "50ms"}, func(c *activator.Config) { c.IdleTimeout = time.Minute })
 	rc := dialRaw(t, ta.addr)
 	for i := range 3 {
 		rc.send(fmt.Sprintf("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n%02d", i))
@@ -254,7 +258,7 @@ func TestFrontStaleKeepAliveToTheApp(t *testing.T) {
 		// Past the app's keep-alive timeout.
 		time.Sleep(150 * time.Millisecond) // the idle time is the point of the test
 	}
-	if n := hitCount(t, hits, "/echo"); n != 3 {
+	if n := testbackend.HitCount(t, hits, "/echo"); n != 3 {
 		t.Errorf("app saw %d POSTs, want 3", n)
 	}
 }
@@ -268,7 +272,7 @@ func TestFrontShutdownAnswersAcceptedConnections(t *testing.T) {
 	idle.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	idle.response("GET")
 	fresh := dialRaw(t, ta.addr)
-	waitFor(t, "both connections accepted", func() bool { return ta.front.connCount() == 2 })
+	leakcheck.WaitFor(t, "both connections accepted", func() bool { return ta.front.connCount() == 2 })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -308,7 +312,7 @@ func TestFrontLargeBodies(t *testing.T) {
 // a new connection, as net/http's Transport does, and the other kept ones
 // are dropped: it costs no try (retry_tries = 1 here) and no failure.
 func TestFrontDropsKeptConnectionsAfterOneFails(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, []string{"-keepalive", "20ms"}, func(c *Config) { c.RetryTries = 1 })
+	ta, _ := newHTTPTestApp(t, []string{"-keepalive", "20ms"}, func(c *activator.Config) { c.RetryTries = 1 })
 	// Four requests at once: four connections to the app, then kept.
 	var wg sync.WaitGroup
 	for range 4 {
@@ -327,7 +331,7 @@ func TestFrontDropsKeptConnectionsAfterOneFails(t *testing.T) {
 	if resp, body := rc.response("GET"); resp.StatusCode != 200 {
 		t.Errorf("GET after the app dropped its connections: %d %q, want 200", resp.StatusCode, body)
 	}
-	if n := ta.Metrics().Failures[FailRefused]; n != 0 {
+	if n := ta.Metrics().Failures[activator.FailRefused]; n != 0 {
 		t.Errorf("%d failures counted against the app, want 0: the app did nothing wrong", n)
 	}
 }
@@ -378,21 +382,21 @@ func TestFrontChunkedResponsesOnAGoroutine(t *testing.T) {
 // from the refilled buffer it would look like a GET and be replayed.
 func TestFrontPipelinedRequestKeepsTheFirstOnesMethod(t *testing.T) {
 	hits := filepath.Join(t.TempDir(), "hits")
-	ta := newTestApps(t, Capacity{}, appSpec{onGoroutines: true, args: []string{"-proto", "http", "-hits", hits},
-		edit: func(c *Config) { c.Mode = ModeHTTP }})[0]
-	if resp, _ := get(t, newClient(t), "http://"+ta.addr+"/pid"); resp.StatusCode != 200 { // started, warm
+	ta := newTestApps(t, appSpec{onGoroutines: true, args: []string{"-proto", "http", "-hits", hits},
+		edit: func(c *activator.Config) { c.Mode = activator.ModeHTTP }})[0]
+	if resp, _ := testbackend.Get(t, testbackend.NewClient(t), "http://"+ta.addr+"/pid"); resp.StatusCode != 200 { // started, warm
 		t.Fatal(resp.Status)
 	}
 	rc := dialRaw(t, ta.addr)
 	rc.send("ABC /raw?after=400ms HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
 	// The front watches the client once the app has taken 50 ms.
-	waitFor(t, "the app to have the request", func() bool { return hitCount(t, hits, "/raw") == 1 })
+	leakcheck.WaitFor(t, "the app to have the request", func() bool { return testbackend.HitCount(t, hits, "/raw") == 1 })
 	time.Sleep(150 * time.Millisecond) // the watch has begun: what is under test is a byte arriving then
 	rc.send("GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, body := rc.response("ABC"); resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("dropped ABC: %s %q, want 502 (not replayed)", resp.Status, body)
 	}
-	if n := hitCount(t, hits, "/raw"); n != 1 {
+	if n := testbackend.HitCount(t, hits, "/raw"); n != 1 {
 		t.Errorf("the app got the ABC request %d times, want once", n)
 	}
 }
@@ -403,7 +407,7 @@ func TestFrontPipelinedRequestKeepsTheFirstOnesMethod(t *testing.T) {
 // and a cut where the app broke off; and it streams request bodies larger
 // than request_buffer, chunked or of a known length.
 func TestNetHTTPPathResponsesAndBodies(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.RequestBuffer = 64 << 10 })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.RequestBuffer = 64 << 10 })
 	for _, tc := range []struct {
 		path, body, trailer string
 		n                   int
@@ -434,7 +438,7 @@ func TestNetHTTPPathResponsesAndBodies(t *testing.T) {
 			t.Errorf("%s: trailer %v", tc.path, resp.Trailer)
 		}
 	}
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	for _, size := range []int{1 << 20, 3<<20 + 5} {
 		body := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
 		for _, chunked := range []bool{false, true} {
@@ -453,5 +457,7 @@ func TestNetHTTPPathResponsesAndBodies(t *testing.T) {
 			}
 		}
 	}
-	checkNoFailures(t, ta)
+	if st := ta.Status(); st.Failures != 0 || len(ta.Metrics().Failures) != 0 {
+		t.Errorf("failures counted against the app: %d (last error %q)", st.Failures, st.LastError)
+	}
 }

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -13,13 +13,16 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The app's side of a request net/http's server read (httpRequest): it
 // goes over the front's own connections to the app (httpUpstream.get, so
 // a kept one is taken only when reusable, and new ones are paced by the
-// dialGate), its response head is read and checked by the same functions
-// as the front's (readResponse, appendResponseHead, chunkScanner), and it
+// activator.DialGate), its response head is read and checked by the same functions
+// as the front's (readResponse, h1.AppendResponseHead, h1.ChunkScanner), and it
 // is passed on through net/http's ResponseWriter, which frames it for the
 // client.
 
@@ -29,7 +32,7 @@ import (
 const syncWriteMax = 64 << 10
 
 // bodyReadError is the client's failure to send its request body, met
-// while it was being streamed to the app: answered by bodyFailed, not
+// while it was being streamed to the app: answered by App.BodyFailed, not
 // held against the app.
 type bodyReadError struct{ error }
 
@@ -38,10 +41,10 @@ func (e bodyReadError) Unwrap() error { return e.error }
 // netExchange is one attempt of a request net/http's server read, over
 // one connection to the app.
 type netExchange struct {
-	a    *App
+	a    *activator.App
 	w    http.ResponseWriter
 	r    *http.Request
-	inst *instance
+	inst *activator.Instance
 	uc   *upConn
 	head []byte // the request head to send
 	body *requestBody
@@ -56,46 +59,30 @@ type netExchange struct {
 
 // exchange sends the request to inst's process once (with the quiet retry
 // of a dead kept connection) and passes the response on.
-func (q *httpRequest) exchange(inst *instance) exchangeResult {
-	head, err := q.a.requestHead(q.r, q.body)
+func (q *httpRequest) Exchange(inst *activator.Instance) activator.ExchangeResult {
+	head, err := requestHead(q.a, q.r, q.body)
 	if err != nil {
-		return exchangeResult{err: err, stage: stageRejected}
+		return activator.ExchangeResult{Err: err, Stage: activator.StageRejected}
 	}
-	attempt := func() (exchangeResult, bool) {
-		uc, err := q.a.http.Load().get(q.r.Context(), inst)
+	attempt := func() (activator.ExchangeResult, bool) {
+		uc, err := upstreamOf(q.a).get(q.r.Context(), inst)
 		if err != nil {
-			return exchangeResult{err: err, stage: stageDial}, false
+			return activator.ExchangeResult{Err: err, Stage: activator.StageDial}, false
 		}
 		reused := uc.reused // read before the exchange may put uc back in the pool
 		x := &netExchange{a: q.a, w: q.w, r: q.r, inst: inst, uc: uc, head: head, body: q.body}
 		return x.run(), reused
 	}
 	res, reused := attempt()
-	res = q.a.retryQuietly(q, res, reused, attempt)
-	q.cut = res.cut
+	res = q.a.RetryQuietly(q, res, reused, attempt)
+	q.cut = res.Cut
 	var be bodyReadError
-	if res.err != nil && !res.answered && errors.As(res.err, &be) {
+	if res.Err != nil && !res.Answered && errors.As(res.Err, &be) {
 		// The client stalled or broke a body streamed to the app: its
 		// fault, not the app's.
-		q.a.bodyFailed(q.w, be.error)
-		return exchangeResult{answered: true}
+		q.a.BodyFailed(q.w, be.error)
+		return activator.ExchangeResult{Answered: true}
 	}
-	return res
-}
-
-// retryQuietly is the quiet retry, on every path, of a request that a
-// kept connection (reused) lost before any answer (not a malformed one,
-// which is an answer): most likely the app closed it meanwhile (its
-// keep-alive timeout, or a crash), and the other kept ones with it. As
-// net/http's Transport does, it is sent once more on a new connection,
-// not counted as a try or a failure, if it may be.
-func (a *App) retryQuietly(rq proxyRequest, res exchangeResult, reused bool, attempt func() (exchangeResult, bool)) exchangeResult {
-	if !reused || res.err == nil || errors.Is(res.err, errBadResponse) || res.answered || res.timeout ||
-		rq.context().Err() != nil || (res.sent && !a.replayable(rq)) {
-		return res
-	}
-	a.http.Load().closeIdle()
-	res, _ = attempt()
 	return res
 }
 
@@ -103,7 +90,7 @@ func (a *App) retryQuietly(rq proxyRequest, res exchangeResult, reused bool, att
 // target as the client sent it (in origin form if it was absolute), Host,
 // the headers (outgoingHeader) and the body's framing: Content-Length for
 // a body read whole or of a known length, chunked for the rest.
-func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
+func requestHead(a *activator.App, r *http.Request, body *requestBody) ([]byte, error) {
 	switch {
 	case r.Host == "":
 		return nil, errors.New("no Host in the request") // an HTTP/1.0 one: the app is sent HTTP/1.1
@@ -118,7 +105,7 @@ func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", r.Method, target, r.Host)
-	a.outgoingHeader(r).Write(&b)
+	outgoingHeader(a, r).Write(&b)
 	switch {
 	case body.rest == nil && (len(body.buf) > 0 || len(r.TransferEncoding) > 0 || r.Header.Get("Content-Length") != ""):
 		// Read whole: sent with a Content-Length, which every app reads
@@ -135,9 +122,9 @@ func (a *App) requestHead(r *http.Request, body *requestBody) ([]byte, error) {
 
 // outgoingHeader is the request's header as the app gets it: minus
 // hop-by-hop headers and framing, plus X-Forwarded-*.
-func (a *App) outgoingHeader(r *http.Request) http.Header {
+func outgoingHeader(a *activator.App, r *http.Request) http.Header {
 	h := r.Header.Clone()
-	removeHopHeaders(h)
+	h1.RemoveHopHeaders(h)
 	h.Del("Content-Length") // the body's own framing is set apart
 	h.Del("Expect")         // rouse already has the body, or streams it now
 	if up := upgradeType(r.Header); up != "" {
@@ -147,15 +134,15 @@ func (a *App) outgoingHeader(r *http.Request) http.Header {
 	if r.Header.Get("Te") == "trailers" {
 		h.Set("Te", "trailers")
 	}
-	a.setForwarded(r, h)
+	setForwarded(a, r, h)
 	return h
 }
 
 // run sends the request and passes the response on; it keeps uc for the
 // next request or closes it.
-func (x *netExchange) run() (res exchangeResult) {
+func (x *netExchange) run() (res activator.ExchangeResult) {
 	uc, ctx := x.uc, x.r.Context()
-	x.hard = x.a.config().ResponseTimeout
+	x.hard = x.a.Config().ResponseTimeout
 	uc.c.SetDeadline(time.Time{})
 	// The client going away ends the exchange: nothing on uc is of use
 	// then.
@@ -172,7 +159,7 @@ func (x *netExchange) run() (res exchangeResult) {
 			<-x.wrote // (uc is closed when the writer is not done)
 		}
 		if keep {
-			x.a.http.Load().put(uc)
+			upstreamOf(x.a).put(uc)
 		}
 	}()
 	if x.body.rest == nil && len(x.head)+len(x.body.buf) <= syncWriteMax {
@@ -202,16 +189,16 @@ func (x *netExchange) run() (res exchangeResult) {
 		}()
 	}
 	res, keep = x.relay()
-	if res.err != nil && x.wrote != nil {
+	if res.Err != nil && x.wrote != nil {
 		// The writer's error says more (the client's body failed, or the
 		// app closed the connection as it came).
 		uc.c.Close()
 		if err := <-x.wrote; err != nil {
-			res.err = err
+			res.Err = err
 		}
 		x.wrote = nil
 	}
-	if res.err == nil && x.wrote != nil {
+	if res.Err == nil && x.wrote != nil {
 		select {
 		case err := <-x.wrote:
 			x.wrote, keep = nil, keep && err == nil
@@ -229,12 +216,12 @@ func (x *netExchange) run() (res exchangeResult) {
 }
 
 // failed is the result of an attempt that got no response.
-func (x *netExchange) failed(err error) exchangeResult {
+func (x *netExchange) failed(err error) activator.ExchangeResult {
 	x.mu.Lock()
 	sent := x.sent
 	x.mu.Unlock()
-	timeout := isTimeout(err) && x.r.Context().Err() == nil
-	return exchangeResult{err: err, sent: sent, timeout: timeout, stage: stageConnected}
+	timeout := activator.IsTimeout(err) && x.r.Context().Err() == nil
+	return activator.ExchangeResult{Err: err, Sent: sent, Timeout: timeout, Stage: activator.StageConnected}
 }
 
 // setHard gives the app response_timeout from now for its response head.
@@ -263,8 +250,8 @@ func (x *netExchange) write() error {
 	}
 	rest := consumeReader{x.body}
 	bw := bufio.NewWriterSize(c, 32<<10)
-	buf := x.a.http.Load().buffers.Get().(*[]byte)
-	defer x.a.http.Load().buffers.Put(buf)
+	buf := upstreamOf(x.a).buffers.Get().(*[]byte)
+	defer upstreamOf(x.a).buffers.Put(buf)
 	for {
 		n, err := rest.Read(*buf)
 		if n > 0 {
@@ -300,10 +287,10 @@ func chunkSize(n int) []byte { return []byte(strconv.FormatInt(int64(n), 16) + "
 
 // relay reads the app's response and passes it on; keep says uc may
 // serve another request (once the writer is done).
-func (x *netExchange) relay() (res exchangeResult, keep bool) {
+func (x *netExchange) relay() (res activator.ExchangeResult, keep bool) {
 	a, w, r, uc := x.a, x.w, x.r, x.uc
 	upgrade := upgradeType(r.Header) != ""
-	var rh respHead
+	var rh h1.Response
 	line, out, err := uc.readResponse(nil, nil, &rh, upgrade, func(need int) error {
 		_, err := uc.br.Peek(need)
 		return err
@@ -315,56 +302,56 @@ func (x *netExchange) relay() (res exchangeResult, keep bool) {
 		return x.failed(err), false
 	}
 	uc.c.SetReadDeadline(time.Time{})
-	a.metrics.outcome(statusClass(rh.status))
-	if rh.status == http.StatusSwitchingProtocols {
+	a.CountResponse(rh.Status)
+	if rh.Status == http.StatusSwitchingProtocols {
 		return x.upgrade(line), false
 	}
 	if r.Method == http.MethodHead {
-		rh.noBody = true
+		rh.NoBody = true
 	}
 	h := w.Header()
 	if !copyResponseHeader(h, out) {
-		return x.failed(errBadResponse), false
+		return x.failed(activator.ErrBadResponse), false
 	}
-	if rh.bodyUntilClose() {
+	if rh.BodyUntilClose() {
 		h.Set("Connection", "close")
 	}
 	// A response of unknown length (SSE, streaming) is flushed as it
 	// comes; one of known length is left to net/http's buffering.
-	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.config().sendTimeout()}
-	dst.flush = rh.length < 0
+	dst := clientWriter{w: w, rc: http.NewResponseController(w), timeout: a.Config().EffectiveSendTimeout()}
+	dst.flush = rh.Length < 0
 	dst.deadline() // for the head, written with the first bytes of the body or at the end
-	w.WriteHeader(rh.status)
-	body := &responseBody{br: uc.br, left: rh.length, chunked: rh.chunked && !rh.noBody}
+	w.WriteHeader(rh.Status)
+	body := &responseBody{br: uc.br, left: rh.Length, chunked: rh.Chunked && !rh.NoBody}
 	switch {
-	case rh.noBody:
+	case rh.NoBody:
 		body.left = 0
-	case rh.bodyUntilClose():
+	case rh.BodyUntilClose():
 		body.left = -1
 	}
-	buf := a.http.Load().buffers.Get().(*[]byte)
+	buf := upstreamOf(a).buffers.Get().(*[]byte)
 	_, err = io.CopyBuffer(dst, body, *buf)
-	a.http.Load().buffers.Put(buf)
+	upstreamOf(a).buffers.Put(buf)
 	if err != nil {
-		if r.Context().Err() == nil && !isWriteError(err) {
+		if r.Context().Err() == nil && !activator.IsWriteError(err) {
 			// The app broke the response halfway: the client must see a
 			// cut connection, not a complete-looking short body.
-			a.responseCut(x.inst, r.Method, r.URL.Path, err)
+			a.ResponseCut(x.inst, r.Method, r.URL.Path, err)
 		}
-		return exchangeResult{answered: true, cut: true}, false
+		return activator.ExchangeResult{Answered: true, Cut: true}, false
 	}
 	for k, vv := range body.trailer {
 		h[http.TrailerPrefix+k] = vv
 	}
-	return exchangeResult{answered: true}, rh.keepsConn() && uc.br.Buffered() == 0
+	return activator.ExchangeResult{Answered: true}, rh.KeepsConn() && uc.br.Buffered() == 0
 }
 
 // copyResponseHeader puts the headers of a response head from
-// appendResponseHead in h, without its framing (net/http's server frames
+// h1.AppendResponseHead in h, without its framing (net/http's server frames
 // the body its own way); the trailers it announces are announced in turn.
 func copyResponseHeader(h http.Header, head []byte) bool {
-	_, lines := nextLine(head)
-	return eachField(lines, func(name, value []byte) {
+	_, lines := h1.NextLine(head)
+	return h1.EachField(lines, func(name, value []byte) {
 		switch k := http.CanonicalHeaderKey(string(name)); k {
 		case "Transfer-Encoding":
 		case "Trailer":
@@ -379,30 +366,14 @@ func copyResponseHeader(h http.Header, head []byte) bool {
 	})
 }
 
-// eachField calls f with each field of header lines up to an empty one;
-// false if one is malformed.
-func eachField(lines []byte, f func(name, value []byte)) bool {
-	for {
-		var line []byte
-		if line, lines = nextLine(lines); len(line) == 0 {
-			return true
-		}
-		name, value, ok := splitHeader(line)
-		if !ok {
-			return false
-		}
-		f(name, value)
-	}
-}
-
 // responseBody reads a response body off the app's connection, as framed
 // by its head: left bytes (-1: until the app closes), or chunked, which it
-// de-chunks (chunkScanner checks the framing), keeping the trailers.
+// de-chunks (h1.ChunkScanner checks the framing), keeping the trailers.
 type responseBody struct {
 	br      *bufio.Reader
 	left    int64
 	chunked bool
-	s       chunkScanner
+	s       h1.ChunkScanner
 	trail   []byte
 	trailer http.Header
 }
@@ -432,12 +403,12 @@ func (b *responseBody) Read(p []byte) (int, error) {
 // readChunked reads the data of the chunks.
 func (b *responseBody) readChunked(p []byte) (int, error) {
 	for {
-		if b.s.state == csDone {
+		if b.s.Done() {
 			return 0, io.EOF
 		}
-		if left := b.s.dataLeft(); left > 0 {
+		if left := b.s.DataLeft(); left > 0 {
 			n, err := b.br.Read(p[:min(int64(len(p)), left)])
-			b.s.passed(int64(n))
+			b.s.Passed(int64(n))
 			if n > 0 {
 				return n, nil
 			}
@@ -455,17 +426,17 @@ func (b *responseBody) readChunked(p []byte) (int, error) {
 		// The framing between data, a byte at a time: a few bytes.
 		buf, _ := b.br.Peek(b.br.Buffered())
 		i := 0
-		for ; i < len(buf) && b.s.state != csData && b.s.state != csDone; i++ {
-			trailer := b.s.state == csTrailer
-			if _, _, err := b.s.feed(buf[i : i+1]); err != nil {
-				return 0, errBadResponse
+		for ; i < len(buf) && b.s.DataLeft() == 0 && !b.s.Done(); i++ {
+			trailer := b.s.InTrailer()
+			if _, _, err := b.s.Feed(buf[i : i+1]); err != nil {
+				return 0, activator.ErrBadResponse
 			}
 			if trailer {
 				b.trail = append(b.trail, buf[i])
 			}
 		}
 		b.br.Discard(i)
-		if b.s.state == csDone {
+		if b.s.Done() {
 			if err := b.parseTrailer(); err != nil {
 				return 0, err
 			}
@@ -473,12 +444,12 @@ func (b *responseBody) readChunked(p []byte) (int, error) {
 	}
 }
 
-// parseTrailer reads the trailer lines (checked by chunkScanner) into
+// parseTrailer reads the trailer lines (checked by h1.ChunkScanner) into
 // b.trailer.
 func (b *responseBody) parseTrailer() error {
 	b.trailer = make(http.Header)
-	if !eachField(b.trail, func(name, value []byte) { b.trailer.Add(string(name), string(value)) }) {
-		return errBadResponse
+	if !h1.EachField(b.trail, func(name, value []byte) { b.trailer.Add(string(name), string(value)) }) {
+		return activator.ErrBadResponse
 	}
 	return nil
 }
@@ -486,30 +457,30 @@ func (b *responseBody) parseTrailer() error {
 // upgrade connects a client whose request the app answered with 101
 // Switching Protocols (WebSocket and the like) to the app, byte for byte.
 // The open connection counts as activity until both sides are done.
-func (x *netExchange) upgrade(head []byte) exchangeResult {
+func (x *netExchange) upgrade(head []byte) activator.ExchangeResult {
 	a, w, r, uc := x.a, x.w, x.r, x.uc
 	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), r)
 	if err != nil {
-		return x.failed(errBadResponse)
+		return x.failed(activator.ErrBadResponse)
 	}
 	if x.wrote != nil || !x.stop() {
 		// A request streamed to the app does not switch protocols; a
 		// client gone needs no tunnel.
-		return x.failed(errBadResponse)
+		return x.failed(activator.ErrBadResponse)
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return exchangeResult{answered: true}
+		return activator.ExchangeResult{Answered: true}
 	}
 	defer conn.Close()
 	// The request's slot stays taken while the connection is open: it
 	// keeps the app up, and the caller releases it when this returns.
-	if !a.adopt(x.inst, conn, uc.c) {
-		return exchangeResult{answered: true}
+	if !a.Adopt(x.inst, conn, uc.c) {
+		return activator.ExchangeResult{Answered: true}
 	}
-	defer a.forget(x.inst, conn, uc.c)
+	defer a.Forget(x.inst, conn, uc.c)
 	proto := resp.Header.Get("Upgrade")
-	removeHopHeaders(resp.Header)
+	h1.RemoveHopHeaders(resp.Header)
 	resp.Header.Set("Connection", "Upgrade")
 	resp.Header.Set("Upgrade", proto)
 	if tw, ok := w.(*trackedWriter); ok {
@@ -519,7 +490,7 @@ func (x *netExchange) upgrade(head []byte) exchangeResult {
 	resp.Header.Write(brw)
 	brw.WriteString("\r\n")
 	if err := brw.Flush(); err != nil {
-		return exchangeResult{answered: true}
+		return activator.ExchangeResult{Answered: true}
 	}
 	conn.SetDeadline(time.Time{})
 	// The upgraded connection to the app cannot be half-closed, so when
@@ -534,5 +505,5 @@ func (x *netExchange) upgrade(head []byte) exchangeResult {
 	conn.Close()
 	uc.c.Close()
 	<-done
-	return exchangeResult{answered: true}
+	return activator.ExchangeResult{Answered: true}
 }

@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -18,6 +18,10 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // loopState returns how many connections the front's event loops serve,
@@ -63,7 +67,7 @@ func TestLoopServesPlainRequests(t *testing.T) {
 	if inLoops == 0 || inLoops+onGoroutines != 4 || loops == 0 {
 		t.Errorf("%d connections in loops, %d on goroutines, %d loops; want most of 4 in loops", inLoops, onGoroutines, loops)
 	}
-	if n := hitCount(t, hits, "/"); n != 81 { // and the HEAD
+	if n := testbackend.HitCount(t, hits, "/"); n != 81 { // and the HEAD
 		t.Errorf("the app got %d requests for /, want 81", n)
 	}
 	if n := ta.front.handedOff.Load(); n != 0 {
@@ -82,11 +86,11 @@ func TestLoopHandsLongExchangesToAGoroutine(t *testing.T) {
 	if resp, body := rc.response("GET"); resp.StatusCode != 200 || body != "slept 200ms\n" {
 		t.Fatalf("slow GET: %d %q", resp.StatusCode, body)
 	}
-	if n := hitCount(t, hits, "/sleep"); n != 1 {
+	if n := testbackend.HitCount(t, hits, "/sleep"); n != 1 {
 		t.Errorf("the app got the slow request %d times, want 1", n)
 	}
 	// Once it is over, the connection is the loop's again.
-	waitFor(t, "the connection back in a loop", func() bool {
+	leakcheck.WaitFor(t, "the connection back in a loop", func() bool {
 		inLoops, onGoroutines, _ := loopState(ta.front)
 		return inLoops == 1 && onGoroutines == 0
 	})
@@ -117,7 +121,7 @@ func TestLoopHandsLongExchangesToAGoroutine(t *testing.T) {
 // also one that came back from a goroutine (the first request started the
 // app, and waited for it there).
 func TestLoopTimesOutIdleConnections(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.HeaderTimeout = 200 * time.Millisecond })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.HeaderTimeout = 200 * time.Millisecond })
 	f := ta.front
 	f.mu.Lock() // loops made after this see it (they are made under mu)
 	f.loopIdleTimeout = 300 * time.Millisecond
@@ -152,7 +156,7 @@ func TestLoopEndsWhenUnused(t *testing.T) {
 	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
 		t.Fatalf("GET: %d", resp.StatusCode)
 	}
-	waitFor(t, "the loops ended", func() bool {
+	leakcheck.WaitFor(t, "the loops ended", func() bool {
 		inLoops, _, loops := loopState(ta.front)
 		return inLoops == 0 && loops == 0
 	})
@@ -182,7 +186,7 @@ func TestLoopSocketsHaveNoDelay(t *testing.T) {
 		}
 	}
 	// (Both come back to a loop between requests.)
-	waitFor(t, "the connections in loops", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 2 })
+	leakcheck.WaitFor(t, "the connections in loops", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 2 })
 	fd := acceptedSocket(t, rc.c.LocalAddr().(*net.TCPAddr))
 	if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v != 1 {
 		t.Errorf("rouse's socket of the connection: TCP_NODELAY %d, %v", v, err)
@@ -264,7 +268,7 @@ func TestLoopIdleConnectionsHoldNoBuffers(t *testing.T) {
 				t.Fatalf("GET %d: %d, %d bytes", i, resp.StatusCode, len(body))
 			}
 		}
-		waitFor(t, "every connection idle in a loop, without buffers", func() bool {
+		leakcheck.WaitFor(t, "every connection idle in a loop, without buffers", func() bool {
 			inLoops, _, _ := loopState(ta.front)
 			return inLoops == len(conns) && loopBuffers(ta.front) == 0
 		})
@@ -333,7 +337,7 @@ func TestLoopServesAUnixSocketFront(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := newTestAppNoListen(t, "u", nil, nil)
-	f, err := NewHTTPFront(ln, []*App{a}, nil)
+	f, err := NewHTTPFront(ln, []*activator.App{a}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,7 +371,7 @@ func TestLoopServesAUnixSocketFront(t *testing.T) {
 		}
 		// Cold start, a slow answer and a large one go through a
 		// goroutine; the connection comes back to a loop after each.
-		waitFor(t, "the connection back in a loop", func() bool { inLoops, _, _ := loopState(f); return inLoops == 1 })
+		leakcheck.WaitFor(t, "the connection back in a loop", func() bool { inLoops, _, _ := loopState(f); return inLoops == 1 })
 	}
 	f.Close()
 	closed = true
@@ -397,7 +401,7 @@ func warmLoopConn(t *testing.T, ta *testApp, dial func() *rawClient) *rawClient 
 	if resp, _ := rc.response("GET"); resp.StatusCode != 200 {
 		t.Fatalf("first GET: %d", resp.StatusCode)
 	}
-	waitFor(t, "the connection back in a loop", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 1 })
+	leakcheck.WaitFor(t, "the connection back in a loop", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 1 })
 	return rc
 }
 
@@ -516,7 +520,7 @@ func dialSmallWindow(t *testing.T, addr string) *rawClient {
 // reading is not.
 func TestSendTimeoutCutsAClientThatTakesNothing(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.SendTimeout = timeout })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.SendTimeout = timeout })
 	paths := []string{"/bytes?n=50000000&chunked=1", "/bytes?n=50000000"} // relayed; spliced
 	for _, path := range paths {
 		rc := warmLoopConn(t, ta, func() *rawClient { return dialSmallWindow(t, ta.addr) })
@@ -526,7 +530,7 @@ func TestSendTimeoutCutsAClientThatTakesNothing(t *testing.T) {
 			t.Fatalf("%s: %v", path, err)
 		}
 		start := time.Now()
-		waitFor(t, "the client cut and the slot freed", func() bool { return ta.Status().Conns == 0 })
+		leakcheck.WaitFor(t, "the client cut and the slot freed", func() bool { return ta.Status().Conns == 0 })
 		if took := time.Since(start); took < timeout {
 			t.Errorf("%s: cut after %s, before the send timeout", path, took)
 		}
@@ -534,7 +538,7 @@ func TestSendTimeoutCutsAClientThatTakesNothing(t *testing.T) {
 			t.Errorf("%s: read %d bytes and a clean end", path, n)
 		}
 		rc.c.Close()
-		waitFor(t, "the connection gone", func() bool { inLoops, onGoroutines, _ := loopState(ta.front); return inLoops+onGoroutines == 0 })
+		leakcheck.WaitFor(t, "the connection gone", func() bool { inLoops, onGoroutines, _ := loopState(ta.front); return inLoops+onGoroutines == 0 })
 	}
 	for _, n := range []int{100 << 10, relayMax + 1} {
 		rc := warmLoopConn(t, ta, func() *rawClient { return dialSmallWindow(t, ta.addr) })
@@ -559,7 +563,7 @@ func TestSendTimeoutCutsAClientThatTakesNothing(t *testing.T) {
 			t.Errorf("read slowly: %d bytes, want %d", got, n)
 		}
 		rc.c.Close()
-		waitFor(t, "the connection gone", func() bool { inLoops, onGoroutines, _ := loopState(ta.front); return inLoops+onGoroutines == 0 })
+		leakcheck.WaitFor(t, "the connection gone", func() bool { inLoops, onGoroutines, _ := loopState(ta.front); return inLoops+onGoroutines == 0 })
 	}
 }
 
@@ -583,7 +587,7 @@ func TestLoopRelayCutShort(t *testing.T) {
 		}
 		moved(0)
 		rc.c.Close()
-		waitFor(t, "the connection closed", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
+		leakcheck.WaitFor(t, "the connection closed", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
 	}
 
 	rc := warmLoopConn(t, ta, func() *rawClient { return dialRaw(t, ta.addr) })
@@ -600,6 +604,6 @@ func TestLoopRelayCutShort(t *testing.T) {
 		t.Errorf("%d requests in the app during the stream, want 1", c)
 	}
 	rc.c.Close()
-	waitFor(t, "the slot to be freed", func() bool { return ta.Status().Conns == 0 })
-	waitFor(t, "the connection gone", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
+	leakcheck.WaitFor(t, "the slot to be freed", func() bool { return ta.Status().Conns == 0 })
+	leakcheck.WaitFor(t, "the connection gone", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
 }

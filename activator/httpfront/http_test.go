@@ -1,4 +1,4 @@
-package activator
+package httpfront
 
 import (
 	"bufio"
@@ -8,70 +8,21 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/leakcheck"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
-
-// newHTTPTestApp is newTestApp in http mode; the backend notes every
-// request it receives in the returned hits file.
-func newHTTPTestApp(t testing.TB, args []string, edit func(*Config)) (*testApp, string) {
-	t.Helper()
-	hits := filepath.Join(t.TempDir(), "hits")
-	ta := newTestApp(t, append([]string{"-proto", "http", "-hits", hits}, args...), func(c *Config) {
-		c.Mode = ModeHTTP
-		c.RequestBuffer = 1 << 20
-		c.ResponseTimeout = 30 * time.Second
-		if edit != nil {
-			edit(c)
-		}
-	})
-	return ta, hits
-}
-
-// hitCount counts the requests for path the app received.
-func hitCount(t testing.TB, hits, path string) int {
-	t.Helper()
-	b, err := os.ReadFile(hits)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	n := 0
-	for line := range strings.Lines(string(b)) {
-		if f := strings.Fields(line); len(f) == 2 && f[1] == path {
-			n++
-		}
-	}
-	return n
-}
-
-func get(t testing.TB, client *http.Client, url string) (*http.Response, string) {
-	t.Helper()
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s body: %v", url, err)
-	}
-	return resp, string(b)
-}
-
-func newClient(t testing.TB) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: 500}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
-}
 
 func TestHTTPColdStartManyRequestsOneSpawn(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, []string{"-delay", "300ms"}, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	const n = 300
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
@@ -104,22 +55,22 @@ func TestHTTPColdStartManyRequestsOneSpawn(t *testing.T) {
 // The seed regression: a route that answers 500 is the app's answer. It is
 // passed through, never counted, never retried; the app keeps serving.
 func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
-	ta, hits := newHTTPTestApp(t, nil, func(c *Config) { c.MaxFails = 1 })
-	client := newClient(t)
+	ta, hits := newHTTPTestApp(t, nil, func(c *activator.Config) { c.MaxFails = 1 })
+	client := testbackend.NewClient(t)
 	for range 20 {
-		resp, body := get(t, client, "http://"+ta.addr+"/broken")
+		resp, body := testbackend.Get(t, client, "http://"+ta.addr+"/broken")
 		if resp.StatusCode != 500 || !strings.Contains(body, "broken on purpose") {
 			t.Fatalf("/broken: %d %q, want the app's own 500", resp.StatusCode, body)
 		}
-		if resp, _ := get(t, client, "http://"+ta.addr+"/"); resp.StatusCode != 200 {
+		if resp, _ := testbackend.Get(t, client, "http://"+ta.addr+"/"); resp.StatusCode != 200 {
 			t.Fatalf("/ after /broken: %d", resp.StatusCode)
 		}
 	}
-	if n := hitCount(t, hits, "/broken"); n != 20 {
+	if n := testbackend.HitCount(t, hits, "/broken"); n != 20 {
 		t.Errorf("/broken reached the app %d times for 20 requests: retried?", n)
 	}
 	st := ta.Status()
-	if st.Starts != 1 || st.Failures != 0 || st.State != Ready {
+	if st.Starts != 1 || st.Failures != 0 || st.State != activator.Ready {
 		t.Errorf("status %+v, want 1 start, 0 failures, ready", st)
 	}
 	m := ta.Metrics()
@@ -130,7 +81,7 @@ func TestHTTPAppErrorIsPassedThroughNotCounted(t *testing.T) {
 
 func TestHTTPPostThatKillsTheAppIsSentOnceAnd502(t *testing.T) {
 	ta, hits := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	resp, err := client.Post("http://"+ta.addr+"/crash", "text/plain", strings.NewReader("payload"))
 	if err != nil {
 		t.Fatal(err)
@@ -146,15 +97,15 @@ func TestHTTPPostThatKillsTheAppIsSentOnceAnd502(t *testing.T) {
 	if !strings.Contains(string(body), "app t") {
 		t.Errorf("502 body %q should name the app", body)
 	}
-	if n := hitCount(t, hits, "/crash"); n != 1 {
+	if n := testbackend.HitCount(t, hits, "/crash"); n != 1 {
 		t.Errorf("POST /crash delivered %d times, want exactly once", n)
 	}
 }
 
 func TestHTTPGetInFlightWhenAppKilledIsAnsweredByTheRestart(t *testing.T) {
 	ta, hits := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
-	get(t, client, "http://"+ta.addr+"/") // start it
+	client := testbackend.NewClient(t)
+	testbackend.Get(t, client, "http://"+ta.addr+"/") // start it
 	pid := ta.Status().PID
 	type result struct {
 		code int
@@ -172,7 +123,7 @@ func TestHTTPGetInFlightWhenAppKilledIsAnsweredByTheRestart(t *testing.T) {
 		resp.Body.Close()
 		done <- result{resp.StatusCode, string(b), nil}
 	}()
-	waitFor(t, "the GET to reach the app", func() bool { return hitCount(t, hits, "/sleep") == 1 })
+	leakcheck.WaitFor(t, "the GET to reach the app", func() bool { return testbackend.HitCount(t, hits, "/sleep") == 1 })
 	syscall.Kill(pid, syscall.SIGKILL)
 	r := <-done
 	if r.err != nil || r.code != 200 || !strings.HasPrefix(r.body, "slept") {
@@ -184,7 +135,7 @@ func TestHTTPGetInFlightWhenAppKilledIsAnsweredByTheRestart(t *testing.T) {
 }
 
 func TestHTTPUpgradeIsPassedThroughAndCountsAsActivity(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.IdleTimeout = 100 * time.Millisecond })
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.IdleTimeout = 100 * time.Millisecond })
 	c, err := net.Dial("tcp", ta.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -207,18 +158,18 @@ func TestHTTPUpgradeIsPassedThroughAndCountsAsActivity(t *testing.T) {
 		if err != nil || line != fmt.Sprintf("line %d\n", i) {
 			t.Fatalf("echo over the upgraded connection: %q %v", line, err)
 		}
-		if st := ta.Status(); st.State != Ready || st.Conns != 1 {
+		if st := ta.Status(); st.State != activator.Ready || st.Conns != 1 {
 			t.Fatalf("with an upgraded connection open: %s, %d conns", st.State, st.Conns)
 		}
 		time.Sleep(60 * time.Millisecond) // letting idle_timeout pass, not waiting for a condition
 	}
 	c.Close()
-	ta.waitState(t, Idle)
+	ta.waitState(t, activator.Idle)
 }
 
 func TestHTTPStreamedResponseIsFlushed(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	resp, err := client.Get("http://" + ta.addr + "/sse?n=1000") // 20 s in all
 	if err != nil {
 		t.Fatal(err)
@@ -248,13 +199,13 @@ func TestHTTPHostRouting(t *testing.T) {
 	// each is unused.
 	a := newTestAppNoListen(t, "a", []string{"-name", "app-a"}, []string{"a.example.com"})
 	b := newTestAppNoListen(t, "b", []string{"-name", "app-b"}, []string{"*.b.example.com"})
-	f, err := NewHTTPFront(ln, []*App{a, b}, nil)
+	f, err := NewHTTPFront(ln, []*activator.App{a, b}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Serve()
 	defer f.Close()
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	servedBy(t, client, ln.Addr().String(), map[string]string{
 		"a.example.com":        "hello from app-a",
 		"A.Example.Com:80":     "hello from app-a",
@@ -269,11 +220,11 @@ func TestHTTPHostRouting(t *testing.T) {
 
 	// hosts = ["*"] takes what no other app claims; an address has one.
 	all := newTestAppNoListen(t, "all", []string{"-name", "app-all"}, []string{"*"})
-	if err := f.SetApps([]*App{a, b, all, newTestAppNoListen(t, "plain", nil, nil)}); err == nil ||
+	if err := f.SetApps([]*activator.App{a, b, all, newTestAppNoListen(t, "plain", nil, nil)}); err == nil ||
 		!strings.Contains(err.Error(), "both take every host") {
 		t.Errorf("a catch-all next to an app without hosts: %v, want an error", err)
 	}
-	if err := f.SetApps([]*App{a, b, all}); err != nil {
+	if err := f.SetApps([]*activator.App{a, b, all}); err != nil {
 		t.Fatal(err)
 	}
 	servedBy(t, client, ln.Addr().String(), map[string]string{
@@ -310,14 +261,14 @@ func getHost(t *testing.T, client *http.Client, addr, host string) (int, string)
 }
 
 // newTestAppNoListen is an http app for a front the test builds itself.
-func newTestAppNoListen(t *testing.T, name string, args []string, hosts []string) *App {
+func newTestAppNoListen(t *testing.T, name string, args []string, hosts []string) *activator.App {
 	t.Helper()
 	port := freePort(t)
 	cfg := testConfig("shared", "127.0.0.1:"+strconv.Itoa(port), os.DevNull)
-	cfg.Name, cfg.Mode, cfg.Hosts = name, ModeHTTP, hosts
+	cfg.Name, cfg.Mode, cfg.Hosts = name, activator.ModeHTTP, hosts
 	cfg.RequestBuffer, cfg.ResponseTimeout = 1<<20, 30*time.Second
 	cfg.Process.Argv = append(cfg.Process.Argv, append([]string{"-proto", "http"}, args...)...)
-	a, err := New(cfg, nil, Options{Logger: nil})
+	a, err := activator.New(cfg, nil, activator.Options{Logger: nil})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +283,7 @@ func TestHTTPTwoAppsWithoutHostsNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	apps := []*App{newTestAppNoListen(t, "blog", nil, nil), newTestAppNoListen(t, "shop", nil, nil)}
+	apps := []*activator.App{newTestAppNoListen(t, "blog", nil, nil), newTestAppNoListen(t, "shop", nil, nil)}
 	_, err = NewHTTPFront(ln, apps, nil)
 	if want := "apps blog and shop both take every host on " + ln.Addr().String() + ` (no hosts, or "*")`; err == nil || err.Error() != want {
 		t.Errorf("error %v, want %q", err, want)
@@ -359,7 +310,7 @@ func TestHTTPBadRequestsFromClients(t *testing.T) {
 	if got := raw(huge); !strings.HasPrefix(got, "HTTP/1.1 431") {
 		t.Errorf("200 KiB header answered %q, want 431", got)
 	}
-	if n := hitCount(t, hits, "/"); n != 0 {
+	if n := testbackend.HitCount(t, hits, "/"); n != 0 {
 		t.Errorf("bad requests reached the app %d times", n)
 	}
 	if st := ta.Status(); st.Starts != 0 {
@@ -368,8 +319,8 @@ func TestHTTPBadRequestsFromClients(t *testing.T) {
 }
 
 func TestHTTPBodies(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.RequestBuffer = 64 << 10 })
-	client := newClient(t)
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.RequestBuffer = 64 << 10 })
+	client := testbackend.NewClient(t)
 	for _, size := range []int{0, 1, 64 << 10, 64<<10 + 1, 5 << 20} {
 		body := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
 		resp, err := client.Post("http://"+ta.addr+"/echo", "application/octet-stream", bytes.NewReader(body))
@@ -398,7 +349,7 @@ func TestHTTPExpectContinueAnsweredWhenReady(t *testing.T) {
 	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
 		t.Fatalf("first line %q %v, want 100 Continue", line, err)
 	}
-	if st := ta.Status(); st.State != Ready {
+	if st := ta.Status(); st.State != activator.Ready {
 		t.Errorf("100 Continue sent while the app was %s", st.State)
 	}
 	br.ReadString('\n')
@@ -415,7 +366,7 @@ func TestHTTPExpectContinueAnsweredWhenReady(t *testing.T) {
 
 func TestHTTPForwardedHeadersAreReplaced(t *testing.T) {
 	ta, _ := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
+	client := testbackend.NewClient(t)
 	req, _ := http.NewRequest("GET", "http://"+ta.addr+"/headers", nil)
 	req.Host = "blog.example.com"
 	req.Header.Set("X-Forwarded-For", "6.6.6.6")
@@ -445,13 +396,13 @@ func TestHTTPForwardedHeadersAreReplaced(t *testing.T) {
 }
 
 func TestHTTPIdleKeepAliveDoesNotKeepTheAppUp(t *testing.T) {
-	ta, _ := newHTTPTestApp(t, nil, func(c *Config) { c.IdleTimeout = 100 * time.Millisecond })
-	client := newClient(t)
-	_, body1 := get(t, client, "http://"+ta.addr+"/pid")
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.IdleTimeout = 100 * time.Millisecond })
+	client := testbackend.NewClient(t)
+	_, body1 := testbackend.Get(t, client, "http://"+ta.addr+"/pid")
 	// The client keeps its connection to rouse open and idle, as nginx's
 	// upstream keepalive pool does; the app still stops.
-	ta.waitState(t, Idle)
-	_, body2 := get(t, client, "http://"+ta.addr+"/pid")
+	ta.waitState(t, activator.Idle)
+	_, body2 := testbackend.Get(t, client, "http://"+ta.addr+"/pid")
 	if body1 == body2 {
 		t.Errorf("same pid %s after an idle stop", body1)
 	}
@@ -463,8 +414,8 @@ func TestHTTPIdleKeepAliveDoesNotKeepTheAppUp(t *testing.T) {
 func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
 	broken, _ := newHTTPTestApp(t, []string{"-exit", "1"}, nil)
 	healthy, _ := newHTTPTestApp(t, nil, nil)
-	client := newClient(t)
-	resp, body := get(t, client, "http://"+broken.addr+"/")
+	client := testbackend.NewClient(t)
+	resp, body := testbackend.Get(t, client, "http://"+broken.addr+"/")
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("first request to a crashing app: %d %q %v, want 503 with Retry-After", resp.StatusCode, body, resp.Header)
 	}
@@ -473,7 +424,7 @@ func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
 	first := time.Now()
 	for time.Since(first) < 700*time.Millisecond {
 		start := time.Now()
-		resp, body := get(t, client, "http://"+broken.addr+"/")
+		resp, body := testbackend.Get(t, client, "http://"+broken.addr+"/")
 		if took := time.Since(start); took > 500*time.Millisecond {
 			t.Errorf("503 during back-off took %s, want at once", took)
 		}
@@ -481,7 +432,7 @@ func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
 		if resp.StatusCode != 503 || ra < 1 || !strings.Contains(body, "back-off") {
 			t.Errorf("during back-off: %d Retry-After %q %q", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 		}
-		if resp, _ := get(t, client, "http://"+healthy.addr+"/"); resp.StatusCode != 200 {
+		if resp, _ := testbackend.Get(t, client, "http://"+healthy.addr+"/"); resp.StatusCode != 200 {
 			t.Errorf("neighbour app answered %d", resp.StatusCode)
 		}
 	}
