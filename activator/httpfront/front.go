@@ -3,6 +3,7 @@ package httpfront
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -27,12 +28,15 @@ import (
 // one of the http apps sharing that address, by Host. Close it before the
 // apps it routes to.
 type HTTPFront struct {
-	ln      net.Listener
-	srv     *http.Server           // serves what the front does not serve itself
-	handed  *handedListener        // how connections reach srv
-	routes  atomic.Pointer[routes] // replaced whole on reload
-	log     *slog.Logger
-	loopsOn atomic.Bool // connections go to event loops
+	ln     net.Listener
+	srv    *http.Server           // serves what the front does not serve itself
+	handed *handedListener        // how connections reach srv
+	routes atomic.Pointer[routes] // replaced whole on reload
+	log    *slog.Logger
+	// accessLog takes the records of the requests the front answers
+	// itself, for no app (SetAccessLog); nil: not logged.
+	accessLog func(activator.AccessRecord)
+	loopsOn   atomic.Bool // connections go to event loops
 	// handedOff counts the connections given to srv; leftLoops those an
 	// event loop gave to a goroutine.
 	handedOff, leftLoops atomic.Int64
@@ -134,6 +138,21 @@ func NewHTTPFront(ln net.Listener, apps []*activator.App, log *slog.Logger) (*HT
 	}
 	f.loopIdleTimeout = f.srv.IdleTimeout
 	return f, nil
+}
+
+// SetAccessLog has the requests the front answers itself, for no app (a
+// Host no app takes, an invalid Host, ambiguous framing), logged through
+// fn with an empty AccessRecord.App; call it before Serve.
+func (f *HTTPFront) SetAccessLog(fn func(activator.AccessRecord)) { f.accessLog = fn }
+
+// logOwn logs a request the front answered itself with status and a body
+// of n bytes, its head read at start.
+func (f *HTTPFront) logOwn(ip string, start time.Time, method, target, proto, referer, userAgent []byte, status int, n int64) {
+	if f.accessLog == nil {
+		return
+	}
+	f.accessLog(activator.AccessRecord{Mode: activator.ModeHTTP, Client: ip, Time: start, Duration: time.Since(start),
+		Method: method, Target: target, Proto: proto, Referer: referer, UserAgent: userAgent, Status: status, Bytes: n})
 }
 
 // headerTimeout is how long a client has for a request head, from its
@@ -530,23 +549,31 @@ func (f *HTTPFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h1.ValidHost(r.Host) && (r.Host != "" || r.ProtoAtLeast(1, 1)) {
 		// (An absolute-form target's host: net/http checks only the
 		// Host header.) It would be routed, and become X-Forwarded-Host.
-		h := w.Header()
-		h.Set("Content-Type", "text/plain; charset=utf-8")
-		h.Set("Connection", "close")
-		w.WriteHeader(http.StatusBadRequest)
-		fmt.Fprintf(w, "400 Bad Request: rouse: invalid host %q\n", r.Host)
+		w.Header().Set("Connection", "close")
+		f.answerOwn(w, r, http.StatusBadRequest, fmt.Sprintf("400 Bad Request: rouse: invalid host %q\n", r.Host))
 		return
 	}
 	a := f.route(r.Host)
 	if a == nil {
-		h := w.Header()
-		h.Set("Content-Type", "text/plain; charset=utf-8")
-		h.Set("Cache-Control", "no-store")
-		w.WriteHeader(http.StatusNotFound)
-		fmt.Fprintf(w, "404 Not Found: rouse: no app for host %q on %s\n", r.Host, f.ln.Addr())
+		w.Header().Set("Cache-Control", "no-store")
+		f.answerOwn(w, r, http.StatusNotFound, fmt.Sprintf("404 Not Found: rouse: no app for host %q on %s\n", r.Host, f.ln.Addr()))
 		return
 	}
 	serveNet(a, w, r)
+}
+
+// answerOwn answers r with status and text, for no app, and logs it.
+func (f *HTTPFront) answerOwn(w http.ResponseWriter, r *http.Request, status int, text string) {
+	start := time.Now()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	n, _ := io.WriteString(w, text)
+	proto := proto11
+	if !r.ProtoAtLeast(1, 1) {
+		proto = proto10
+	}
+	f.logOwn(activator.ClientIP(r.RemoteAddr), start, []byte(r.Method), []byte(r.RequestURI), proto,
+		[]byte(r.Header.Get("Referer")), []byte(r.Header.Get("User-Agent")), status, int64(n))
 }
 
 // Shutdown stops accepting and waits, until ctx ends, for every accepted

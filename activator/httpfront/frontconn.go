@@ -154,7 +154,7 @@ func (fc *frontConn) serve() {
 		var a *activator.App
 		if ok {
 			if head, _ := fc.br.Peek(n); h1.AmbiguousFraming(head) {
-				fc.reject(h1.AmbiguousFramingText)
+				fc.reject(n, start, h1.AmbiguousFramingText)
 				return
 			}
 			a, ok = fc.simple(n)
@@ -381,7 +381,7 @@ func (fc *frontConn) logAccess(a *activator.App, start time.Time) {
 	}
 	// From fc.out, not fc.head: the reader's buffer, where fc.head
 	// points, may hold the next request by now.
-	method, target := h1.RequestLine(fc.out)
+	method, target, _ := h1.RequestLine(fc.out)
 	q := &fc.rq
 	a.LogAccess(activator.AccessRecord{
 		Client: fc.ip, Time: start, Duration: a.Now().Sub(start),
@@ -391,13 +391,24 @@ func (fc *frontConn) logAccess(a *activator.App, start time.Time) {
 	})
 }
 
-// reject answers 400 with text, and closes the connection.
-func (fc *frontConn) reject(text string) {
+// reject answers the request whose head, of n bytes, was read at start
+// with 400 and text, logs it for no app, and closes the connection.
+func (fc *frontConn) reject(n int, start time.Time, text string) {
+	// Before writing: the head is in the reader's buffer.
+	head, _ := fc.br.Peek(n)
+	method, target, proto := h1.RequestLine(head)
+	record := func(status int, sent int64) {
+		fc.f.logOwn(fc.ip, start, method, target, proto, h1.HeaderValue(head, "referer"), h1.HeaderValue(head, "user-agent"), status, sent)
+	}
 	fc.bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
 	fc.bw.WriteString(strconv.Itoa(len(text)))
 	fc.bw.WriteString("\r\n\r\n")
 	fc.bw.WriteString(text)
-	fc.bw.Flush()
+	if err := fc.bw.Flush(); err != nil {
+		record(activator.StatusClientGone, 0)
+	} else {
+		record(http.StatusBadRequest, int64(len(text)))
+	}
 	fc.close()
 }
 

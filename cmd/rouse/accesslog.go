@@ -106,22 +106,20 @@ func newAccessLog(log *slog.Logger, stderr io.Writer) *accessLog {
 	return l
 }
 
-// configure routes the records of cfg's apps, and opens the files anew.
-// It reports a file that cannot be opened (its records are dropped until
-// it can).
+// configure routes the records of cfg's apps, and those of the requests
+// the http fronts answer for no app (App "", to [rouse].access_log), and
+// opens the files anew. It reports a file that cannot be opened (its
+// records are dropped until it can).
 func (l *accessLog) configure(cfg *Config) error {
-	r := &accessRoutes{apps: make(map[string]accessRoute, len(cfg.Apps))}
+	r := &accessRoutes{apps: make(map[string]accessRoute, len(cfg.Apps)+1)}
 	var errs []error
 	tried := map[string]bool{}
-	for _, a := range cfg.Apps {
-		if !a.Config.AccessLog {
-			continue
-		}
-		route := accessRoute{target: a.AccessTarget, json: a.AccessFormat == "json"}
+	add := func(name, target, format string) {
+		route := accessRoute{target: target, json: format == "json"}
 		if route.target == accessJournal && l.journal == nil {
 			route.target = accessStderr
 			if !tried[accessJournal] {
-				l.log.Warn("access log: no journal to write to; writing to stderr", "app", a.Name)
+				l.log.Warn("access log: no journal to write to; writing to stderr", "app", name)
 			}
 			tried[accessJournal] = true
 		}
@@ -133,11 +131,32 @@ func (l *accessLog) configure(cfg *Config) error {
 				f.Close()
 			}
 		}
-		r.apps[a.Name] = route
+		r.apps[name] = route
+	}
+	for _, a := range cfg.Apps {
+		if a.Config.AccessLog {
+			add(a.Name, a.AccessTarget, a.AccessFormat)
+		}
+	}
+	if cfg.AccessLog != accessOff && cfg.AccessLog != "" {
+		add(noApp, cfg.AccessLog, cfg.AccessFormat)
 	}
 	l.routes.Store(r)
 	l.kick()
 	return errors.Join(errs...)
+}
+
+// noApp is the App of the records of requests an http front answered
+// itself (a Host no app takes, an invalid Host, ambiguous framing): they
+// go to [rouse].access_log, and read "-" as their app.
+const noApp = ""
+
+// appName is r's app as the log writes it.
+func appName(r *activator.AccessRecord) string {
+	if r.App == noApp {
+		return "-"
+	}
+	return r.App
 }
 
 // reopen has the writer close its files and open them again (SIGHUP).
@@ -335,7 +354,7 @@ func (l *accessLog) toJournal(r *activator.AccessRecord, json bool) {
 	}
 	vars := map[string]string{
 		"SYSLOG_IDENTIFIER": "rouse-access",
-		"APP":               r.App,
+		"APP":               appName(r),
 		"STATUS":            strconv.Itoa(r.Status),
 		"CLIENT":            r.Client,
 		"DURATION_MS":       strconv.FormatFloat(ms(r.Duration), 'f', 3, 64),
@@ -402,7 +421,7 @@ func appendCombined(b []byte, r *activator.AccessRecord) []byte {
 	b = append(b, "\" \""...)
 	b = appendOr(b, r.UserAgent, true)
 	b = append(b, "\" app="...)
-	b = append(b, r.App...)
+	b = append(b, appName(r)...)
 	b = append(b, " mode="...)
 	b = append(b, r.Mode...)
 	b = append(b, " rt="...)
@@ -448,7 +467,7 @@ func appendAccessJSON(b []byte, r *activator.AccessRecord) []byte {
 	b = append(b, `{"time":"`...)
 	b = r.Time.Add(r.Duration).AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
 	b = append(b, `","app":`...)
-	b = appendJSONString(b, []byte(r.App))
+	b = appendJSONString(b, []byte(appName(r)))
 	b = append(b, `,"mode":`...)
 	b = appendJSONString(b, []byte(r.Mode))
 	b = append(b, `,"client":`...)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -261,6 +262,82 @@ access_log = "stderr"
 }
 
 // An access record, any bytes in it, reads back from either format.
+// Requests the http front answers itself, for no app, are in
+// [rouse].access_log with app "-": a Host no app takes (404), an invalid
+// Host (400), a request with both Content-Length and Transfer-Encoding
+// (400); none of them starts the app (a Python server that takes one
+// Host), and its own requests are logged as before.
+func TestAccessLogOfFrontOwnAnswers(t *testing.T) {
+	script, err := filepath.Abs("../../examples/apps/pyapp.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	file, control := writeConfig(t, fmt.Sprintf(`
+[apps.py]
+mode = "http"
+listen = ["127.0.0.1:%d"]
+hosts = ["py.test"]
+command = [%q, %q, "http", "--port", "{port}"]
+`, port, pythonPath(t), script))
+	text, _ := os.ReadFile(file)
+	text = []byte(strings.Replace(string(text), "[rouse]\n", "[rouse]\naccess_log = \"access.log\"\n", 1))
+	if err := os.WriteFile(file, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := startRouse(t, file, control)
+	raw := func(req string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, req)
+		b, _ := io.ReadAll(c)
+		line, _, _ := strings.Cut(string(b), "\r\n")
+		return line
+	}
+	ua := "User-Agent: probe/1\r\nConnection: close\r\n"
+	for _, c := range []struct{ req, want string }{
+		{"GET /nobody HTTP/1.1\r\nHost: other.test\r\n" + ua + "\r\n", "HTTP/1.1 404 Not Found"},
+		// (net/http rejects such a Host header itself, not an absolute
+		// target's host.)
+		{"GET http://a\"b/bad HTTP/1.1\r\nHost: py.test\r\n" + ua + "\r\n", "HTTP/1.1 400 Bad Request"},
+		{"POST /both HTTP/1.1\r\nHost: py.test\r\n" + ua + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"GET /hi HTTP/1.1\r\nHost: py.test\r\n" + ua + "\r\n", "HTTP/1.1 200 OK"},
+	} {
+		if got := raw(c.req); got != c.want {
+			t.Errorf("%q: %q, want %q", c.req, got, c.want)
+		}
+	}
+	lines := readLines(t, filepath.Join(filepath.Dir(file), "access.log"), 4)
+	t.Logf("access.log:\n%s", strings.Join(lines, "\n"))
+	want := map[string]accessLine{
+		"GET 404":  {App: "-", Path: "/nobody"},
+		"GET 400":  {App: "-", Path: `http://a\x22b/bad`},
+		"POST 400": {App: "-", Path: "/both"},
+		"GET 200":  {App: "py", Path: "/hi"},
+	}
+	for _, line := range lines {
+		l := parseCombined(t, line)
+		key := fmt.Sprintf("%s %d", l.Method, l.Status)
+		w, ok := want[key]
+		if !ok || l.App != w.App || l.Path != w.Path || l.Mode != "http" ||
+			l.Client != "127.0.0.1" || l.UserAgent != "probe/1" || l.Proto != "HTTP/1.1" || l.Bytes <= 0 {
+			t.Errorf("unexpected line %+v", l)
+		}
+		delete(want, key)
+	}
+	if len(want) > 0 {
+		t.Errorf("not logged: %v", want)
+	}
+	if a := r.app(t, "py"); a.starts != 1 {
+		t.Errorf("py started %d times, want once (for /hi only)", a.starts)
+	}
+}
+
 func TestAccessLogFormats(t *testing.T) {
 	r := activator.AccessRecord{
 		App: "blog", Mode: activator.ModeHTTP, Client: "::1",

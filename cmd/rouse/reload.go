@@ -136,6 +136,7 @@ func (d *daemon) newFront(addr listeners.Addr, apps []*activator.App) (*httpfron
 		closeAll(lns)
 		return nil, err
 	}
+	f.SetAccessLog(d.access.Log)
 	return f, nil
 }
 

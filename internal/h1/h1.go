@@ -275,17 +275,17 @@ func cgiEq[S string | []byte](name S, s string) bool {
 	return true
 }
 
-// RequestLine returns the method and the target of a request head's first
-// line.
-func RequestLine(head []byte) (method, target []byte) {
+// RequestLine returns the method, the target and the protocol of a
+// request head's first line.
+func RequestLine(head []byte) (method, target, proto []byte) {
 	line, _, _ := cutLine(head)
 	if i := bytes.IndexByte(line, ' '); i >= 0 {
 		method, target = line[:i], line[i+1:]
 	}
 	if i := bytes.IndexByte(target, ' '); i >= 0 {
-		target = target[:i]
+		target, proto = target[:i], target[i+1:]
 	}
-	return method, target
+	return method, target, proto
 }
 
 // HeaderValue returns the value of the first header called name (lower
