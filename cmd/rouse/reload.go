@@ -27,6 +27,7 @@ type daemon struct {
 	sockets *listeners.Set
 	notify  *notifier
 	access  *accessLog
+	watch   *activator.ListenWatch // wakes idle tcp apps, shared by all
 
 	mu     sync.Mutex // one build or reload at a time
 	cfg    *Config
@@ -106,7 +107,7 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 		}
 	}
 	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard, ExecShim: []string{"/proc/self/exe", execVerb},
-		MovePort: d.movePort, AccessLog: d.access.Log})
+		MovePort: d.movePort, AccessLog: d.access.Log, ListenWatch: d.watch})
 	if err != nil {
 		closeAll(own)
 		return nil, err
