@@ -128,12 +128,12 @@ func (w *ListenWatch) arm(rc syscall.RawConn, id int32) error {
 // wake function of id is not running and will not be called. Call it
 // without any lock that a wake function takes.
 func (w *ListenWatch) unwatch(rc syscall.RawConn, id int32) error {
+	w.dispatch.Lock() // a call under way ends first, and none begins
+	defer w.dispatch.Unlock()
 	w.mu.Lock()
 	delete(w.subs, id)
 	w.mu.Unlock()
 	err := w.ctl(rc, unix.EPOLL_CTL_DEL, id)
-	w.dispatch.Lock() // a call under way that saw id ends first
-	w.dispatch.Unlock()
 	if errors.Is(err, os.ErrClosed) {
 		return nil // Close came first: there is nothing left to remove
 	}
