@@ -38,9 +38,6 @@ func ReleaseImage() (released uint64) {
 		return 0
 	}
 	for _, m := range imageMappings(smaps, exe) {
-		// MADV_RANDOM first: a page used again is mapped alone, not with
-		// the 15 around it that fault-around would map too.
-		_, _, _ = unix.Syscall(unix.SYS_MADVISE, m.start, m.end-m.start, unix.MADV_RANDOM)
 		if _, _, e := unix.Syscall(unix.SYS_MADVISE, m.start, m.end-m.start, unix.MADV_DONTNEED); e == 0 {
 			released += uint64(m.rss)
 		}
