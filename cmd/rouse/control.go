@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,12 +39,12 @@ func controlHandler(sup *activator.Supervisor, reload func() error) http.Handler
 			writeJSON(w, http.StatusUnprocessableEntity, errorReply{Error: err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, statusReply{Apps: sup.Status()})
+		writeStatus(w, sup.Status())
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("app")
 		if name == "" {
-			writeJSON(w, http.StatusOK, statusReply{Apps: sup.Status()})
+			writeStatus(w, sup.Status())
 			return
 		}
 		a, ok := sup.App(name)
@@ -87,6 +88,38 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// writeStatus writes statusReply{Apps: apps} with status 200, as
+// writeJSON does, one app at a time: for a thousand apps the reply is
+// about a MiB, which encoding it whole (then indenting it again) held
+// three times over in rouse's heap, where it stayed until the next
+// collection.
+func writeStatus(w http.ResponseWriter, apps []activator.Status) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if len(apps) == 0 {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(statusReply{Apps: apps})
+		return
+	}
+	bw := bufio.NewWriterSize(w, 16<<10)
+	bw.WriteString("{\n  \"apps\": [\n")
+	for i := range apps {
+		b, err := json.MarshalIndent(&apps[i], "    ", "  ")
+		if err != nil {
+			return // as Encode does: nothing more is written
+		}
+		bw.WriteString("    ")
+		bw.Write(b)
+		if i < len(apps)-1 {
+			bw.WriteByte(',')
+		}
+		bw.WriteByte('\n')
+	}
+	bw.WriteString("  ]\n}\n")
+	bw.Flush()
 }
 
 // controlClient talks to a running daemon over its control socket.
