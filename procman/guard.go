@@ -26,6 +26,11 @@ import (
 // reading must not wedge Start or the reaper.
 const guardWriteTimeout = time.Second
 
+// guardMemoryLimit is the guard's soft memory limit: what the runtime
+// needs (about 2.5 MiB) and room for its registrations (some 50 bytes
+// each), for which the garbage collector runs.
+const guardMemoryLimit = 6 << 20
+
 // guardCloseTimeout bounds how long Close waits for the guard to exit by
 // itself before it SIGKILLs it.
 const guardCloseTimeout = 5 * time.Second
@@ -241,12 +246,14 @@ func (g *Guard) send(op byte, what string) {
 // everything that carries it) still registered.
 //
 // The guard waits for the whole life of rouse, doing next to nothing: it
-// keeps its heap small (GOGC 10: a few hundred KiB, not the runtime's
-// 4 MiB minimum) and drops the start-up pages of the executable
-// (ReleaseImage), so that it costs about a MiB instead of ten.
+// drops the start-up pages of the executable (ReleaseImage), and collects
+// garbage only when its memory nears guardMemoryLimit, not every two
+// minutes as the runtime otherwise would (each collection runs code
+// that would be mapped back).
 func GuardMain(in io.Reader) int {
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	debug.SetGCPercent(10)
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(guardMemoryLimit)
 	ReleaseImage()
 	left := guarded(in)
 	for _, pgid := range left.groups {

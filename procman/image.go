@@ -28,7 +28,6 @@ import (
 // relocated RELRO page of a PIE has an anonymous copy and is left alone).
 // Errors are ignored: release is an optimisation.
 func ReleaseImage() (released uint64) {
-	defer debug.FreeOSMemory() // after the read of smaps
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
 		return 0
@@ -37,7 +36,11 @@ func ReleaseImage() (released uint64) {
 	if err != nil {
 		return 0
 	}
-	for _, m := range imageMappings(smaps, exe) {
+	maps := imageMappings(smaps, exe)
+	smaps = nil
+	// The collection first: the code it runs would be mapped back at once.
+	debug.FreeOSMemory()
+	for _, m := range maps {
 		if _, _, e := unix.Syscall(unix.SYS_MADVISE, m.start, m.end-m.start, unix.MADV_DONTNEED); e == 0 {
 			released += uint64(m.rss)
 		}
