@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -106,13 +107,18 @@ func writeStatus(w http.ResponseWriter, apps []activator.Status) {
 	}
 	bw := bufio.NewWriterSize(w, 16<<10)
 	bw.WriteString("{\n  \"apps\": [\n")
+	// One buffer and one encoder (which keeps its indenting buffer) for
+	// every app: no garbage per app.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("    ", "  ")
 	for i := range apps {
-		b, err := json.MarshalIndent(&apps[i], "    ", "  ")
-		if err != nil {
+		buf.Reset()
+		if err := enc.Encode(&apps[i]); err != nil {
 			return // as Encode does: nothing more is written
 		}
 		bw.WriteString("    ")
-		bw.Write(b)
+		bw.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
 		if i < len(apps)-1 {
 			bw.WriteByte(',')
 		}
