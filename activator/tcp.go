@@ -253,10 +253,10 @@ func (a *App) unwatchTCP(ln net.Listener) {
 		return
 	}
 	l.closed = true
-	watched := l.raw != nil
+	raw, id := l.raw, l.id
 	a.mu.Unlock()
-	if watched {
-		_ = a.watch.unwatch(l.raw, l.id) // a failure leaves a registration that wakes nothing
+	if raw != nil {
+		_ = a.watch.unwatch(raw, id) // a failure leaves a registration that wakes nothing
 	}
 }
 
