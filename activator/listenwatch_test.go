@@ -217,3 +217,40 @@ func TestCrashingTCPAppDozesAndWakes(t *testing.T) {
 	attempt()
 	waitFor(t, "another start attempt", func() bool { return ta.Status().Starts > starts })
 }
+
+// A reload that moves an idle tcp app to other addresses: the old
+// listener is unwatched and closed, the new ones are watched and wake it.
+func TestSetListenersWatchesTheNewOnes(t *testing.T) {
+	before := acceptGoroutines()
+	ta := newTestApp(t, []string{"-proto", "echo"}, func(c *Config) {
+		c.IdleTimeout = 100 * time.Millisecond
+	})
+	listen := func() net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
+	}
+	ta.mu.Lock()
+	old := ta.lns[0]
+	ta.mu.Unlock()
+	ln2, ln3 := listen(), listen()
+	ta.SetListeners([]net.Listener{ln2})
+	if _, err := net.Dial("tcp", old.Addr().String()); err == nil {
+		t.Error("the old address still takes connections")
+	}
+	if got, err := echo(t, ln2.Addr().String(), "two"); err != nil || got != "two" {
+		t.Fatalf("echo on the new address: %q, %v", got, err)
+	}
+	ta.waitState(t, Idle)
+	waitFor(t, "no accept goroutine once idle", func() bool { return acceptGoroutines() == before })
+	ta.SetListeners([]net.Listener{ln2, ln3}) // ln2 stays as it is
+	for _, ln := range []net.Listener{ln3, ln2} {
+		if got, err := echo(t, ln.Addr().String(), "again"); err != nil || got != "again" {
+			t.Fatalf("echo on %s: %q, %v", ln.Addr(), got, err)
+		}
+	}
+	ta.waitState(t, Idle)
+	waitFor(t, "no accept goroutine once idle again", func() bool { return acceptGoroutines() == before })
+}
