@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -13,8 +12,10 @@ import (
 
 // ReleaseImage drops the pages of the running executable that the process
 // only needed to get going (package init, config parsing, setup) from its
-// page tables, and returns the heap's free pages to the OS. It returns how
-// many bytes of the executable were unmapped.
+// page tables. It returns how many bytes of the executable were unmapped.
+// A process that wants its start-up garbage gone too collects it first
+// (debug.FreeOSMemory): the collector's code, run after, would be mapped
+// back at once.
 //
 // rouse is one binary re-executed as the daemon and the guard; starting
 // either touches about 10 MiB of its code and read-only data, which stay
@@ -36,11 +37,7 @@ func ReleaseImage() (released uint64) {
 	if err != nil {
 		return 0
 	}
-	maps := imageMappings(smaps, exe)
-	smaps = nil
-	// The collection first: the code it runs would be mapped back at once.
-	debug.FreeOSMemory()
-	for _, m := range maps {
+	for _, m := range imageMappings(smaps, exe) {
 		if _, _, e := unix.Syscall(unix.SYS_MADVISE, m.start, m.end-m.start, unix.MADV_DONTNEED); e == 0 {
 			released += uint64(m.rss)
 		}

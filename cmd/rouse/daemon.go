@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -118,7 +119,8 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	notify.send("READY=1\nSTATUS=" + sup.Summary().String())
 	log.Info("rouse ready", "apps", len(cfg.Apps), "control", cfg.Control, "version", buildVersion(), "systemd_notify", notify.String())
 	// What start-up alone needed (parsing the config, building the apps)
-	// stays out of rouse's memory from now on.
+	// stays out of rouse's memory from now on: its garbage, then its code.
+	debug.FreeOSMemory()
 	log.Debug("start-up pages released", "bytes", procman.ReleaseImage())
 	if ready != nil {
 		ready(sup)
