@@ -39,8 +39,10 @@ type App struct {
 	// attempts (proxy, connect), held or between two of them.
 	pending atomic.Int64
 
-	shim    []string // handoff and inetd modes: Options.ExecShim
-	handoff *handoff // handoff mode: the sockets handed to the app
+	shim     []string     // handoff and inetd modes: Options.ExecShim
+	handoff  *handoff     // handoff mode: the sockets handed to the app
+	watch    *ListenWatch // tcp mode: wakes the app when a connection waits on an idle listener
+	ownWatch bool         // watch is the app's own: Close closes it
 
 	movePort  func(name string, taken int) (Config, error) // Options.MovePort
 	accessLog func(AccessRecord)                           // Options.AccessLog
@@ -76,7 +78,8 @@ type App struct {
 	asked        bool      // Start was called and waits for the pool to grant a start
 	refusals     int       // starts the pool refused (capacity.go): a waiter that saw fewer gets refusal
 	refusal      error
-	portMoves    int // failed starts in a row put down to another process holding the port (port.go)
+	portMoves    int            // failed starts in a row put down to another process holding the port (port.go)
+	tcpLns       []*tcpListener // tcp mode: the listeners and whether they are accepted on (tcp.go)
 }
 
 // instance is one start of the app's process. Its fields other than gen,
@@ -116,6 +119,9 @@ type Options struct {
 	// not block, and must copy what it keeps of the record's slices. nil:
 	// no access log.
 	AccessLog func(AccessRecord)
+	// ListenWatch, shared by the tcp apps of a daemon, wakes an idle app
+	// when a connection waits. nil: each tcp app has one of its own.
+	ListenWatch *ListenWatch
 }
 
 // New returns an app that serves on lns once Serve is called. It takes
@@ -138,7 +144,7 @@ func New(cfg Config, lns []net.Listener, opts Options) (*App, error) {
 		metrics: newMetrics(),
 		gate:    newDialGate(),
 	}
-	a.movePort, a.accessLog = opts.MovePort, opts.AccessLog
+	a.movePort, a.accessLog, a.watch = opts.MovePort, opts.AccessLog, opts.ListenWatch
 	cfg.Process.Notify = cfg.Ready.Kind == "notify" // readiness is the app's READY=1
 	a.cfgp.Store(&cfg)
 	if err := a.setupShimmed(opts.ExecShim); err != nil {
@@ -207,10 +213,7 @@ func (a *App) Serve() {
 	}
 	switch a.config().Mode {
 	case ModeTCP:
-		for _, ln := range a.lns {
-			a.wg.Add(1)
-			go a.acceptLoop(ln)
-		}
+		a.serveTCP(a.lns)
 	case ModeHandoff:
 		a.serveHandoff()
 	case ModeInetd:
@@ -228,6 +231,7 @@ func (a *App) setState(s State) {
 	if a.state != s {
 		a.state = s
 		a.broadcast()
+		a.dozeLocked()
 	}
 }
 
@@ -783,6 +787,7 @@ func (a *App) track(c net.Conn) bool {
 func (a *App) untrack(c net.Conn) {
 	a.mu.Lock()
 	delete(a.conns, c)
+	a.dozeLocked()
 	if a.draining {
 		a.broadcast() // Close may be waiting for the accepted connections
 	}
@@ -924,6 +929,9 @@ func (a *App) Close(ctx context.Context) {
 	}
 	a.mu.Unlock()
 	a.wg.Wait()
+	if a.ownWatch {
+		a.watch.Close()
+	}
 }
 
 // describeErr turns a connection's error into a short reason for logs.

@@ -24,6 +24,12 @@
 //     the app's failure: it moves to another (Options.MovePort) and starts.
 //   - Close returns only when every goroutine and process of the app is gone.
 //
+// Mode tcp: no goroutine waits on the listeners of an idle app. A
+// ListenWatch (one epoll instance, shared by the daemon's apps) wakes the
+// app at the first arrival; a goroutine accepts from then on, until the
+// app is idle with no connection left, and hands the listener back armed,
+// so a connection that arrives in between is reported at once.
+//
 // Modes handoff and inetd spawn through the exec shim (Options.ExecShim,
 // ExecMain), which sets LISTEN_PID to the app's own pid and execs it.
 //   - handoff: rouse never accepts on the sockets it hands over, and never

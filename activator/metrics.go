@@ -35,16 +35,21 @@ var (
 // the +Inf bucket.
 type Histogram struct {
 	Buckets []float64
-	Counts  []uint64
+	Counts  []uint64 // one per bucket and +Inf; nil before the first observation
 	Sum     float64
 	Count   uint64
 }
 
+// newHistogram returns an empty histogram; its counts are allocated by
+// the first observation, which most apps of a box never make.
 func newHistogram(buckets []float64) Histogram {
-	return Histogram{Buckets: buckets, Counts: make([]uint64, len(buckets)+1)}
+	return Histogram{Buckets: buckets}
 }
 
 func (h *Histogram) observe(v float64) {
+	if h.Counts == nil {
+		h.Counts = make([]uint64, len(h.Buckets)+1)
+	}
 	i, _ := slices.BinarySearch(h.Buckets, v)
 	h.Counts[i]++
 	h.Sum += v
@@ -79,11 +84,9 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
+	// The maps are made by their first count (count): an idle app holds
+	// none of them.
 	return &metrics{m: Metrics{
-		Failures:  make(map[string]uint64),
-		Stops:     make(map[string]uint64),
-		Outcomes:  make(map[string]uint64),
-		Errors:    make(map[string]uint64),
 		ColdStart: newHistogram(ColdStartBuckets),
 		QueueWait: newHistogram(QueueWaitBuckets),
 	}}
@@ -95,13 +98,21 @@ func (m *metrics) update(f func(*Metrics)) {
 	m.mu.Unlock()
 }
 
-func (m *metrics) failure(kind string) { m.update(func(x *Metrics) { x.Failures[kind]++ }) }
-func (m *metrics) stop(why string)     { m.update(func(x *Metrics) { x.Stops[why]++ }) }
+// count adds one to key in *m, made first when nil; call under metrics.mu.
+func count(m *map[string]uint64, key string) {
+	if *m == nil {
+		*m = make(map[string]uint64)
+	}
+	(*m)[key]++
+}
+
+func (m *metrics) failure(kind string) { m.update(func(x *Metrics) { count(&x.Failures, kind) }) }
+func (m *metrics) stop(why string)     { m.update(func(x *Metrics) { count(&x.Stops, why) }) }
 func (m *metrics) froze()              { m.update(func(x *Metrics) { x.Freezes++ }) }
 func (m *metrics) thawed()             { m.update(func(x *Metrics) { x.Thaws++ }) }
-func (m *metrics) outcome(o string)    { m.update(func(x *Metrics) { x.Outcomes[o]++ }) }
+func (m *metrics) outcome(o string)    { m.update(func(x *Metrics) { count(&x.Outcomes, o) }) }
 func (m *metrics) requestError(kind string) {
-	m.update(func(x *Metrics) { x.Errors[kind]++ })
+	m.update(func(x *Metrics) { count(&x.Errors, kind) })
 }
 func (m *metrics) started(took time.Duration) {
 	m.update(func(x *Metrics) { x.ColdStart.observe(took.Seconds()) })

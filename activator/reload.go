@@ -26,6 +26,7 @@ func (a *App) stopAccepting(quiesce bool) {
 				a.log.Warn("removing the app: its queued connections may be reset", "addr", ln.Addr().String(), "err", err)
 			}
 		}
+		a.unwatchTCP(ln)
 		ln.Close()
 	}
 }
@@ -94,16 +95,24 @@ func (a *App) SetListeners(lns []net.Listener) {
 	a.mu.Unlock()
 	for _, ln := range old {
 		if !slices.Contains(lns, ln) {
+			a.unwatchTCP(ln)
 			ln.Close()
 		}
 	}
 	if draining {
 		return
 	}
+	var added []net.Listener
 	for _, ln := range lns {
-		if slices.Contains(old, ln) {
-			continue
+		if !slices.Contains(old, ln) {
+			added = append(added, ln)
 		}
+	}
+	if a.config().Mode == ModeTCP {
+		a.serveTCP(added)
+		return
+	}
+	for _, ln := range added {
 		a.wg.Add(1)
 		go a.acceptLoop(ln)
 	}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"syscall"
 	"time"
 )
 
@@ -78,12 +80,16 @@ func (w *acceptWarner) ok(addr net.Addr) {
 
 // acceptLoop accepts until the listener is closed and serves each
 // connection in a goroutine of its own: serveConn (tcp) or serveInetdConn.
-func (a *App) acceptLoop(ln net.Listener) {
+func (a *App) acceptLoop(ln net.Listener) { a.acceptFrom(ln, ln.Accept) }
+
+// acceptFrom is acceptLoop with next as the way of accepting on ln; it
+// returns when next returns net.ErrClosed.
+func (a *App) acceptFrom(ln net.Listener, next func() (net.Conn, error)) {
 	defer a.wg.Done()
 	inetd := a.config().Mode == ModeInetd
 	warn := newAcceptWarner(a.log)
 	for {
-		c := accept(ln, warn, a.pause)
+		c, _ := acceptWith(next, ln.Addr(), warn, a.pause)
 		if c == nil {
 			return
 		}
@@ -101,6 +107,156 @@ func (a *App) acceptLoop(ln net.Listener) {
 		} else {
 			go a.serveConn(c)
 		}
+	}
+}
+
+// tcpListener is one listener of a tcp app. While the app is idle no
+// goroutine accepts on it: the ListenWatch wakes the app when a connection
+// waits, and a goroutine accepts from then on, until the app is idle
+// again with no connection left (dozeLocked). The fields are guarded by
+// App.mu.
+type tcpListener struct {
+	ln        net.Listener
+	dl        deadlineListener // ln, when it can be watched; else nil: always accepted on
+	raw       syscall.RawConn
+	id        int32 // its registration in the watch
+	accepting bool  // a goroutine accepts on it; else the watch waits for it
+	closed    bool  // unwatched, about to be closed
+}
+
+// deadlineListener is what a listener needs to be watched: a deadline that
+// ends an Accept under way when the app goes idle, and the socket.
+type deadlineListener interface {
+	SetDeadline(time.Time) error
+	SyscallConn() (syscall.RawConn, error)
+}
+
+// serveTCP watches or accepts on each listener of a tcp app.
+func (a *App) serveTCP(lns []net.Listener) {
+	if a.watch == nil {
+		// No watch shared by the daemon (a test, a library user): one of
+		// the app's own.
+		w, err := NewListenWatch()
+		if err != nil {
+			a.log.Warn("accepting at all times: cannot watch the listeners", "err", err)
+		}
+		a.watch, a.ownWatch = w, w != nil
+	}
+	for _, ln := range lns {
+		l := &tcpListener{ln: ln}
+		a.mu.Lock()
+		a.tcpLns = append(a.tcpLns, l)
+		if dl, ok := ln.(deadlineListener); ok && a.watch != nil {
+			raw, err := dl.SyscallConn()
+			if err == nil {
+				l.id, err = a.watch.watch(raw, func() { a.wakeTCP(l) })
+			}
+			if err == nil {
+				l.dl, l.raw = dl, raw
+				a.mu.Unlock()
+				continue
+			}
+			a.log.Warn("accepting at all times: cannot watch the listener", "addr", ln.Addr().String(), "err", err)
+		}
+		a.acceptTCPLocked(l)
+		a.mu.Unlock()
+	}
+}
+
+// wakeTCP is called by the watch: a connection waits on l.
+func (a *App) wakeTCP(l *tcpListener) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !l.accepting && !l.closed {
+		a.acceptTCPLocked(l)
+	}
+}
+
+// acceptTCPLocked starts a goroutine accepting on l; call with mu held.
+func (a *App) acceptTCPLocked(l *tcpListener) {
+	l.accepting = true
+	if l.dl != nil {
+		_ = l.dl.SetDeadline(time.Time{}) // set by the last doze
+	}
+	a.wg.Add(1)
+	go a.acceptFrom(l.ln, func() (net.Conn, error) {
+		for {
+			c, err := l.ln.Accept()
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return c, err
+			}
+			if a.doze(l) {
+				return nil, net.ErrClosed
+			}
+		}
+	})
+}
+
+// dozeLocked ends the accepting on the tcp listeners once the app is idle
+// with no connection left; call with mu held wherever that may have become
+// true. The accept under way ends at once (a deadline in the past), and
+// doze hands the listener back to the watch.
+func (a *App) dozeLocked() {
+	if len(a.tcpLns) == 0 || !a.quietLocked() {
+		return
+	}
+	for _, l := range a.tcpLns {
+		if l.accepting && l.dl != nil {
+			_ = l.dl.SetDeadline(longAgo)
+		}
+	}
+}
+
+// longAgo is a deadline that has passed.
+var longAgo = time.Unix(1, 0)
+
+func (a *App) quietLocked() bool {
+	return a.state == Idle && a.active == 0 && a.queued == 0 && len(a.conns) == 0
+}
+
+// doze is called by the accept loop of l when its deadline ended an
+// accept. Still quiet (nothing came in meanwhile), it arms l's
+// registration (a connection waiting now wakes the app at once) and says
+// to stop accepting, with net.ErrClosed; else it accepts on.
+func (a *App) doze(l *tcpListener) (stop bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if l.closed {
+		return true
+	}
+	if a.quietLocked() {
+		err := a.watch.arm(l.raw, l.id)
+		if err == nil {
+			l.accepting = false
+			return true
+		}
+		a.log.Warn("accepting at all times: cannot watch the listener", "addr", l.ln.Addr().String(), "err", err)
+		l.dl, l.raw = nil, nil // and so never unwatched: its registration wakes nothing
+	}
+	_ = l.ln.(deadlineListener).SetDeadline(time.Time{})
+	return false
+}
+
+// unwatchTCP takes ln out of the watch before it is closed; call without mu.
+func (a *App) unwatchTCP(ln net.Listener) {
+	a.mu.Lock()
+	var l *tcpListener
+	for i, x := range a.tcpLns {
+		if x.ln == ln {
+			l = x
+			a.tcpLns = append(a.tcpLns[:i:i], a.tcpLns[i+1:]...)
+			break
+		}
+	}
+	if l == nil {
+		a.mu.Unlock()
+		return
+	}
+	l.closed = true
+	raw, id := l.raw, l.id
+	a.mu.Unlock()
+	if raw != nil {
+		_ = a.watch.unwatch(raw, id) // a failure leaves a registration that wakes nothing
 	}
 }
 

@@ -89,8 +89,15 @@ type accessRoute struct {
 	json   bool
 }
 
-func newAccessBatch() *accessBatch {
-	return &accessBatch{recs: make([]activator.AccessRecord, 0, accessBatchRecords), text: make([]byte, 0, accessBatchBytes)}
+// newAccessBatch returns a batch whose buffers are allocated by its first
+// record (alloc): a daemon whose apps log no access never holds them
+// (5 MiB each, which would also raise the garbage collector's goal).
+func newAccessBatch() *accessBatch { return &accessBatch{} }
+
+func (b *accessBatch) alloc() {
+	if b.recs == nil {
+		b.recs, b.text = make([]activator.AccessRecord, 0, accessBatchRecords), make([]byte, 0, accessBatchBytes)
+	}
 }
 
 // newAccessLog starts the writer; records go nowhere until configure.
@@ -184,11 +191,15 @@ func openAccessFile(path string) (*os.File, error) {
 func (l *accessLog) Dropped() uint64 { return l.dropped.Load() }
 
 // Log copies r into the batch being filled, or drops it when the batch
-// is full; it never blocks, and allocates nothing.
+// is full; it never blocks, and allocates nothing past the first records
+// (one per batch).
 func (l *accessLog) Log(r activator.AccessRecord) {
 	need := fieldLen(r.Method) + fieldLen(r.Target) + fieldLen(r.Proto) + fieldLen(r.Referer) + fieldLen(r.UserAgent)
 	l.mu.Lock()
 	b := l.cur
+	if b != nil {
+		b.alloc()
+	}
 	if b == nil || len(b.recs) == cap(b.recs) || len(b.text)+need > cap(b.text) {
 		l.mu.Unlock()
 		l.dropped.Add(1)

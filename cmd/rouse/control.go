@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,12 +51,12 @@ func controlHandler(sup *activator.Supervisor, reload func() error) http.Handler
 			writeJSON(w, http.StatusUnprocessableEntity, errorReply{Error: err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, allStatus(sup))
+		writeStatus(w, allStatus(sup))
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("app")
 		if name == "" {
-			writeJSON(w, http.StatusOK, allStatus(sup))
+			writeStatus(w, allStatus(sup))
 			return
 		}
 		a, ok := sup.App(name)
@@ -98,6 +100,52 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// writeStatus writes r with status 200, as writeJSON does, one app at a
+// time: for a thousand apps the reply is about a MiB, which encoding it
+// whole (then indenting it again) held three times over in rouse's heap,
+// where it stayed until the next collection.
+func writeStatus(w http.ResponseWriter, r statusReply) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if len(r.Apps) == 0 {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+		return
+	}
+	bw := bufio.NewWriterSize(w, 16<<10)
+	bw.WriteString("{\n  \"apps\": [\n")
+	// One buffer and one encoder (which keeps its indenting buffer) for
+	// every app: no garbage per app.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("    ", "  ")
+	for i := range r.Apps {
+		buf.Reset()
+		if err := enc.Encode(&r.Apps[i]); err != nil {
+			return // as Encode does: nothing more is written
+		}
+		bw.WriteString("    ")
+		bw.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+		if i < len(r.Apps)-1 {
+			bw.WriteByte(',')
+		}
+		bw.WriteByte('\n')
+	}
+	bw.WriteString("  ]")
+	if r.Budget != nil {
+		buf.Reset()
+		enc.SetIndent("  ", "  ")
+		if err := enc.Encode(r.Budget); err != nil {
+			return
+		}
+		bw.WriteString(",\n  \"budget\": ")
+		bw.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	}
+	bw.WriteString("\n}\n")
+	bw.Flush()
 }
 
 // controlClient talks to a running daemon over its control socket.

@@ -13,11 +13,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
 	"github.com/rouse-dev/rouse/listeners"
+	"github.com/rouse-dev/rouse/procman"
 )
 
 func cmdRun(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
@@ -82,7 +84,12 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	}
 	defer guard.Close()
 
-	d := &daemon{file: cfg.File, log: log, guard: guard, sockets: sockets, notify: notify, access: access}
+	watch, err := activator.NewListenWatch()
+	if err != nil {
+		return err
+	}
+	defer watch.Close() // after the apps: every return below closes them first
+	d := &daemon{file: cfg.File, log: log, guard: guard, sockets: sockets, notify: notify, access: access, watch: watch}
 	sup, err := d.build(cfg)
 	if err != nil {
 		return err
@@ -111,6 +118,10 @@ func serve(ctx context.Context, cfg *Config, logs *logQueue, ready func(*activat
 	sup.Serve()
 	notify.send("READY=1\nSTATUS=" + sup.Summary().String())
 	log.Info("rouse ready", "apps", len(cfg.Apps), "control", cfg.Control, "version", buildVersion(), "systemd_notify", notify.String())
+	// What start-up alone needed (parsing the config, building the apps)
+	// stays out of rouse's memory from now on: its garbage, then its code.
+	debug.FreeOSMemory()
+	log.Debug("start-up pages released", "bytes", procman.ReleaseImage())
 	if ready != nil {
 		ready(sup)
 	}

@@ -28,12 +28,13 @@ type daemon struct {
 	sockets *listeners.Set
 	notify  *notifier
 	access  *accessLog
+	watch   *activator.ListenWatch // wakes idle tcp apps, shared by all
 
 	mu     sync.Mutex // one build or reload at a time
 	cfg    *Config
 	sup    *activator.Supervisor
-	owned  map[string]map[string][]net.Listener // tcp-like app -> its address -> listeners
-	fronts map[string]*httpfront.HTTPFront      // http address -> its front
+	owned  map[string]addrListeners        // tcp-like app -> its listeners by address
+	fronts map[string]*httpfront.HTTPFront // http address -> its front
 }
 
 // build binds (or takes from systemd) every listen address of cfg and
@@ -43,7 +44,7 @@ type daemon struct {
 func (d *daemon) build(cfg *Config) (*activator.Supervisor, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.owned = make(map[string]map[string][]net.Listener)
+	d.owned = make(map[string]addrListeners)
 	d.fronts = make(map[string]*httpfront.HTTPFront)
 	var apps []*activator.App
 	undo := func() {
@@ -89,14 +90,36 @@ func capacity(cfg *Config) activator.Capacity {
 	return activator.Capacity{MaxRunning: cfg.MaxRunning, MemoryBudget: cfg.MemoryBudget, MaxStarting: cfg.MaxStarting}
 }
 
+// addrListeners are the listeners of a tcp-like app by address: a slice,
+// as an app has one address or a few (a map of one costs 350 bytes).
+type addrListeners []addrListener
+
+type addrListener struct {
+	addr string
+	lns  []net.Listener
+}
+
+func (al addrListeners) find(addr string) ([]net.Listener, bool) {
+	for _, x := range al {
+		if x.addr == addr {
+			return x.lns, true
+		}
+	}
+	return nil, false
+}
+
+func (al *addrListeners) add(addr string, lns []net.Listener) {
+	*al = append(*al, addrListener{addr, lns})
+}
+
 // newApp builds one app; a non-http app gets its listeners, reusing those
-// in keep (address -> listeners) and binding the others.
-func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App, error) {
+// in keep and binding the others.
+func (d *daemon) newApp(ac App, keep addrListeners) (*activator.App, error) {
 	var own []net.Listener
-	byAddr := make(map[string][]net.Listener)
+	var byAddr addrListeners
 	if ac.Mode != activator.ModeHTTP {
 		for _, addr := range ac.Addrs {
-			lns, ok := keep[addr.String()]
+			lns, ok := keep.find(addr.String())
 			if !ok {
 				var err error
 				if lns, err = d.sockets.Listen(addr, listeners.Options{Keep: true}); err != nil {
@@ -104,12 +127,12 @@ func (d *daemon) newApp(ac App, keep map[string][]net.Listener) (*activator.App,
 					return nil, fmt.Errorf("app %s: %w", ac.Name, err)
 				}
 			}
-			byAddr[addr.String()] = lns
+			byAddr.add(addr.String(), lns)
 			own = append(own, lns...)
 		}
 	}
 	a, err := activator.New(ac.Config, own, activator.Options{Logger: d.log, Guard: d.guard, ExecShim: []string{"/proc/self/exe", execVerb},
-		MovePort: d.movePort, AccessLog: d.access.Log})
+		MovePort: d.movePort, AccessLog: d.access.Log, ListenWatch: d.watch})
 	if err != nil {
 		closeAll(own)
 		return nil, err
@@ -302,9 +325,9 @@ func checkReloadable(old, cfg *Config) error {
 func (d *daemon) relisten(a *activator.App, ac App) {
 	keep := d.owned[ac.Name]
 	var lns []net.Listener
-	byAddr := make(map[string][]net.Listener)
+	var byAddr addrListeners
 	for _, addr := range ac.Addrs {
-		got, ok := keep[addr.String()]
+		got, ok := keep.find(addr.String())
 		if !ok {
 			var err error
 			if got, err = d.sockets.Listen(addr, listeners.Options{Keep: true}); err != nil {
@@ -312,7 +335,7 @@ func (d *daemon) relisten(a *activator.App, ac App) {
 				continue
 			}
 		}
-		byAddr[addr.String()] = got
+		byAddr.add(addr.String(), got)
 		lns = append(lns, got...)
 	}
 	d.owned[ac.Name] = byAddr

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -17,6 +18,8 @@ type densityResult struct {
 	threads    string
 	fds        int
 	guardRSS   int64         // the guard process rouse runs beside itself
+	mem        memUse        // rouse after the idle period, from smaps_rollup
+	guardMem   memUse        // the guard's
 	idle       time.Duration // length of the idle period
 	cpuTicks   time.Duration // utime+stime over it (10 ms resolution)
 	cpuSched   time.Duration // time on CPU over it from schedstat (ns resolution)
@@ -113,8 +116,11 @@ func (h *harness) density(ctx context.Context) error {
 		res.hwm = kbValue(statusValue(pid, "VmHWM"))
 		res.threads = statusValue(pid, "Threads")
 		res.fds = openFDs(pid)
+		res.mem = memUseOf(pid)
 		for _, c := range children(pid) {
-			res.guardRSS += rssBytes(c) // the apps are idle: the only child is the guard
+			// The apps are idle: the only child is the guard.
+			res.guardRSS += rssBytes(c)
+			res.guardMem = res.guardMem.plus(memUseOf(c))
 		}
 	}
 	for _, r := range rs {
@@ -124,4 +130,38 @@ func (h *harness) density(ctx context.Context) error {
 		h.rep.density = append(h.rep.density, r.res)
 	}
 	return nil
+}
+
+// memUse is what a process holds, from /proc/PID/smaps_rollup. RSS counts
+// every page it maps; rouse and its guard run the same executable and map
+// the same pages of it, which PSS shares out between them (and whatever
+// else maps them) and USS leaves out.
+type memUse struct {
+	rss int64 // resident
+	pss int64 // proportional: each shared page divided among its processes
+	uss int64 // unique: Private_Clean + Private_Dirty
+}
+
+func memUseOf(pid int) memUse {
+	var m memUse
+	for line := range strings.SplitSeq(readFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid)), "\n") {
+		key, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n := kbValue(strings.TrimSpace(v))
+		switch key {
+		case "Rss":
+			m.rss = n
+		case "Pss":
+			m.pss = n
+		case "Private_Clean", "Private_Dirty":
+			m.uss += n
+		}
+	}
+	return m
+}
+
+func (m memUse) plus(o memUse) memUse {
+	return memUse{rss: m.rss + o.rss, pss: m.pss + o.pss, uss: m.uss + o.uss}
 }

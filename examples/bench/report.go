@@ -256,8 +256,8 @@ func (r *report) renderSummary(p func(string, ...any)) {
 	}
 	for _, d := range r.density {
 		if d.apps > 1 {
-			p("- %d idle apps: rouse answers its control socket %s after exec, RSS %s (+ guard %s), CPU over %s idle: %s.\n",
-				d.apps, ms(d.startup), mib(d.rssEnd), mib(d.guardRSS), d.idle.Round(time.Second), ms(d.cpuSched))
+			p("- %d idle apps: rouse answers its control socket %s after exec, RSS %s (+ guard %s = %s; PSS %s), CPU over %s idle: %s.\n",
+				d.apps, ms(d.startup), mib(d.rssEnd), mib(d.guardRSS), mib(d.rssEnd+d.guardRSS), mib(d.mem.plus(d.guardMem).pss), d.idle.Round(time.Second), ms(d.cpuSched))
 		}
 	}
 	p("\n")
@@ -487,6 +487,16 @@ func (r *report) renderDensity(p func(string, ...any)) {
 			ms(d.cpuTicks), ms(d.cpuSched), ms(d.stopTook))
 	}
 	p("\nutime+stime comes in 10 ms ticks; schedstat sums the nanoseconds every thread spent on a CPU.\n\n")
+	p("Memory after the idle period, from `/proc/PID/smaps_rollup`. rouse and its guard run the same executable: RSS counts the pages of it they both map twice," +
+		" PSS shares each page out among the processes that map it, USS (Private_Clean + Private_Dirty) is what the process alone holds.\n\n")
+	p("| apps | rouse RSS | rouse PSS | rouse USS | guard RSS | guard PSS | guard USS | rouse + guard RSS | rouse + guard PSS |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, d := range r.density {
+		sum := d.mem.plus(d.guardMem)
+		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", d.apps, mib(d.mem.rss), mib(d.mem.pss), mib(d.mem.uss),
+			mib(d.guardMem.rss), mib(d.guardMem.pss), mib(d.guardMem.uss), mib(sum.rss), mib(sum.pss))
+	}
+	p("\n")
 }
 
 func (r *report) renderAppendix(p func(string, ...any)) {
