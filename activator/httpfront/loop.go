@@ -898,9 +898,19 @@ func (l *evLoop) receive(c *loopConn) {
 // answer writes the response to the client, then goes on to the next
 // request.
 func (l *evLoop) answer(c *loopConn) {
-	if l.writeClient(c, c.resp, false) {
+	if l.writeClient(c, c.resp, l.closesNext(c)) {
 		l.answered(c)
 	}
+}
+
+// closesNext reports whether the client's connection is closed right
+// after the response, with nothing of the client's left unread: the last
+// write then says MSG_MORE, and the close sends it with the FIN, one
+// segment where there were two. (With bytes unread, close resets the
+// connection instead and drops what the kernel still holds: those writes
+// go at once.)
+func (l *evLoop) closesNext(c *loopConn) bool {
+	return c.closeAfter && !c.readable
 }
 
 // endHead counts the response whose head is in resp and ends the head,
@@ -1028,7 +1038,7 @@ func (l *evLoop) relayOn(c *loopConn) {
 		if rs.fromUp {
 			out = u.buf
 		}
-		if !l.writeClient(c, out, !rs.done && !rs.drained) {
+		if !l.writeClient(c, out, (!rs.done && !rs.drained) || (rs.done && l.closesNext(c))) {
 			return // on the client's EPOLLOUT (a tail held back goes with the next write), or closed
 		}
 		if rs.done {
@@ -1085,7 +1095,9 @@ func (l *evLoop) endRelay(c *loopConn) {
 	}
 	l.relaying--
 	l.release(c)
-	l.uncork(c) // (the last write was without MSG_MORE, unless it had nothing to send)
+	if !l.closesNext(c) {
+		l.uncork(c) // (the last write was without MSG_MORE, unless it had nothing to send)
+	}
 	l.answered(c)
 }
 
