@@ -240,6 +240,13 @@ var confCases = []confCase{
 		client: []string{"200 "}, app: []string{appReq("HEAD /a", "x", "")}, headCount: map[string]int{"Content-Length": 1}},
 	{name: "HEAD answered chunked", req: "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
 		client: []string{"200 "}, app: []string{appReq("HEAD /a", "x", "")}},
+	// A client that asks to close: its last response goes with the FIN,
+	// whole, from the loop's buffer or passed on through it.
+	{name: "client asks to close", req: "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		client: []string{"200 ok"}, closed: true, app: []string{getA}},
+	{name: "client asks to close, long response", req: "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+		resp:   "HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n" + strings.Repeat("z", 50000),
+		client: []string{"200 " + strings.Repeat("z", 50000)}, closed: true, app: []string{getA}},
 	{name: "body until close", req: "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", resp: "HTTP/1.0 200 OK\r\nSet-Cookie: s=1\r\n\r\nall of it", appCloses: true,
 		client: []string{"200 all of it"}, closed: true, app: []string{getA}, headCount: map[string]int{"Set-Cookie": 1}},
 	{name: "response CL and TE", req: "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", resp: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

@@ -134,6 +134,7 @@ type loopConn struct {
 	hup      bool      // the client closed its side, or failed
 	deadline time.Time // lcWaiting, and a response waiting for the client to take more: when the connection is closed
 	wrote    bool      // a write to the client made progress since deadline was set
+	corked   bool      // the last write to the client said MSG_MORE: its tail may wait in the kernel
 	blocked  bool      // lcAnswering, lcRelaying: the client's socket is full, until its EPOLLOUT
 	served   int
 
@@ -897,9 +898,19 @@ func (l *evLoop) receive(c *loopConn) {
 // answer writes the response to the client, then goes on to the next
 // request.
 func (l *evLoop) answer(c *loopConn) {
-	if l.writeClient(c, c.resp) {
+	if l.writeClient(c, c.resp, l.closesNext(c)) {
 		l.answered(c)
 	}
+}
+
+// closesNext reports whether the client's connection is closed right
+// after the response, with nothing of the client's left unread: the last
+// write then says MSG_MORE, and the close sends it with the FIN, one
+// segment where there were two. (With bytes unread, close resets the
+// connection instead and drops what the kernel still holds: those writes
+// go at once.)
+func (l *evLoop) closesNext(c *loopConn) bool {
+	return c.closeAfter && !c.readable
 }
 
 // endHead counts the response whose head is in resp and ends the head,
@@ -917,9 +928,18 @@ func (l *evLoop) endHead(c *loopConn, r *h1.Response) {
 // writeClient writes out[c.written:] to the client; false when it has to
 // wait for the client's EPOLLOUT (send_timeout from the last write that
 // took anything), or the client went away and the connection is closed.
-func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
+// more says that more of the response follows at once: the kernel may
+// then hold a tail shorter than a segment until the next write (MSG_MORE,
+// as HAProxy sends), so that a long response leaves in fewer, fuller
+// segments, each of which costs the loop a pass through loopback's
+// receive path; uncork sends such a tail when the loop has to wait.
+func (l *evLoop) writeClient(c *loopConn, out []byte, more bool) bool {
+	flags := uintptr(unix.MSG_NOSIGNAL)
+	if more {
+		flags |= unix.MSG_MORE
+	}
 	for c.written < len(out) {
-		n, err := rawWrite(c.fd, out[c.written:])
+		n, err := rawSend(c.fd, out[c.written:], flags)
 		if err == unix.EAGAIN {
 			c.blocked = true
 			if c.wrote {
@@ -933,9 +953,21 @@ func (l *evLoop) writeClient(c *loopConn, out []byte) bool {
 		}
 		c.written += n
 		c.wrote = true
+		c.corked = more
 		c.toClient += int64(n)
 	}
 	return true
+}
+
+// uncork sends the tail a write with MSG_MORE left in the kernel: the loop
+// waits for the app now, and the client must not wait with it. Setting
+// TCP_NODELAY, on already, pushes what is pending (tcp(7)); a Unix socket
+// holds nothing back and says EOPNOTSUPP.
+func (l *evLoop) uncork(c *loopConn) {
+	if c.corked {
+		c.corked = false
+		unix.SetsockoptInt(c.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
 }
 
 // answered goes on to the next request, the response being sent.
@@ -1006,8 +1038,8 @@ func (l *evLoop) relayOn(c *loopConn) {
 		if rs.fromUp {
 			out = u.buf
 		}
-		if !l.writeClient(c, out) {
-			return // on the client's EPOLLOUT, or closed
+		if !l.writeClient(c, out, (!rs.done && !rs.drained) || (rs.done && l.closesNext(c))) {
+			return // on the client's EPOLLOUT (a tail held back goes with the next write), or closed
 		}
 		if rs.done {
 			l.endRelay(c)
@@ -1022,6 +1054,7 @@ func (l *evLoop) relayOn(c *loopConn) {
 		switch {
 		case err == unix.EAGAIN:
 			rs.drained = true
+			l.uncork(c)
 			return
 		case err != nil || n == 0:
 			u.eof = true
@@ -1062,6 +1095,9 @@ func (l *evLoop) endRelay(c *loopConn) {
 	}
 	l.relaying--
 	l.release(c)
+	if !l.closesNext(c) {
+		l.uncork(c) // (the last write was without MSG_MORE, unless it had nothing to send)
+	}
 	l.answered(c)
 }
 
@@ -1307,6 +1343,15 @@ func epollAdd(epfd, fd int) error {
 		return e
 	}
 	return nil
+}
+
+// rawSend is send(2) with flags, as a raw system call.
+func rawSend(fd int, p []byte, flags uintptr) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), flags, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 func rawWrite(fd int, p []byte) (int, error) {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -606,4 +607,57 @@ func TestLoopRelayCutShort(t *testing.T) {
 	rc.c.Close()
 	leakcheck.WaitFor(t, "the slot to be freed", func() bool { return ta.Status().Conns == 0 })
 	leakcheck.WaitFor(t, "the connection gone", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 0 })
+}
+
+// A response the app pauses in the middle of, right after a full buffer:
+// the client gets every byte sent before the pause without waiting for
+// the rest, and the whole of it after. What the loop wrote with MSG_MORE
+// must not wait in the kernel for the next write: left there, it goes
+// out only after about 200 ms (the kernel's own limit), so the median
+// wait over several pauses tells the two apart. (The app is pyExtraBytes.)
+func TestLoopRelayPushesWhatCameBeforeAPause(t *testing.T) {
+	ta := newPythonHTTPApp(t, pyExtraBytes, false, nil)
+	dir := filepath.Dir(ta.starts)
+	rc := dialRaw(t, ta.addr)
+	moved := movedFromLoops(t, ta.front)
+	const total, first = 100000, 3*loopUpBuf - len("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+	var waits []time.Duration
+	for i := range 10 {
+		if i == 1 {
+			// The first was held while the app started: on a goroutine.
+			leakcheck.WaitFor(t, "the connection back in a loop", func() bool { inLoops, _, _ := loopState(ta.front); return inLoops == 1 })
+			moved = movedFromLoops(t, ta.front)
+		}
+		sent := time.Now()
+		rc.send("GET /pause/" + strconv.Itoa(i) + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got := make([]byte, total)
+		if n, err := io.ReadFull(resp.Body, got[:first]); err != nil {
+			t.Fatalf("request %d: %d of the %d bytes sent before the pause: %v", i, n, first, err)
+		}
+		if i > 0 {
+			waits = append(waits, time.Since(sent))
+		}
+		if err := os.WriteFile(filepath.Join(dir, "go-"+strconv.Itoa(i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := io.ReadFull(resp.Body, got[first:]); err != nil {
+			t.Fatalf("request %d: %d of the %d bytes after the pause: %v", i, n, total-first, err)
+		}
+		if want := strings.Repeat("a", first) + strings.Repeat("b", total-first); string(got) != want {
+			t.Fatalf("request %d: the body is not what the app sent", i)
+		}
+	}
+	slices.Sort(waits)
+	if w := waits[len(waits)/2]; w > 100*time.Millisecond {
+		t.Errorf("the bytes before a pause took %s (median) to reach the client: held back", w)
+	}
+	moved(0)
+	if i, _, _ := loopState(ta.front); i != 1 {
+		t.Errorf("%d connections in the loops, want 1", i)
+	}
 }

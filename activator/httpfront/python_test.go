@@ -98,10 +98,15 @@ func TestHTTPCloseFramedResponsesOnceEach(t *testing.T) {
 // complete response it sends more (a body to a HEAD, a body to a 204, a
 // late second response), then creates the file DIR/sent-N (DIR is
 // sys.argv[3]) so the test knows the bytes are on their way. GET /good/N
-// is answered properly, with "good N".
+// is answered properly, with "good N". GET /pause/N stops its response
+// after an exact multiple of the loop's buffer until the test creates
+// DIR/go-N (a pause after a full read: TestLoopRelayPushesWhatCameBeforeAPause).
 const pyExtraBytes = `
 import socket, socketserver, threading
 DIR = sys.argv[3]
+PAUSE_TOTAL = 100000
+PAUSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % PAUSE_TOTAL
+PAUSE_FIRST = 3 * 16384 - len(PAUSE_HEAD)
 class H(socketserver.BaseRequestHandler):
     def handle(self):
         # Each write goes at once: the test knows when bytes are sent.
@@ -121,6 +126,12 @@ class H(socketserver.BaseRequestHandler):
             if kind == "good":
                 body = ("good %s" % n).encode()
                 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                continue
+            if kind == "pause":
+                s.sendall(PAUSE_HEAD + b"a" * PAUSE_FIRST)
+                while not os.path.exists(os.path.join(DIR, "go-" + n)):
+                    time.sleep(0.005)
+                s.sendall(b"b" * (PAUSE_TOTAL - PAUSE_FIRST))
                 continue
             if kind == "headbody":
                 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n")
