@@ -233,8 +233,10 @@ func (fc *frontConn) readHead(idleDeadline bool) (n int, ok bool) {
 		if n := h1.HeadEnd(buf, from); n >= 0 {
 			return n, true
 		}
-		if len(buf) == fc.br.Size() {
-			return 0, false // net/http answers 431 beyond its own limit
+		if len(buf) == fc.br.Size() || h1.NotARequest(buf) {
+			// net/http answers 431 beyond its own limit, and 400 at
+			// once to a first line that is not a request's.
+			return 0, false
 		}
 		if idleDeadline {
 			// The head came in parts: from now on it has

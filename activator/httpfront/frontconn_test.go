@@ -461,3 +461,26 @@ func TestNetHTTPPathResponsesAndBodies(t *testing.T) {
 		t.Errorf("failures counted against the app: %d (last error %q)", st.Failures, st.LastError)
 	}
 }
+
+// A client that does not speak HTTP (redis-cli, an SMTP or SSH client
+// pointed at an http app) gets a 400 as soon as its first line is in,
+// not after header_timeout, and the app is not started for it.
+func TestFrontAnswersANonHTTPClientAtOnce(t *testing.T) {
+	ta, _ := newHTTPTestApp(t, nil, func(c *activator.Config) { c.HeaderTimeout = time.Minute })
+	for _, first := range []string{"PING\r\n", "*1\r\n$4\r\nPING\r\n", "EHLO mail.example\r\n", "SSH-2.0-OpenSSH_9.2\r\n"} {
+		rc := dialRaw(t, ta.addr)
+		rc.c.SetDeadline(time.Now().Add(10 * time.Second)) // far below header_timeout
+		rc.send(first)
+		resp, err := http.ReadResponse(rc.br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("%q: %v, want a 400 at once", first, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%q: %s, want 400", first, resp.Status)
+		}
+	}
+	if st := ta.Status(); st.Starts != 0 {
+		t.Errorf("the app was started %d times for clients that sent no request", st.Starts)
+	}
+}

@@ -6,7 +6,8 @@
 // server or answers 502 for a response.
 //
 // Each rule has one owner here, which every path of the front calls:
-//   - end of a head (request or response): HeadEnd.
+//   - end of a head (request or response): HeadEnd; a client's first line
+//     that no request begins with (not HTTP at all): NotARequest.
 //   - which requests the front parses itself (HTTP/1.1, origin form, one
 //     Host, at most one Content-Length, no Transfer-Encoding, Expect,
 //     Upgrade or obs-fold, no bare LF): ParseRequest.

@@ -26,6 +26,35 @@ var tchar = func() (t [256]bool) {
 	return t
 }()
 
+// NotARequest reports whether b, the start of what a client sent, has a
+// first line that no request can begin with: complete (it ends in LF),
+// not empty, and not method SP target SP HTTP/d.d. A client that is not
+// speaking HTTP (a Redis or SMTP client pointed at an http app) is then
+// answered 400 at once instead of after header_timeout; whatever may
+// still be a request is left to the head's end.
+func NotARequest(b []byte) bool {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return false
+	}
+	line := bytes.TrimSuffix(b[:i], []byte("\r"))
+	if len(line) == 0 {
+		return false // an empty line before the request line: the head's rules
+	}
+	sp := bytes.IndexByte(line, ' ')
+	last := bytes.LastIndexByte(line, ' ')
+	if sp <= 0 || last == sp {
+		return true
+	}
+	for _, c := range line[:sp] {
+		if !tchar[c] {
+			return true
+		}
+	}
+	v := line[last+1:]
+	return len(v) != 8 || string(v[:5]) != "HTTP/" || v[5] < '0' || v[5] > '9' || v[6] != '.' || v[7] < '0' || v[7] > '9'
+}
+
 // HeadEnd returns the length of the head at the start of b: up to and
 // including its empty line ("\n\r\n" or "\n\n" ends it). It returns -1 when
 // b holds no complete head. from is where to start looking, for a caller

@@ -186,3 +186,32 @@ func TestChunkScanner(t *testing.T) {
 		}
 	}
 }
+
+func TestNotARequest(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want bool
+	}{
+		{"PING\r\n", true},
+		{"*1\r\n$4\r\nPING\r\n", true}, // Redis's protocol
+		{"EHLO mail.example\r\n", true},
+		{"SSH-2.0-OpenSSH_9.2\r\n", true},
+		{"GET / HTTP/1.1\r\n", false},
+		{"GET / HTTP/1.1\n", false},
+		{"GET http://x/ HTTP/1.0\r\nHost", false},
+		{"PRI * HTTP/2.0\r\n", false},
+		{"GET / HTTP/1.1", false}, // the line is not complete yet
+		{"GET /", false},
+		{"\r\nGET / HTTP/1.1\r\n", false}, // an empty line first: the head's rules
+		{"GET /a b HTTP/1.1\r\n", false},  // a space in the target: net/http's 400, not this
+		{"G@T / HTTP/1.1\r\n", true},
+		{"GET / HTTP/1\r\n", true},
+		{"GET / http/1.1\r\n", true},
+		{"GET /\r\n", true},
+		{" GET / HTTP/1.1\r\n", true},
+	} {
+		if got := NotARequest([]byte(c.in)); got != c.want {
+			t.Errorf("NotARequest(%q) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
