@@ -158,17 +158,24 @@ func parseStat(data []byte) (procStat, bool) {
 // process, or one that exited, counts 0. Safe to call concurrently.
 func Memory(ps []*Process) []uint64 {
 	out := make([]uint64, len(ps))
-	var byPid map[int]procInfo // filled on the first process that needs it
-	scan := func() map[int]procInfo {
-		if byPid == nil {
-			procs := scanProcs()
-			byPid = make(map[int]procInfo, len(procs))
-			for _, q := range procs {
-				byPid[q.pid] = q
+	// Filled on the first process that needs them: RSS pages by pid and
+	// by process group, of the live processes.
+	var byPid map[int]uint64
+	var byPgrp map[int]uint64
+	scan := func() {
+		if byPid != nil {
+			return
+		}
+		procs := scanProcs()
+		byPid, byPgrp = make(map[int]uint64, len(procs)), make(map[int]uint64)
+		for _, q := range procs {
+			if q.state != 'Z' {
+				byPid[q.pid] = q.rss
+				byPgrp[q.pgrp] += q.rss
 			}
 		}
-		return byPid
 	}
+	page := uint64(os.Getpagesize())
 	for i, p := range ps {
 		if p == nil || p.isReaped() {
 			continue
@@ -182,18 +189,13 @@ func Memory(ps []*Process) []uint64 {
 			}
 			fallthrough
 		case cg != nil:
-			procs := scan()
+			scan()
 			for _, pid := range cgroupPids(cg.dir) {
-				if q, ok := procs[pid]; ok && q.state != 'Z' {
-					rss += q.rss * uint64(os.Getpagesize())
-				}
+				rss += byPid[pid] * page
 			}
 		default:
-			for _, q := range scan() {
-				if q.pgrp == p.pid && q.state != 'Z' {
-					rss += q.rss * uint64(os.Getpagesize())
-				}
-			}
+			scan()
+			rss = byPgrp[p.pid] * page
 		}
 		// As in Stats: a sample taken before the leader is reaped is of
 		// this process's group only (its pgid cannot be reused before).

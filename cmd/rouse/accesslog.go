@@ -194,6 +194,9 @@ func (l *accessLog) Dropped() uint64 { return l.dropped.Load() }
 // is full; it never blocks, and allocates nothing past the first records
 // (one per batch).
 func (l *accessLog) Log(r activator.AccessRecord) {
+	if _, ok := l.routes.Load().apps[r.App]; !ok {
+		return // nowhere to go: an app turned off by a reload, or a front's own answer with [rouse].access_log off
+	}
 	need := fieldLen(r.Method) + fieldLen(r.Target) + fieldLen(r.Proto) + fieldLen(r.Referer) + fieldLen(r.UserAgent)
 	l.mu.Lock()
 	b := l.cur

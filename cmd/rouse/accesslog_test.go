@@ -367,7 +367,14 @@ func TestAccessLogFormats(t *testing.T) {
 // batch is full.
 func TestAccessLogCopiesAndDrops(t *testing.T) {
 	l := &accessLog{cur: newAccessBatch(), wake: make(chan struct{}, 1)} // no writer: nothing empties the batch
+	l.routes.Store(&accessRoutes{apps: map[string]accessRoute{"a": {target: accessStderr}}})
 	target := []byte("/path")
+	// A record with nowhere to go (an app with its log off, a front's own
+	// answer with [rouse].access_log off) is neither copied nor counted.
+	l.Log(activator.AccessRecord{App: noApp, Target: target})
+	if len(l.cur.recs) != 0 || l.Dropped() != 0 {
+		t.Fatalf("a record with no route: %d kept, %d dropped", len(l.cur.recs), l.Dropped())
+	}
 	r := activator.AccessRecord{App: "a", Method: []byte("GET"), Target: target, Proto: []byte("HTTP/1.1"), UserAgent: []byte("ua")}
 	if n := testing.AllocsPerRun(100, func() { l.Log(r) }); n != 0 {
 		t.Errorf("Log allocates %v times per record", n)

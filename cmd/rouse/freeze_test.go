@@ -28,12 +28,11 @@ func TestStopOfFrozenAppLeavesNoProcess(t *testing.T) {
 			d := startDaemon(t, file, "cold", port, containment)
 			waitFor(t, "frozen", func() bool { return r.app(t, "cold").state == "frozen" })
 			app := r.app(t, "cold")
-			// procman's and activator's tests check that a frozen process
-			// runs no more; here the kernel's word is waited for, and what
-			// it says is logged if it does not come (seen once in a full
-			// run, under load, and not reproduced since).
-			if !eventuallyTrue(5*time.Second, func() bool { return frozenOnOS(t, app.pid, containment == "auto") }) {
-				t.Logf("the kernel does not say the app is frozen yet: %s", taskStates(t, app.pid))
+			// The kernel's word, with what it says of each process if it
+			// does not come (seen once in a full run, under load, with a
+			// 5 s wait: the bound is now the suite's usual 20 s).
+			if !eventuallyTrue(20*time.Second, func() bool { return frozenOnOS(t, app.pid, containment == "auto") }) {
+				t.Fatalf("the kernel does not say the app is frozen: %s", taskStates(t, app.pid))
 			}
 			var out bytes.Buffer
 			if code := run(t.Context(), []string{"status", "--control", control, "cold"}, os.Getenv, nil, &out, &out); code != 0 || !strings.Contains(out.String(), "frozen") {
