@@ -334,3 +334,22 @@ func TestMemoryBudgetStopsFrozenBeforeReady(t *testing.T) {
 		t.Errorf("the ready app is %s with stops %v, want left running", st.State, r.Metrics().Stops)
 	}
 }
+
+// A frozen app with no idle_timeout has no timer left; a reload that sets
+// one stops it (before, it stayed frozen until a connection thawed it).
+func TestReloadGivesAFrozenAppItsIdleTimeout(t *testing.T) {
+	ta := newTestApps(t, Capacity{}, appSpec{args: []string{"-proto", "echo"}, edit: freezeAfter(20*time.Millisecond, func(c *Config) {
+		c.IdleTimeout = 0
+	})})[0]
+	if _, err := echo(t, ta.addr, "x"); err != nil {
+		t.Fatal(err)
+	}
+	ta.waitState(t, Frozen)
+	cfg := *ta.Config()
+	cfg.IdleTimeout = 100 * time.Millisecond
+	ta.Reconfigure(cfg)
+	ta.waitState(t, Idle)
+	if m := ta.Metrics(); m.Stops["idle"] != 1 {
+		t.Errorf("stops %v, want one idle stop", m.Stops)
+	}
+}

@@ -184,7 +184,7 @@ func (a *App) dropIdleConns() {
 }
 
 // renewUpstream replaces the app's Upstream after a reload changed cfg's
-// address (or response timeout), retiring the old one.
+// address, retiring the old one.
 func (a *App) renewUpstream(cfg *Config) {
 	newUp := a.upstream.newUp.Load()
 	if newUp == nil {

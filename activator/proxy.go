@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/h1"
 )
 
 // The per-request rules of mode http, which the front (package
@@ -19,8 +21,9 @@ import (
 
 // ErrBadResponse is a failed exchange's error when the app's response
 // could not be passed on (malformed, or framed ambiguously): the front
-// returns it, or an error wrapping it, and blame counts it apart.
-var ErrBadResponse = errors.New("the app sent a malformed response")
+// returns it, or an error wrapping it, and blame counts it apart. It is
+// h1's own, which the chunk follower returns on every path.
+var ErrBadResponse = h1.ErrBadResponse
 
 // Proxy takes one request through its attempts, under the retry rules of
 // DESIGN.md ("Retries"): held while the app starts, replayed when that is

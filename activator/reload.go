@@ -49,8 +49,8 @@ func (a *App) Reconfigure(cfg Config) string {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state == Ready && a.active == 0 && a.queued == 0 {
-		a.armIdleLocked() // with the new idle_timeout
+	if (a.state == Ready || a.state == Frozen) && a.active == 0 && a.queued == 0 {
+		a.armIdleLocked() // with the new idle_timeout (a frozen app's counts from now)
 	}
 	if !restart || a.inst == nil || (a.state != Ready && a.state != Starting && a.state != Frozen) {
 		return "new settings from the next start"
@@ -70,7 +70,7 @@ func (a *App) storeConfig(cfg Config) (old *Config, upstream bool) {
 	old = a.config()
 	a.cfgp.Store(&cfg)
 	upstream = old.UpstreamNetwork != cfg.UpstreamNetwork || old.UpstreamAddress != cfg.UpstreamAddress
-	if cfg.Mode == ModeHTTP && (upstream || old.ResponseTimeout != cfg.ResponseTimeout) {
+	if cfg.Mode == ModeHTTP && upstream {
 		a.renewUpstream(&cfg)
 	}
 	return old, upstream

@@ -231,7 +231,7 @@ func (a *App) doze(l *tcpListener) (stop bool) {
 			return true
 		}
 		a.log.Warn("accepting at all times: cannot watch the listener", "addr", l.ln.Addr().String(), "err", err)
-		l.dl, l.raw = nil, nil // and so never unwatched: its registration wakes nothing
+		l.dl = nil // never dozes again; raw stays, for unwatchTCP to drop the registration
 	}
 	_ = l.ln.(deadlineListener).SetDeadline(time.Time{})
 	return false
