@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -111,6 +112,11 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		apps   []*App
 		fronts []Front
 	)
+	// One watch for every tcp app, as the daemon has.
+	watch, err := NewListenWatch()
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Upstream ports, one per app (freePort never gives one twice).
 	ports := make([]int, len(specs))
 	for i := range ports {
@@ -135,7 +141,7 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		if cfg.Mode == ModeHTTP {
 			lns = nil // the front accepts for an http app
 		}
-		a, err := New(cfg, lns, Options{Logger: log, Guard: spec.guard, AccessLog: spec.access})
+		a, err := New(cfg, lns, Options{Logger: log, Guard: spec.guard, AccessLog: spec.access, ListenWatch: watch})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +167,10 @@ func newTestApps(t testing.TB, limits Capacity, specs ...appSpec) []*testApp {
 		t.Fatal(err)
 	}
 	sup.Serve()
-	base.After(t, sup.Close, func() []int {
+	base.After(t, func(ctx context.Context) {
+		sup.Close(ctx)
+		watch.Close() // after the apps that use it
+	}, func() []int {
 		var pids []int
 		for _, ta := range tas {
 			pids = append(pids, ta.pids()...)
