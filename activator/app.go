@@ -243,29 +243,30 @@ func (a *App) startLocked(why string) {
 		a.log.Debug("waiting for capacity", "why", why)
 		return
 	}
-	a.spawnLocked(why)
+	a.spawnLocked(why, a.pool.reserve(a))
 }
 
 // grant is the pool's answer to admit: a run and a start slot are taken for
-// the app. It reports whether the app used them.
-func (a *App) grant() bool {
+// the app, which reserves r (what the pool decided on). It reports whether
+// the app used them.
+func (a *App) grant(r reservation) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.wantsStartLocked() {
 		return false
 	}
-	a.spawnLocked("capacity freed")
+	a.spawnLocked("capacity freed", r)
 	return true
 }
 
-// spawnLocked starts a new instance; call with mu held, in Idle, with pool
-// slots taken if there is a pool.
-func (a *App) spawnLocked(why string) {
+// spawnLocked starts a new instance that reserves r in the memory budget;
+// call with mu held, in Idle, with pool slots taken if there is a pool.
+func (a *App) spawnLocked(why string, r reservation) {
 	ctx, stop := context.WithCancel(context.Background())
 	a.asked = false
 	a.starts++
 	inst := &instance{gen: a.starts, ctx: ctx, stop: stop, conns: make(map[io.Closer]struct{}),
-		pooled: a.pool != nil, booting: a.pool != nil, reserve: a.pool.reserve(a)}
+		pooled: a.pool != nil, booting: a.pool != nil, reserve: r}
 	a.inst = inst
 	a.fails = a.fails[:0]
 	a.setState(Starting)

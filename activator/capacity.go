@@ -310,7 +310,7 @@ func (p *pool) settle() {
 			p.running++
 			p.starting++
 			p.mu.Unlock()
-			if !next.grant() {
+			if !next.grant(r) {
 				p.mu.Lock()
 				p.running--
 				p.starting--
