@@ -30,11 +30,11 @@ func TestBlame(t *testing.T) {
 		clientGone bool
 		want       verdict
 	}{
-		{"dial refused", dialError{refused}, StageDial, false, verdict{FailRefused, true}},
-		{"dial timed out", dialError{fmt.Errorf("dial: %w", os.ErrDeadlineExceeded)}, StageDial, false, verdict{FailDialTimeout, true}},
-		{"unix backlog full", dialError{full}, StageDial, false, verdict{ErrKindBacklog, false}},
-		{"rouse out of fds", dialError{emfile}, StageDial, false, verdict{ErrKindLocal, false}},
-		{"client gone while dialing", dialError{context.Canceled}, StageDial, false, verdict{ErrKindClient, false}},
+		{"dial refused", refused, StageDial, false, verdict{FailRefused, true}},
+		{"dial timed out", fmt.Errorf("dial: %w", os.ErrDeadlineExceeded), StageDial, false, verdict{FailDialTimeout, true}},
+		{"unix backlog full", full, StageDial, false, verdict{ErrKindBacklog, false}},
+		{"rouse out of fds", emfile, StageDial, false, verdict{ErrKindLocal, false}},
+		{"client gone while dialing", context.Canceled, StageDial, false, verdict{ErrKindClient, false}},
 		{"client gone, any error", refused, StageDial, true, verdict{ErrKindClient, false}},
 		{"app reset after accepting", reset, StageConnected, false, verdict{ErrKindAppClosed, false}},
 		{"app closed before answering", io.EOF, StageConnected, false, verdict{ErrKindAppClosed, false}},

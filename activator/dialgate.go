@@ -49,12 +49,6 @@ const (
 	backlogPause = 2 * time.Millisecond
 )
 
-// dialError marks the error of a dial to the app, as opposed to one on an
-// established connection or a request rouse refused to send.
-type dialError struct{ error }
-
-func (e dialError) Unwrap() error { return e.error }
-
 // DialGate paces the dials to one app's process. Its methods are safe for
 // concurrent use; mu is never held across a dial or a wait.
 type DialGate struct {
@@ -79,7 +73,7 @@ func (g *DialGate) reset() {
 
 // Enter waits for a dial slot (true), or for a kept connection to have
 // come back (false: look at the pool, then Enter again), or for ctx to end
-// (a dialError, as Dial's).
+// (ctx's error).
 func (g *DialGate) Enter(ctx context.Context) (bool, error) {
 	g.mu.Lock()
 	if g.inflight < g.window && len(g.waiters) == 0 {
@@ -99,13 +93,13 @@ func (g *DialGate) Enter(ctx context.Context) (bool, error) {
 	if i := slices.Index(g.waiters, ch); i >= 0 {
 		g.waiters = slices.Delete(g.waiters, i, i+1)
 		g.mu.Unlock()
-		return false, dialError{ctx.Err()}
+		return false, ctx.Err()
 	}
 	g.mu.Unlock()
 	if <-ch { // handed a slot as ctx ended: pass it on
 		g.leave(0)
 	}
-	return false, dialError{ctx.Err()}
+	return false, ctx.Err()
 }
 
 // leave gives a slot back; grow > 0 widens the window (a dial completed),
@@ -165,8 +159,8 @@ func (g *DialGate) open(ctx context.Context, network, address string) (net.Conn,
 // after a slot of its own, until one completes or ctx ends, or dialBound
 // passes without any dial to the app completing (then it is a timeout
 // that counts against the app); while others complete, the app is busy,
-// not unhealthy, and it goes on, up to dialPatience. Its errors are
-// dialErrors.
+// not unhealthy, and it goes on, up to dialPatience. Its callers report
+// its errors at StageDial.
 func (g *DialGate) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	start := time.Now()
 	stalls := 0
@@ -181,18 +175,18 @@ func (g *DialGate) Dial(ctx context.Context, network, address string) (net.Conn,
 			return c, nil
 		case ctx.Err() != nil:
 			g.leave(0)
-			return nil, dialError{err}
+			return nil, err
 		case !IsTimeout(err) && !errors.Is(err, syscall.EAGAIN):
 			g.leave(0) // refused: the process is to blame, not the pace
-			return nil, dialError{err}
+			return nil, err
 		}
 		g.leave(-1)
 		stalls++
 		if waited := time.Since(start); waited >= dialBound && (!g.progressSince(start) || waited >= dialPatience) {
-			return nil, dialError{fmt.Errorf("%w (%d tries in %s)", err, stalls, waited.Round(time.Millisecond))}
+			return nil, fmt.Errorf("%w (%d tries in %s)", err, stalls, waited.Round(time.Millisecond))
 		}
 		if errors.Is(err, syscall.EAGAIN) && !sleepCtx(ctx, backlogPause) {
-			return nil, dialError{ctx.Err()}
+			return nil, ctx.Err()
 		}
 		for {
 			slot, err := g.Enter(ctx)
