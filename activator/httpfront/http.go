@@ -33,17 +33,17 @@ type httpUpstream struct {
 	retired atomic.Bool
 	saOnce  sync.Once
 	sa      unix.Sockaddr
-	// buffers are what responses are copied through: neither side of that
-	// copy has ReadFrom or WriteTo, so io.Copy would allocate 32 KiB per
-	// request.
-	buffers sync.Pool
 }
+
+// copyBufs are what net/http's path copies bodies through: neither side
+// of that copy has ReadFrom or WriteTo, so io.Copy would allocate 32 KiB
+// per request. One pool for every app, as the loops' upBufs.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // newHTTPUpstream is an app's activator.Upstream, made when a front first serves it
 // and again when a reload changes its address.
 func newHTTPUpstream(cfg *activator.Config, gate *activator.DialGate) activator.Upstream {
-	return &httpUpstream{gate: gate, network: cfg.UpstreamNetwork, address: cfg.UpstreamAddress,
-		buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+	return &httpUpstream{gate: gate, network: cfg.UpstreamNetwork, address: cfg.UpstreamAddress}
 }
 
 // upstreamOf is the front's connections to a's process.

@@ -250,8 +250,8 @@ func (x *netExchange) write() error {
 	}
 	rest := consumeReader{x.body}
 	bw := bufio.NewWriterSize(c, 32<<10)
-	buf := upstreamOf(x.a).buffers.Get().(*[]byte)
-	defer upstreamOf(x.a).buffers.Put(buf)
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
 	for {
 		n, err := rest.Read(*buf)
 		if n > 0 {
@@ -329,9 +329,9 @@ func (x *netExchange) relay() (res activator.ExchangeResult, keep bool) {
 	case rh.BodyUntilClose():
 		body.left = -1
 	}
-	buf := upstreamOf(a).buffers.Get().(*[]byte)
+	buf := copyBufs.Get().(*[]byte)
 	_, err = io.CopyBuffer(dst, body, *buf)
-	upstreamOf(a).buffers.Put(buf)
+	copyBufs.Put(buf)
 	if err != nil {
 		if r.Context().Err() == nil && !activator.IsWriteError(err) {
 			// The app broke the response halfway: the client must see a
