@@ -234,7 +234,10 @@ func killCgroupProcs(dir string) {
 		// Freezing is not immediate: until cgroup.events says frozen, a
 		// process may still fork a child that the list below misses.
 		deadline := time.Now().Add(time.Second)
-		for !cgroupFrozen(dir) && time.Now().Before(deadline) {
+		for time.Now().Before(deadline) {
+			if done, ok := cgroupFrozen(dir); done || !ok {
+				break // frozen, or gone: nothing to wait for
+			}
 			time.Sleep(time.Millisecond)
 		}
 	}
@@ -247,18 +250,14 @@ func killCgroupProcs(dir string) {
 }
 
 // cgroupFrozen reports whether the cgroup at dir is frozen whole
-// (cgroup.events: "frozen 1").
-func cgroupFrozen(dir string) bool {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+// (cgroup.events: "frozen 1"); ok is false when it cannot be read.
+func cgroupFrozen(dir string) (frozen, ok bool) {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
 	if err != nil {
-		return true // nothing to wait for
+		return false, false
 	}
-	for line := range strings.Lines(string(b)) {
-		if strings.TrimSpace(line) == "frozen 1" {
-			return true
-		}
-	}
-	return false
+	n, found := statField(data, "frozen")
+	return found && n == 1, true
 }
 
 // removeCgroup kills what is in the cgroup at dir, waits until it is

@@ -3,8 +3,6 @@ package procman
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -116,12 +114,8 @@ func (p *Process) WaitFrozen(ctx context.Context) error {
 // freezeDone reports whether the freeze took effect.
 func (p *Process) freezeDone() bool {
 	if p.scope != nil && p.scope.cg != nil {
-		data, err := os.ReadFile(filepath.Join(p.scope.cg.dir, "cgroup.events"))
-		if err != nil {
-			return false
-		}
-		n, ok := statField(data, "frozen")
-		return ok && n == 1
+		frozen, _ := cgroupFrozen(p.scope.cg.dir)
+		return frozen
 	}
 	for _, q := range scanProcs() {
 		// T: stopped by a signal; t: stopped while traced; Z: gone.
