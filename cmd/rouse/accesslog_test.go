@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rouse-dev/rouse/activator"
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // combinedRE reads back a line of the combined format with rouse's fields.
@@ -154,7 +155,7 @@ mode = "inetd"
 listen = ["127.0.0.1:%d"]
 command = ["@BIN@", "__backend", "-name", "perconn", "-inetd"]
 access_log = "stderr"
-`, web, broken, py, pythonPath(t), script, echo, inetd))
+`, web, broken, py, testbackend.Python3(t), script, echo, inetd))
 	dir := filepath.Dir(file)
 	text, _ := os.ReadFile(file) // [rouse] is writeConfig's: the rouse-wide access log goes in it
 	text = []byte(strings.Replace(string(text), "[rouse]\n", "[rouse]\naccess_log = \"access.log\"\n", 1))
@@ -279,7 +280,7 @@ mode = "http"
 listen = ["127.0.0.1:%d"]
 hosts = ["py.test"]
 command = [%q, %q, "http", "--port", "{port}"]
-`, port, pythonPath(t), script))
+`, port, testbackend.Python3(t), script))
 	text, _ := os.ReadFile(file)
 	text = []byte(strings.Replace(string(text), "[rouse]\n", "[rouse]\naccess_log = \"access.log\"\n", 1))
 	if err := os.WriteFile(file, text, 0o644); err != nil {

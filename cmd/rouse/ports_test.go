@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rouse-dev/rouse/internal/testbackend"
 	"github.com/rouse-dev/rouse/listeners"
 )
 
@@ -153,10 +154,7 @@ env = { BIND = "127.0.0.1:{port}" }
 // rouse picked before the first request; the app starts on another port
 // and the request is served; a reload keeps the port it moved to.
 func TestPickedPortHeldByAClientE2E(t *testing.T) {
-	py := requireTool(t, "python3")
-	if _, err := os.Stat("/usr/bin/python3"); err == nil {
-		py = "/usr/bin/python3"
-	}
+	py := testbackend.Python3(t)
 	w := freeWindow(t, 20)
 	listen := freePort(t)
 	dir := t.TempDir()

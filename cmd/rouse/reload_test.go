@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 func TestReloadUnderTraffic(t *testing.T) {
@@ -248,7 +250,7 @@ func TestReloadRemovalFinishesAcceptedRequests(t *testing.T) {
 // http.server) still starts, after rouse stopped both idle ones to make
 // room; and a reload that lifts the limit lets all three run again.
 func TestReloadChangesCapacityLimits(t *testing.T) {
-	py := pythonPath(t)
+	py := testbackend.Python3(t)
 	aPort, bPort, webPort := freePort(t), freePort(t), freePort(t)
 	body := fmt.Sprintf(`
 [apps.a]

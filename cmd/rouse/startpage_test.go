@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // TestStartPageInChromium opens a cold app (Python's http.server behind a
@@ -13,7 +15,7 @@ import (
 // app whose start fails shows its error and last stderr line instead.
 func TestStartPageInChromium(t *testing.T) {
 	chromium := requireTool(t, "chromium")
-	python := pythonPath(t)
+	python := testbackend.Python3(t)
 	script, err := filepath.Abs("../../examples/apps/pyapp.py")
 	if err != nil {
 		t.Fatal(err)

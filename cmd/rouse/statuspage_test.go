@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // TestStatusPageInChromium runs a real daemon with three apps (a Python
@@ -27,7 +29,7 @@ import (
 // with the ready badge and the last error in their colours.
 func TestStatusPageInChromium(t *testing.T) {
 	chromium := requireTool(t, "chromium")
-	python := pythonPath(t)
+	python := testbackend.Python3(t)
 	pyPort, idlePort, crashPort, metricsPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	file, control := writeConfig(t, fmt.Sprintf(`
 [apps.py]
@@ -109,15 +111,6 @@ backoff_max = "1m"
 			t.Errorf("%s screenshot lacks the ready badge or the last error: %d green, %d red pixels", size.name, green, red)
 		}
 	}
-}
-
-// pythonPath finds python3, Debian's first (CI may have nothing else).
-func pythonPath(t *testing.T) string {
-	t.Helper()
-	if _, err := os.Stat("/usr/bin/python3"); err == nil {
-		return "/usr/bin/python3"
-	}
-	return requireTool(t, "python3")
 }
 
 // runChromium runs headless Chromium with a fresh profile on args, for at

@@ -20,6 +20,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/journal"
 	"golang.org/x/sys/unix"
+
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // notifyReceiver is the systemd side of sd_notify: a unixgram socket whose
@@ -348,7 +350,7 @@ func TestRestartOverFDStore(t *testing.T) {
 	}
 	tcpAddr := fmt.Sprintf("127.0.0.1:%d", tcpPort)
 	// alpha is not a Go program: a Python echo server.
-	python := fmt.Sprintf("[apps.alpha]\nlisten = [%q]\ncommand = [%q, \"-c\", %q, \"{port}\"]\n", tcpAddr, pythonPath(t), pythonEcho)
+	python := fmt.Sprintf("[apps.alpha]\nlisten = [%q]\ncommand = [%q, \"-c\", %q, \"{port}\"]\n", tcpAddr, testbackend.Python3(t), pythonEcho)
 	file, control := writeConfig(t, python+app("beta", "unix:"+unixPath)+app("gone", fmt.Sprintf("127.0.0.1:%d", gonePort)))
 	t.Setenv("NOTIFY_SOCKET", recv.path)
 	first := startRouse(t, file, control)
