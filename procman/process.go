@@ -231,8 +231,8 @@ func startStopped(cmd *exec.Cmd, moved func(pid int) error) error {
 	}
 	pid := cmd.Process.Pid
 	var ws unix.WaitStatus
-	// The SIGTRAP stop at exec; __WALL|WNOWAIT-free: a stop is reported
-	// and consumed here, the exit later by cmd.Wait.
+	// The SIGTRAP stop at exec, waited for with __WALL and without
+	// WNOWAIT: the stop is consumed here, the exit later by cmd.Wait.
 	_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
 	if err == nil && !ws.Stopped() {
 		err = fmt.Errorf("pid %d did not stop at exec: status %#x", pid, ws)
