@@ -277,7 +277,7 @@ func (a *App) spawnLocked(why string, r reservation) {
 
 // stopLocked asks the current instance to stop; call with mu held.
 func (a *App) stopLocked(why string, failure error) {
-	if a.inst == nil || (a.state != Ready && a.state != Starting && a.state != Frozen) {
+	if a.inst == nil || (!a.state.settled() && a.state != Starting) {
 		return
 	}
 	// A frozen process is thawed by its Stop, so that it gets the signal.
@@ -963,7 +963,7 @@ func (a *App) evictable() (last time.Time, frozen bool, ok bool) {
 }
 
 func (a *App) evictableLocked() bool {
-	return (a.state == Ready || a.state == Frozen) && a.active == 0 && a.queued == 0 && !a.config().KeepWarm && !a.draining
+	return a.state.settled() && a.active == 0 && a.queued == 0 && !a.config().KeepWarm && !a.draining
 }
 
 // stopFor stops the app for the pool if it is still evictable.

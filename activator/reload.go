@@ -49,14 +49,14 @@ func (a *App) Reconfigure(cfg Config) string {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if (a.state == Ready || a.state == Frozen) && a.active == 0 && a.queued == 0 {
+	if a.state.settled() && a.active == 0 && a.queued == 0 {
 		a.armIdleLocked() // with the new idle_timeout (a frozen app's counts from now)
 	}
-	if !restart || a.inst == nil || (a.state != Ready && a.state != Starting && a.state != Frozen) {
+	if !restart || a.inst == nil || (!a.state.settled() && a.state != Starting) {
 		return "new settings from the next start"
 	}
 	a.inst.retiring = true
-	if (a.state == Ready || a.state == Frozen) && a.active == 0 {
+	if a.state.settled() && a.active == 0 {
 		a.stopLocked("reload", nil)
 	}
 	return "restarting with the new command once its connections are done"

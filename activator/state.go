@@ -19,6 +19,10 @@ const (
 	Frozen                // idle for freeze_after: the process is frozen; the next connection thaws it
 )
 
+// settled reports whether an app in state s has a process that is up and
+// not leaving: ready, or frozen (the states in which it may be idle).
+func (s State) settled() bool { return s == Ready || s == Frozen }
+
 func (s State) String() string {
 	switch s {
 	case Idle:
