@@ -127,6 +127,9 @@ func NewHTTPFront(ln net.Listener, apps []*activator.App, log *slog.Logger) (*HT
 		// OPTIONS * is the app's to answer, as on the front's own paths.
 		DisableGeneralOptionsHandler: true,
 		ErrorLog:                     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, handedConnKey{}, c)
+		},
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
 				f.mu.Lock()

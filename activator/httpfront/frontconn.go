@@ -596,7 +596,16 @@ type handedConn struct {
 	// to read: it replaces the fresh ReadHeaderTimeout net/http's first
 	// SetReadDeadline would give it.
 	headDeadline time.Time
+	retired      atomic.Bool // see retire
 }
+
+// handedConnKey is the context key under which net/http's server keeps
+// the *handedConn a request came on.
+type handedConnKey struct{}
+
+// retire ends the connection after the response being written: net/http's
+// server reads no further request off it, as the next read says EOF.
+func (c *handedConn) retire() { c.retired.Store(true) }
 
 func (c *handedConn) SetReadDeadline(t time.Time) error {
 	if d := c.headDeadline; !d.IsZero() {
@@ -606,7 +615,12 @@ func (c *handedConn) SetReadDeadline(t time.Time) error {
 	return c.Conn.SetReadDeadline(t)
 }
 
-func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *handedConn) Read(p []byte) (int, error) {
+	if c.retired.Load() {
+		return 0, io.EOF
+	}
+	return c.r.Read(p)
+}
 
 // CloseWrite lets net/http half-close the connection as it does a TCP one.
 func (c *handedConn) CloseWrite() error { return halfClose(c.Conn) }

@@ -68,7 +68,17 @@ func serveNet(a *activator.App, w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &timedBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: a.Config().EffectiveBodyTimeout()}
+		rc := http.NewResponseController(w)
+		// The body is the app's to read, also after its response began
+		// (an app that echoes an upload as it comes): net/http's server
+		// must not read what is left of it itself when the head goes out.
+		rc.EnableFullDuplex()
+		hc, _ := r.Context().Value(handedConnKey{}).(*handedConn)
+		r.Body = &timedBody{ReadCloser: r.Body, rc: rc, conn: hc, timeout: a.Config().EffectiveBodyTimeout()}
+		// Closed here, not after the handler by net/http's server: in full
+		// duplex it would then start watching the client as it reads the
+		// next request, and panic (golang/go#68560).
+		defer r.Body.Close()
 	}
 	// With Expect: 100-continue the client waits for a go-ahead before
 	// sending the body; net/http sends "100 Continue" when the body is
@@ -117,24 +127,39 @@ func (q *httpRequest) Prepare() error {
 }
 
 // timedBody is a request body net/http's server reads: each read must
-// come within body_timeout of the previous one (nginx's
-// client_body_timeout), or the request is answered 408.
+// come within body_timeout of the one before (else the client gets 408).
 type timedBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
+	conn    *handedConn // the client's connection (nil if not one the front handed)
 	timeout time.Duration
 	ended   atomic.Bool // see end
+	eof     atomic.Bool // the body was read whole
 }
 
 var errBodyEnded = errors.New("the app answered before the request body was through")
 
 // end cuts short a read of the body, and fails every later one: the app
 // answered without it, and the handler must not wait for the client's
-// next bytes to return that answer. (The client's connection then closes
-// after the response, as net/http's server does when a body is left
-// unread.)
+// next bytes to return that answer. The client's connection then closes
+// after the response (as net/http's server closes one whose body was left
+// unread): what comes next on it is the rest of this body.
 func (b *timedBody) end() {
 	b.ended.Store(true)
+	if !b.eof.Load() {
+		b.cut()
+	}
+}
+
+// cut interrupts a read of the client's connection, and retires the
+// connection. The past deadline may also meet net/http's own read that
+// watches the client once a body is through (end can come as the last
+// read of the body returns), which then takes the connection for gone:
+// no request may follow on it, so none does.
+func (b *timedBody) cut() {
+	if b.conn != nil {
+		b.conn.retire()
+	}
 	b.rc.SetReadDeadline(aLongTimeAgo)
 }
 
@@ -147,11 +172,12 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		// end's deadline may have come before this one: net/http's
 		// server, which reads what is left of the body before it
 		// answers, must not wait either.
-		b.rc.SetReadDeadline(aLongTimeAgo)
+		b.cut()
 		return 0, errBodyEnded
 	}
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
+		b.eof.Store(true)
 		// net/http watches the client from now on (a background read),
 		// with no deadline.
 		b.rc.SetReadDeadline(time.Time{})

@@ -277,3 +277,62 @@ func TestHTTPEarlyAnswerToAStreamedBody(t *testing.T) {
 		}
 	}
 }
+
+// pyDuplexEcho answers a POST with its body as it reads it: the head goes
+// out first, then each piece of the body as it comes (an upload progress
+// or transcoding app works so).
+const pyDuplexEcho = `
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(5)
+while True:
+    c, _ = s.accept()
+    f = c.makefile("rb")
+    while True:
+        n = -1
+        line = f.readline()
+        if not line:
+            break
+        while line not in (b"\r\n", b"\n", b""):
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                n = int(v)
+            line = f.readline()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+        while n > 0:
+            b = f.read1(min(n, 65536))
+            if not b:
+                break
+            c.sendall(b)
+            n -= len(b)
+    c.close()
+`
+
+// An app that streams its answer while it reads a large request body gets
+// the whole body, every byte in order, and the client gets it back: the
+// front must not read any of that body itself (as net/http's server does
+// when a response begins before the body was read).
+func TestHTTPDuplexAppGetsTheWholeBody(t *testing.T) {
+	ta := newPythonHTTPApp(t, pyDuplexEcho, false, func(c *activator.Config) { c.RequestBuffer = 1 << 10 })
+	rc := dialRaw(t, ta.addr)
+	for i := range 3 {
+		body := make([]byte, 1<<20)
+		for j := range body {
+			body[j] = byte(j*7 + j>>8 + i)
+		}
+		sent := make(chan error, 1)
+		go func() {
+			_, err := io.WriteString(rc.c, fmt.Sprintf("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
+			sent <- err
+		}()
+		resp, got := rc.response("POST")
+		if err := <-sent; err != nil {
+			t.Fatalf("request %d: sending: %v", i, err)
+		}
+		if resp.StatusCode != 200 || got != string(body) {
+			t.Fatalf("request %d: %d, %d bytes back of %d, same: %v", i, resp.StatusCode, len(got), len(body), got == string(body))
+		}
+	}
+}
