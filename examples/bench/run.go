@@ -33,7 +33,8 @@ type options struct {
 	densityApps    int
 	densityIdle    time.Duration
 	only           []string
-	perf           string // auto | on | off
+	workloads      []string // of the tcp, http and handoff sections; nil: all
+	perf           string   // auto | on | off
 	out            string
 	keep           bool
 	rouseBin       string   // use this rouse instead of building one
@@ -75,6 +76,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.densityApps, "density-apps", 1000, "idle apps configured for the density run")
 	fs.DurationVar(&o.densityIdle, "density-idle", time.Minute, "how long the density run stays idle to measure CPU")
 	only := fs.String("only", strings.Join(sections, ","), "sections to run: "+strings.Join(sections, ","))
+	wls := fs.String("workloads", "", "workloads of the tcp, http and handoff sections to run: some of "+strings.Join(workloadKeys(), ",")+" (default: all)")
 	fs.StringVar(&o.perf, "perf", "auto", "profile rouse with perf in one extra round per workload: auto | on | off")
 	fs.StringVar(&o.out, "out", "", "write the report to this file (default: stdout)")
 	fs.BoolVar(&o.accessLog, "access-log", false, "rouse ([rouse].access_log) and the nginx proxy (buffered, as rouse's) write an access log file each")
@@ -103,6 +105,15 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 			return nil, fmt.Errorf("-only: unknown section %q (want some of %s)", s, strings.Join(sections, ","))
 		}
 		o.only = append(o.only, s)
+	}
+	for k := range strings.SplitSeq(*wls, ",") {
+		if k = strings.TrimSpace(k); k == "" {
+			continue
+		}
+		if !slices.Contains(workloadKeys(), k) {
+			return nil, fmt.Errorf("-workloads: unknown workload %q (want some of %s)", k, strings.Join(workloadKeys(), ","))
+		}
+		o.workloads = append(o.workloads, k)
 	}
 	if o.duration%time.Second != 0 || o.warmup%time.Second != 0 {
 		return nil, errors.New("-duration and -warmup are whole seconds (wrk -d takes seconds); -warmup 0 skips the warm-up")

@@ -38,6 +38,15 @@ var workloads = []workload{
 	{key: "close", title: "a new connection per request (`Connection: close`)", path: "/", headers: []string{"Connection: close"}},
 }
 
+// workloadKeys are the keys of every workload.
+func workloadKeys() []string {
+	keys := make([]string, len(workloads))
+	for i, wl := range workloads {
+		keys[i] = wl.key
+	}
+	return keys
+}
+
 // pickWorkloads returns the workloads with these keys.
 func pickWorkloads(keys ...string) []workload {
 	var wls []workload
@@ -307,6 +316,9 @@ func (h *harness) throughput(ctx context.Context) error {
 	}
 	for _, g := range groups {
 		for _, wl := range g.workloads {
+			if h.o.workloads != nil && !slices.Contains(h.o.workloads, wl.key) {
+				continue
+			}
 			t, err := h.runTable(ctx, g, wl, perf)
 			if err != nil {
 				return err
