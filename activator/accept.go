@@ -52,10 +52,17 @@ func Accept(ln net.Listener, warn *AcceptWarner, wait func(time.Duration) bool) 
 	return accept(ln, warn, wait)
 }
 
-// AcceptWith is Accept for any accept function.
-func AcceptWith[T any](next func() (T, error), addr net.Addr, warn *AcceptWarner, wait func(time.Duration) bool) (T, bool) {
-	return acceptWith(next, addr, warn, wait)
+// AcceptFailed tells warn that an accept on addr failed with err, and
+// returns how long to pause before the next: pause, the one before (0
+// after an accept that worked), doubled, from 5 ms up to a second.
+func AcceptFailed(warn *AcceptWarner, addr net.Addr, err error, pause time.Duration) time.Duration {
+	pause = nextAcceptPause(pause)
+	warn.failed(addr, err, pause)
+	return pause
 }
+
+// AcceptWorked tells warn that an accept on addr worked.
+func AcceptWorked(warn *AcceptWarner, addr net.Addr) { warn.ok(addr) }
 
 // QuiesceWait bounds how long a removed listener's queued connections are
 // served (listeners.Quiesce).

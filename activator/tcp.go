@@ -33,12 +33,19 @@ func acceptWith[T any](next func() (T, error), addr net.Addr, warn *acceptWarner
 		if errors.Is(err, net.ErrClosed) {
 			return c, false
 		}
-		pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+		pause = nextAcceptPause(pause)
 		warn.failed(addr, err, pause)
 		if !wait(pause) {
 			return c, false
 		}
 	}
+}
+
+// nextAcceptPause is the pause after a failed accept, the one before
+// being pause: accept fails for want of descriptors or memory, which others
+// may free soon, or not.
+func nextAcceptPause(pause time.Duration) time.Duration {
+	return min(max(2*pause, 5*time.Millisecond), time.Second)
 }
 
 // acceptWarnEvery is how often an accept loop that keeps failing (EMFILE:

@@ -46,6 +46,12 @@
 //   - the access log and Server-Timing: loopConn.logAccess,
 //     frontConn.logAccess, trackedWriter (accesslog.go).
 //   - the waiting page, which App.Proxy decides to show: writeStartPage.
+//   - accepting on a TCP or Unix listener: one event loop at a time,
+//     which reads each request as soon as it accepted it
+//     (loopListener.event), while the front has loops; the accept
+//     goroutine (acceptToLoops) only waits while none has, and owns the
+//     pause after a failed accept. Out of descriptors, a request the loop
+//     cannot move to a goroutine gets a 503 (refuseOutOfFDs).
 //
 // An HTTPFront's methods are safe to call concurrently; Close returns when
 // every goroutine and connection it owns is gone.

@@ -48,6 +48,10 @@ type HTTPFront struct {
 	nextLoop  int
 	loopConns int      // served by the loops
 	lnFile    *os.File // the listener, once the loops accept on it
+	// lnBack is where the loop that accepts on a copy of lnFile says it
+	// gave it back: nil, or the error accept failed with.
+	lnBack chan error
+	fdWarn rateWarner // out of descriptors in a loop
 	// The event loops' copy of srv's IdleTimeout, read as each loop is
 	// made (under mu).
 	loopIdleTimeout time.Duration
@@ -113,7 +117,8 @@ func NewHTTPFront(ln net.Listener, apps []*activator.App, log *slog.Logger) (*HT
 		log = slog.Default()
 	}
 	f := &HTTPFront{ln: ln, log: log, accepting: make(chan struct{}), stop: make(chan struct{}),
-		conns: make(map[*frontConn]struct{}), changed: make(chan struct{}), handed: newHandedListener(ln.Addr())}
+		conns: make(map[*frontConn]struct{}), changed: make(chan struct{}), handed: newHandedListener(ln.Addr()),
+		lnBack: make(chan error, 1)}
 	if err := f.SetApps(apps); err != nil {
 		return nil, err
 	}
@@ -199,13 +204,23 @@ func (f *HTTPFront) Serve() {
 // TCP or Unix listener go to the event loops.
 func (f *HTTPFront) acceptLoop() {
 	if file := f.takeListener(); file != nil {
-		next, err := rawAcceptor(file)
+		rc, err := file.SyscallConn()
 		if err != nil {
 			f.log.Error("accept", "addr", f.ln.Addr().String(), "err", err)
 			return
 		}
+		rc.Control(func(fd uintptr) {
+			// As net's accept does, but once: accepted sockets inherit it.
+			// No TCP keep-alive (see listeners.Options).
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			// A connection is accepted once its first bytes came (or after
+			// a second without): the loop reads the request right away,
+			// with no wait in between, as nginx's "deferred" and
+			// HAProxy's "defer-accept" have it.
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1)
+		})
 		f.loopsOn.Store(true)
-		f.acceptToLoops(next) // until file is closed
+		f.acceptToLoops(rc) // until file is closed
 		return
 	}
 	if f.shutting.Load() {
@@ -267,34 +282,101 @@ func (f *HTTPFront) takeListener() *os.File {
 	return file
 }
 
-// acceptToLoops accepts connections for the event loops.
-func (f *HTTPFront) acceptToLoops(next func() (rawAccepted, error)) {
+// acceptToLoops has an event loop accept the listener's connections
+// itself, as they come, and reads each request right away: a connection
+// handed from an accepting goroutine to a loop cost both a wake-up. While
+// no loop accepts (the front is unused, and its loops ended), it waits for
+// a connection to come, then gives the listener to a loop until the loop
+// gives it back: it ended, the front shuts down, or accept failed (then
+// after a pause that grows while it keeps failing, as the apps' accept
+// loops have it).
+func (f *HTTPFront) acceptToLoops(rc syscall.RawConn) {
 	warn := activator.NewAcceptWarner(f.log)
-	for {
-		c, ok := activator.AcceptWith(next, f.ln.Addr(), warn, f.pause)
-		if !ok {
+	var pause time.Duration
+	for !f.shutting.Load() {
+		if err := rc.Read(listenerReady); err != nil {
+			return // closed: the front shuts down
+		}
+		l := f.pickLoop(false)
+		if l == nil {
 			return
 		}
-		if !f.toLoop(c) {
-			unix.Close(c.fd)
+		fd := dupFD(rc)
+		if fd < 0 {
+			if !f.pause(time.Second) { // out of descriptors
+				return
+			}
+			continue
+		}
+		if !l.acceptOn(fd) {
+			unix.Close(fd) // it ended meanwhile: another
+			f.loopEnded(l)
+			continue
+		}
+		var err error
+		select {
+		case err = <-f.lnBack:
+		case <-f.stop:
+			l.command(cmdUnlisten)
+			<-f.lnBack // its last connection is counted now
+			return
+		}
+		if err == nil {
+			activator.AcceptWorked(warn, f.ln.Addr())
+			pause = 0
+			continue
+		}
+		pause = activator.AcceptFailed(warn, f.ln.Addr(), err, pause)
+		if !f.pause(pause) {
+			return
 		}
 	}
 }
 
+// rateWarner says a warning that may come again and again (rouse is out
+// of descriptors) at most once per warnEvery, with how often it came.
+type rateWarner struct {
+	mu    sync.Mutex
+	last  time.Time
+	times int
+}
+
+const warnEvery = 10 * time.Second
+
+func (w *rateWarner) warn(log *slog.Logger, msg string, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.times++
+	if now := time.Now(); w.last.IsZero() || now.Sub(w.last) >= warnEvery {
+		log.Warn(msg, "err", err, "times", w.times, "per", warnEvery)
+		w.last, w.times = now, 0
+	}
+}
+
+// listenerReady is a read of acceptToLoops' wait: whether a connection
+// waits on the listening socket fd, without taking it.
+func listenerReady(fd uintptr) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
 // toLoop gives c to a loop; false if none would take it.
-func (f *HTTPFront) toLoop(c rawAccepted) bool {
-	for {
-		l := f.loopFor()
-		if l == nil {
-			return false
-		}
+func (f *HTTPFront) toLoop(c rawAccepted) bool { return f.giveLoop(c, f.loopFor()) }
+
+// giveLoop gives c to l, picked for it by loopFor, or to another loop if l
+// ended meanwhile; false if none would take it.
+func (f *HTTPFront) giveLoop(c rawAccepted, l *evLoop) bool {
+	for l != nil {
 		if l.add(c) {
 			return true
 		}
 		// The loop ended for want of connections meanwhile: another.
 		f.loopConnDone()
 		f.loopEnded(l)
+		l = f.loopFor()
 	}
+	return false
 }
 
 // loopEnded forgets a loop that ended.
@@ -309,16 +391,22 @@ func (f *HTTPFront) loopEnded(l *evLoop) {
 	}
 }
 
-// loopFor counts a new connection and picks the loop for it, making one
-// while there are fewer than loopCount; nil when the front is closed or no
-// loop could be made.
-func (f *HTTPFront) loopFor() *evLoop {
+// loopFor counts a new connection and picks the loop for it (see
+// pickLoop).
+func (f *HTTPFront) loopFor() *evLoop { return f.pickLoop(true) }
+
+// pickLoop picks a loop, the next in turn, and counts a new connection if
+// conn; nil when the front is closed or no loop could be made. It makes a
+// loop while there are fewer than loopCount, and as many connections as
+// loops (or none): a loop is made for connections to share out, not for
+// the listener alone.
+func (f *HTTPFront) pickLoop(conn bool) *evLoop {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
 		return nil
 	}
-	if len(f.loops) < loopCount() {
+	if n := len(f.loops); n == 0 || n < loopCount() && f.loopConns >= n {
 		l, err := newEvLoop(f)
 		if err == nil {
 			f.loops = append(f.loops, l)
@@ -328,7 +416,9 @@ func (f *HTTPFront) loopFor() *evLoop {
 		}
 	}
 	f.nextLoop = (f.nextLoop + 1) % len(f.loops)
-	f.loopConns++
+	if conn {
+		f.loopConns++
+	}
 	return f.loops[f.nextLoop]
 }
 
@@ -370,43 +460,6 @@ type rawAccepted struct {
 	fd     int
 	ip     string
 	served int // requests served on it before
-}
-
-// rawAcceptor returns a func that accepts on the listening socket ln,
-// leaving the connection out of Go's netpoller.
-func rawAcceptor(ln *os.File) (func() (rawAccepted, error), error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	// As net's accept does, but once: accepted sockets inherit it. No TCP
-	// keep-alive (see listeners.Options).
-	rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
-	var ips clientIPs
-	var c rawAccepted
-	var aerr error
-	accept := func(fd uintptr) bool {
-		for {
-			nfd, ip, err := rawAccept(int(fd), &ips)
-			switch err {
-			case unix.EINTR, unix.ECONNABORTED:
-				continue // as net's accept: the next one
-			case unix.EAGAIN:
-				return false
-			case nil:
-				c, aerr = rawAccepted{fd: nfd, ip: ip}, nil
-			default:
-				aerr = os.NewSyscallError("accept4", err)
-			}
-			return true
-		}
-	}
-	return func() (rawAccepted, error) {
-		if err := rc.Read(accept); err != nil {
-			return rawAccepted{}, net.ErrClosed // the only way a wait on ln ends: it closed
-		}
-		return c, aerr
-	}, nil
 }
 
 // rawAccept is accept4(2) on the listening socket ln, as a raw system call

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,7 +27,11 @@ import (
 // non-blocking descriptors watched through an epoll instance of its own,
 // outside Go's netpoller: a goroutine per connection costs, per request, a
 // read that fails with EAGAIN and a park and a wake-up on each side, which
-// made the front cost more CPU per request than nginx.
+// made the front cost more CPU per request than nginx. One loop at a time
+// also has the front's listener in its epoll instance and accepts on it,
+// reading each request at once (TCP_DEFER_ACCEPT has the kernel hand over
+// connections with their first bytes in): a connection handed from an
+// accepting goroutine cost a wake-up on each side and an epoll event more.
 //
 // Everything else goes to a goroutine (frontConn) with what was read so far,
 // where the rules of the slower path apply unchanged: a request head in
@@ -93,12 +98,15 @@ type evLoop struct {
 	mu       sync.Mutex
 	closed   bool
 	pending  []*loopConn // accepted, not yet seen by the loop
+	lnNext   int         // a listener to accept on (acceptOn), not yet seen by the loop; -1: none
 	npending atomic.Int32
-	cmd      atomic.Uint32 // cmdShutdown | cmdClose
+	cmd      atomic.Uint32 // cmdShutdown | cmdClose | cmdUnlisten
 	done     chan struct{}
 
 	// The loop goroutine's own.
-	ends       []loopEnd // by descriptor
+	ends       []loopEnd     // by descriptor
+	ln         *loopListener // the listener the loop accepts on, if any
+	ips        clientIPs
 	conns      map[*loopConn]struct{}
 	idle       map[*httpUpstream][]*loopUp // kept connections to each app, newest last
 	busy       int                         // exchanges in flight
@@ -122,7 +130,17 @@ type evLoop struct {
 const (
 	cmdShutdown = 1 << iota
 	cmdClose
+	cmdUnlisten // give the listener back
 )
+
+// acceptBatch is how many connections the loop accepts at most before it
+// serves other events: the listener is watched level-triggered, so it is
+// back at the next wait if more are queued.
+const acceptBatch = 16
+
+// loopListener is the listening socket a loop accepts on: a copy of the
+// front's, the loop's to close.
+type loopListener struct{ fd int }
 
 // loopConn is a client connection served by the loop.
 type loopConn struct {
@@ -194,7 +212,7 @@ func newEvLoop(f *HTTPFront) (*evLoop, error) {
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	l := &evLoop{f: f, epfd: epfd, wake: -1, done: make(chan struct{}),
+	l := &evLoop{f: f, epfd: epfd, wake: -1, lnNext: -1, done: make(chan struct{}),
 		idleTimeout: f.loopIdleTimeout,
 		conns:       make(map[*loopConn]struct{}), idle: make(map[*httpUpstream][]*loopUp)}
 	fail := func(what string, err error) (*evLoop, error) {
@@ -247,6 +265,22 @@ func (l *evLoop) add(a rawAccepted) bool {
 	return true
 }
 
+// acceptOn gives the loop the listening socket fd (a copy, which the loop
+// closes) to accept on until it gives it back through the front's lnBack;
+// false when the loop is closed (fd is then the caller's).
+func (l *evLoop) acceptOn(fd int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.lnNext = fd
+	l.npending.Add(1)
+	var one = [8]byte{1}
+	unix.Write(l.wake, one[:])
+	return true
+}
+
 // command asks the loop to shut down or close, and wakes it.
 func (l *evLoop) command(cmd uint32) {
 	l.mu.Lock()
@@ -282,10 +316,14 @@ func (l *evLoop) run() {
 			l.adopt()
 		}
 		if l.cmd.Load() != 0 {
-			if l.cmd.Swap(0)&cmdClose != 0 {
+			cmd := l.cmd.Swap(0)
+			if cmd&cmdClose != 0 {
 				return
 			}
-			if !l.shutdown {
+			if cmd&cmdUnlisten != 0 {
+				l.unlisten(nil)
+			}
+			if cmd&cmdShutdown != 0 && !l.shutdown {
 				l.shutdown = true
 				l.beginShutdown()
 			}
@@ -323,7 +361,7 @@ func (l *evLoop) schedule() bool {
 		}
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if len(l.pending) > 0 {
+		if len(l.pending) > 0 || l.lnNext >= 0 {
 			return true // adopted next time round
 		}
 		l.closed = true
@@ -395,26 +433,108 @@ func (l *evLoop) setEnd(fd int, e loopEnd) {
 	l.ends[fd] = e
 }
 
-// adopt takes the connections accepted since last time.
+// adopt takes the connections accepted since last time, and the listener
+// acceptOn gave it.
 func (l *evLoop) adopt() {
 	l.mu.Lock()
-	pending := l.pending
-	l.pending = nil
+	pending, lnfd := l.pending, l.lnNext
+	l.pending, l.lnNext = nil, -1
 	l.npending.Store(0)
 	l.mu.Unlock()
-	now := l.now
 	for _, c := range pending {
-		l.setEnd(c.fd, c)
-		l.conns[c] = struct{}{}
-		switch {
-		case l.shutdown && c.served > 0:
-			c.deadline = now // idle: closed at the next scan
-		case l.shutdown:
-			c.deadline = now.Add(newConnGrace)
-		case c.served > 0:
-			c.deadline = now.Add(l.idleTimeout) // back from a goroutine
+		l.take(c)
+	}
+	if lnfd >= 0 {
+		l.listen(lnfd)
+	}
+}
+
+// take makes c one of the loop's connections.
+func (l *evLoop) take(c *loopConn) {
+	now := l.now
+	l.setEnd(c.fd, c)
+	l.conns[c] = struct{}{}
+	switch {
+	case l.shutdown && c.served > 0:
+		c.deadline = now // idle: closed at the next scan
+	case l.shutdown:
+		c.deadline = now.Add(newConnGrace)
+	case c.served > 0:
+		c.deadline = now.Add(l.idleTimeout) // back from a goroutine
+	default:
+		c.deadline = now.Add(l.f.headerTimeout())
+	}
+}
+
+// listen watches the listening socket fd, level-triggered, to accept on
+// it as connections come (loopListener.event).
+func (l *evLoop) listen(fd int) {
+	if l.shutdown {
+		l.f.lnBack <- nil
+		unix.Close(fd)
+		return
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		l.f.lnBack <- os.NewSyscallError("epoll_ctl", err)
+		unix.Close(fd)
+		return
+	}
+	l.ln = &loopListener{fd: fd}
+	l.setEnd(fd, l.ln)
+}
+
+// unlisten gives the listener back to the front, saying err.
+func (l *evLoop) unlisten(err error) {
+	if l.ln == nil {
+		return
+	}
+	fd := l.ln.fd
+	l.ln = nil
+	l.forget(fd)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	unix.Close(fd)
+	l.f.lnBack <- err
+}
+
+// event accepts the connections that came, up to acceptBatch.
+func (ln *loopListener) event(l *evLoop, _ uint32) {
+	for range acceptBatch {
+		if l.f.shutting.Load() {
+			l.unlisten(nil) // the front accepts no more
+			return
+		}
+		if l.cmd.Load() != 0 {
+			return // seen to first
+		}
+		fd, ip, err := rawAccept(ln.fd, &l.ips)
+		switch err {
+		case nil:
+		case unix.EINTR, unix.ECONNABORTED:
+			continue // as net's accept: the next one
+		case unix.EAGAIN:
+			return
 		default:
-			c.deadline = now.Add(l.f.headerTimeout())
+			// Out of descriptors or memory: the front pauses before it
+			// gives the listener out again.
+			l.unlisten(os.NewSyscallError("accept4", err))
+			return
+		}
+		to := l.f.loopFor()
+		switch {
+		case to == l:
+			c := &loopConn{fd: fd, ip: ip, readable: true}
+			if err := epollAdd(l.epfd, fd); err != nil {
+				rawClose(fd)
+				l.f.loopConnDone()
+				continue
+			}
+			l.take(c)
+			// Its request is likely in already (TCP_DEFER_ACCEPT): served
+			// now, without waiting for the event that says so.
+			l.readRequest(c)
+		case !l.f.giveLoop(rawAccepted{fd: fd, ip: ip}, to):
+			rawClose(fd) // the front closed
 		}
 	}
 }
@@ -442,9 +562,11 @@ func (l *evLoop) scan(now time.Time) {
 	}
 }
 
-// beginShutdown closes idle connections and gives those that have sent
-// nothing yet a grace period; the others close after their response.
+// beginShutdown gives the listener back, closes idle connections and
+// gives those that have sent nothing yet a grace period; the others close
+// after their response.
 func (l *evLoop) beginShutdown() {
+	l.unlisten(nil)
 	now := l.now
 	for c := range l.conns {
 		if c.state != lcWaiting {
@@ -462,13 +584,18 @@ func (l *evLoop) beginShutdown() {
 func (l *evLoop) closeAll() {
 	l.mu.Lock()
 	l.closed = true
-	pending := l.pending
-	l.pending = nil
+	pending, lnfd := l.pending, l.lnNext
+	l.pending, l.lnNext = nil, -1
 	l.mu.Unlock()
 	for _, c := range pending {
 		unix.Close(c.fd)
 		l.f.loopConnDone()
 	}
+	if lnfd >= 0 {
+		unix.Close(lnfd)
+		l.f.lnBack <- nil
+	}
+	l.unlisten(nil)
 	for c := range l.conns {
 		l.closeConn(c)
 	}
@@ -1212,7 +1339,7 @@ func (l *evLoop) closeConn(c *loopConn) {
 // startOver gives the client connection to a goroutine, with the request
 // at in[r:] not yet sent: the goroutine serves it from the start.
 func (l *evLoop) startOver(c *loopConn) {
-	fc := l.leave(c, c.in[c.r:c.w])
+	fc := l.leave(c, c.in[c.r:c.w], true)
 	c.in = nil // fc reads the rest of it
 	l.shed(c)
 	if fc == nil {
@@ -1236,8 +1363,8 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	c.up, c.inst = nil, nil
 	l.busy--
 	u.c = nil
-	fc := l.leave(c, c.in[c.r:c.w])
-	upc := l.toConn(u.fd)
+	fc := l.leave(c, c.in[c.r:c.w], false)
+	upc := l.toConn(u.fd, nil)
 	if fc == nil || upc == nil {
 		// (Out of descriptors, say.) The request went to the app: it is
 		// not sent again, and the client's connection is cut.
@@ -1273,12 +1400,17 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 
 // leave takes the client connection out of the loop and makes it a
 // frontConn that reads rest first; nil if that failed (the connection is
-// then closed).
-func (l *evLoop) leave(c *loopConn, rest []byte) *frontConn {
+// then closed, after a 503 if refuse: its request was not sent to the
+// app, and may be sent again).
+func (l *evLoop) leave(c *loopConn, rest []byte, refuse bool) *frontConn {
 	l.f.leftLoops.Add(1)
 	c.state = lcGone
 	delete(l.conns, c)
-	conn := l.toConn(c.fd)
+	var fail func(fd int)
+	if refuse {
+		fail = refuseOutOfFDs
+	}
+	conn := l.toConn(c.fd, fail)
 	if conn == nil {
 		l.f.loopConnDone()
 		return nil
@@ -1290,20 +1422,38 @@ func (l *evLoop) leave(c *loopConn, rest []byte) *frontConn {
 }
 
 // toConn makes fd, registered with the loop, a net.Conn in Go's netpoller
-// instead; fd is closed.
-func (l *evLoop) toConn(fd int) net.Conn {
+// instead; fd is closed. If that fails (rouse is out of descriptors: the
+// net.Conn's is a copy), fail, if not nil, has a last word on fd, and nil
+// is returned.
+func (l *evLoop) toConn(fd int, fail func(fd int)) net.Conn {
 	l.forget(fd)
 	// Before the close: epoll drops a descriptor only when every one of
 	// its file is closed, and the net.Conn's is a copy.
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, &unix.EpollEvent{})
 	f := os.NewFile(uintptr(fd), "")
 	conn, err := net.FileConn(f)
-	f.Close()
 	if err != nil {
-		l.f.log.Warn("event loop: socket to goroutine", "err", err)
-		return nil
+		if fail != nil {
+			fail(fd)
+		}
+		l.f.fdWarn.warn(l.f.log, "event loop: a connection could not go to a goroutine, and is closed", err)
 	}
+	f.Close()
 	return conn
+}
+
+// outOfFDs is the answer to a request rouse has no descriptor to serve
+// with.
+var outOfFDs = func() string {
+	text := "503 Service Unavailable: rouse is out of file descriptors; try again\n"
+	return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n" +
+		"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(text)) + "\r\n\r\n" + text
+}()
+
+// refuseOutOfFDs answers outOfFDs on the client's connection fd, as far
+// as its socket buffer takes it at once.
+func refuseOutOfFDs(fd int) {
+	rawSend(fd, []byte(outOfFDs), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 }
 
 // prefixConn is a connection whose first bytes were read already.

@@ -192,6 +192,22 @@ func TestLoopSocketsHaveNoDelay(t *testing.T) {
 	if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v != 1 {
 		t.Errorf("rouse's socket of the connection: TCP_NODELAY %d, %v", v, err)
 	}
+	// The listener the loops accept on hands them connections with their
+	// first bytes in (TCP_DEFER_ACCEPT), so the request is read at once.
+	ta.front.mu.Lock()
+	ln := ta.front.lnFile
+	ta.front.mu.Unlock()
+	rc2, err := ln.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deferSecs int
+	rc2.Control(func(fd uintptr) {
+		deferSecs, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT)
+	})
+	if err != nil || deferSecs == 0 {
+		t.Errorf("the front's listener: TCP_DEFER_ACCEPT %d, %v", deferSecs, err)
+	}
 }
 
 // acceptedSocket is the descriptor of this process whose peer is client:

@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rouse-dev/rouse/internal/testbackend"
 )
 
 // descendants lists the live processes below pid: its children, theirs...
@@ -647,4 +649,117 @@ command = ["@BIN@", "__backend", "-listen", "127.0.0.1:{port}"]
 			"(EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL); pause and retry as the accept loop does. Here: %s",
 			strings.Join(blamed, "; "))
 	}
+}
+
+// 9b. fd exhaustion at an http front: rouse with RLIMIT_NOFILE 64, in
+// front of Python's http.server, and 120 clients that connect and say
+// nothing yet: rouse holds the first ones (header_timeout) until it has no
+// fd left, and the rest wait in the kernel's queue. The event loop that
+// accepts gives the listener back when accept fails; the front pauses,
+// warns once, and does not spin. Then every client sends a request: each
+// gets an answer, the app's or a 503 with Retry-After when rouse has no fd
+// to serve it with, never a connection closed in silence.
+func TestFaultFDExhaustionHTTPFront(t *testing.T) {
+	prlimit := requireTool(t, "prlimit")
+	const limit, flood = 64, 120
+	webPort := freePort(t)
+	file, control := writeConfig(t, fmt.Sprintf(`
+[apps.web]
+mode = "http"
+listen = ["127.0.0.1:%d"]
+command = [%q, "-m", "http.server", "--bind", "127.0.0.1", "{port}"]
+idle_timeout = "0"
+header_timeout = "60s"
+`, webPort, testbackend.Python3(t)))
+	r := spawnRouse(t, []string{prlimit, fmt.Sprintf("--nofile=%d:%d", limit, limit), os.Args[0], "run", "-c", file}, nil, nil)
+	waitControl(t, control, r)
+	webURL := fmt.Sprintf("http://127.0.0.1:%d/", webPort)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	if kind, detail := httpGet(client, webURL, "<!DOCTYPE HTML>"); kind != served {
+		t.Fatalf("before the flood: %s", detail)
+	}
+
+	conns := make([]net.Conn, 0, flood)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range flood {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", webPort), 10*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	waitFor(t, "the front's accept to run out of fds", func() bool {
+		log := r.log.String()
+		return strings.Contains(log, "msg=accept ") && strings.Contains(log, "too many open files")
+	})
+	// Out of fds, with connections still queued: an accept loop that
+	// spun on the ready listener would take a whole CPU.
+	before := cpuTicks(t, r.cmd.Process.Pid)
+	t0 := time.Now()
+	time.Sleep(2 * time.Second) // the span over which CPU is measured
+	used := cpuTicks(t, r.cmd.Process.Pid) - before
+	wall := time.Since(t0)
+	t.Logf("out of fds: rouse used %d ticks (1/100 s) of CPU in %s", used, wall.Round(time.Millisecond))
+	if used*10*int64(time.Millisecond) > int64(wall)/2 {
+		t.Errorf("rouse used %d ticks of CPU in %s while out of fds: its accept spins", used, wall.Round(time.Millisecond))
+	}
+	if n := strings.Count(r.log.String(), "msg=accept "); n > 1 {
+		t.Errorf("%d accept warnings in a few seconds, want one per acceptWarnEvery:\n%s", n, r.log.String())
+	}
+
+	var ok, refused atomic.Int64
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() {
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+				t.Errorf("client %d: sending: %v", i, err)
+				return
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			switch {
+			case err != nil:
+				t.Errorf("client %d: no answer: %v", i, err)
+			case resp.StatusCode == 200:
+				ok.Add(1)
+			case resp.StatusCode == 503 && resp.Header.Get("Retry-After") != "":
+				refused.Add(1)
+			default:
+				t.Errorf("client %d: %s", i, resp.Status)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d clients: %d served, %d refused for want of fds", flood, ok.Load(), refused.Load())
+
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	waitFor(t, "the front to serve again", func() bool {
+		kind, _ := httpGet(client, webURL, "<!DOCTYPE HTML>")
+		return kind == served
+	})
+	if !r.alive() {
+		t.Fatal("rouse died")
+	}
+}
+
+// cpuTicks is the user and system CPU time of process pid so far, in
+// clock ticks (1/100 s).
+func cpuTicks(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return utime + stime
 }
