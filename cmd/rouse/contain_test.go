@@ -41,6 +41,15 @@ func containedConfig(t *testing.T, containment, body string) (file, control stri
 	return file, control
 }
 
+// appCgroups reports whether rouse r runs its apps in cgroups of their
+// own, as it logs at start-up: read once "rouse ready", logged after it,
+// is in, as the control socket may answer before the log is read.
+func appCgroups(t *testing.T, r *rouseProc) bool {
+	t.Helper()
+	waitFor(t, "rouse's start-up log", func() bool { return strings.Contains(r.log.String(), "rouse ready") })
+	return strings.Contains(r.log.String(), "apps run in cgroups of their own")
+}
+
 // startDaemon connects to the app on port (which starts it) and returns
 // the pid of the daemon it started, checked to be contained: in the app's
 // cgroup, or carrying ROUSE_SCOPE on the fallback.
@@ -127,7 +136,7 @@ func TestSetsidDaemonNeverSurvives(t *testing.T) {
 				daemonApp("idle", idle, `idle_timeout = "300ms"`)+daemonApp("manual", manual, ""))
 			r := startRouse(t, file, control)
 			rousePid := r.cmd.Process.Pid
-			if containment == "auto" && !strings.Contains(r.log.String(), "apps run in cgroups of their own") {
+			if containment == "auto" && !appCgroups(t, r) {
 				t.Logf("no cgroup here: auto ran the fallback too")
 				containment = "fallback"
 			}
@@ -203,6 +212,7 @@ command = "env >'@DIR@/%[1]s.env'; exec '@BIN@' __backend -proto echo -listen 12
 	}
 	// memory_max: applied where the memory controller is enabled for the
 	// apps' cgroups, else a warning (this dev box: no controllers).
+	appCgroups(t, r) // the start-up log is in
 	log := r.log.String()
 	memory := false
 	for line := range strings.SplitSeq(log, "\n") {

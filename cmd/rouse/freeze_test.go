@@ -21,7 +21,7 @@ func TestStopOfFrozenAppLeavesNoProcess(t *testing.T) {
 			file, control := containedConfig(t, containment, daemonApp("cold", port, `freeze_after = "50ms"`))
 			r := startRouse(t, file, control)
 			rousePid := r.cmd.Process.Pid
-			if containment == "auto" && !strings.Contains(r.log.String(), "apps run in cgroups of their own") {
+			if containment == "auto" && !appCgroups(t, r) {
 				containment = "fallback"
 			}
 
