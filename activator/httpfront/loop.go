@@ -1381,7 +1381,9 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 		return
 	}
 	uc := &upConn{c: upc, inst: inst}
-	uc.br = bufio.NewReaderSize(&prefixConn{Conn: upc, rest: u.buf}, upReadBuffer)
+	// Big enough to take all of u.buf at its first read: once its buffer
+	// is empty, the goroutine splices from upc itself (frontConn.copyN).
+	uc.br = bufio.NewReaderSize(&prefixConn{Conn: upc, rest: u.buf}, max(upReadBuffer, len(u.buf)))
 	if sc, ok := upc.(syscall.Conn); ok {
 		uc.raw, _ = sc.SyscallConn()
 	}
