@@ -148,6 +148,7 @@ type loopConn struct {
 	ip       string // the client's; "" on a Unix socket
 	state    int
 	readable bool      // an edge came that was not read through yet
+	watched  bool      // in the loop's epoll instance (see watch)
 	reading  bool      // in readRequest
 	hup      bool      // the client closed its side, or failed
 	deadline time.Time // lcWaiting, and a response waiting for the client to take more: when the connection is closed
@@ -247,7 +248,7 @@ func newEvLoop(f *HTTPFront) (*evLoop, error) {
 // descriptor is then the caller's).
 func (l *evLoop) add(a rawAccepted) bool {
 	fd := a.fd
-	c := &loopConn{fd: fd, ip: a.ip, served: a.served, readable: true}
+	c := &loopConn{fd: fd, ip: a.ip, served: a.served, readable: true, watched: true}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -524,14 +525,10 @@ func (ln *loopListener) event(l *evLoop, _ uint32) {
 		switch {
 		case to == l:
 			c := &loopConn{fd: fd, ip: ip, readable: true}
-			if err := epollAdd(l.epfd, fd); err != nil {
-				rawClose(fd)
-				l.f.loopConnDone()
-				continue
-			}
 			l.take(c)
 			// Its request is likely in already (TCP_DEFER_ACCEPT): served
-			// now, without waiting for the event that says so.
+			// now, without waiting for an event that says so; and the loop
+			// watches it only once it has to wait for the client (watch).
 			l.readRequest(c)
 		case !l.f.giveLoop(rawAccepted{fd: fd, ip: ip}, to):
 			rawClose(fd) // the front closed
@@ -649,6 +646,26 @@ func (c *loopConn) event(l *evLoop, ev uint32) {
 	}
 }
 
+// watch has the loop's epoll instance watch c, if it does not yet: a
+// connection the loop accepted is served without it as long as it need not
+// wait for the client (its request in at once, its response taken whole),
+// which spares a short connection an epoll_ctl and the event that a new
+// socket is writable. Until then c.readable stays as the last read left
+// it: a later request is read when the one before is answered, and an
+// edge for what came meanwhile comes when c is added. false if it failed
+// (c is closed).
+func (l *evLoop) watch(c *loopConn) bool {
+	if c.watched {
+		return true
+	}
+	if err := epollAdd(l.epfd, c.fd); err != nil {
+		l.closeConn(c)
+		return false
+	}
+	c.watched = true
+	return true
+}
+
 // equip gives c buffers for a request: those another connection shed, or
 // new ones.
 func (l *evLoop) equip(c *loopConn) {
@@ -729,6 +746,7 @@ func (l *evLoop) readRequest(c *loopConn) {
 			if !l.shutdown {
 				c.deadline = l.now.Add(timeout)
 			}
+			l.watch(c)
 			return
 		}
 		l.serveRequest(c)
@@ -1075,6 +1093,7 @@ func (l *evLoop) writeClient(c *loopConn, out []byte, more bool) bool {
 			if c.wrote {
 				c.deadline, c.wrote = l.now.Add(c.a.Config().EffectiveSendTimeout()), false
 			}
+			l.watch(c)
 			return false
 		}
 		if err != nil {
@@ -1140,6 +1159,9 @@ func (l *evLoop) beginRelay(c *loopConn, r *h1.Response, from int) {
 	rs.drained = len(u.buf) < cap(u.buf) && !u.hup
 	u.buf = u.buf[:0]
 	c.written, c.wrote = 0, true
+	if !l.watch(c) {
+		return // (closed: it could not be watched while the app streams)
+	}
 	c.state = lcRelaying
 	l.relaying++
 	l.relayOn(c)
