@@ -51,7 +51,8 @@
 //     (loopListener.event), while the front has loops; the accept
 //     goroutine (acceptToLoops) only waits while none has, and owns the
 //     pause after a failed accept. Out of descriptors, a request the loop
-//     cannot move to a goroutine gets a 503 (refuseOutOfFDs).
+//     cannot move to a goroutine gets a 503, or a 502 if it went to the
+//     app (outOfFDs503, outOfFDs502, lastWord).
 //
 // An HTTPFront's methods are safe to call concurrently; Close returns when
 // every goroutine and connection it owns is gone.

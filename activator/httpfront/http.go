@@ -74,11 +74,20 @@ func serveNet(a *activator.App, w http.ResponseWriter, r *http.Request) {
 		// must not read what is left of it itself when the head goes out.
 		rc.EnableFullDuplex()
 		hc, _ := r.Context().Value(handedConnKey{}).(*handedConn)
-		r.Body = &timedBody{ReadCloser: r.Body, rc: rc, conn: hc, timeout: a.Config().EffectiveBodyTimeout()}
-		// Closed here, not after the handler by net/http's server: in full
-		// duplex it would then start watching the client as it reads the
-		// next request, and panic (golang/go#68560).
-		defer r.Body.Close()
+		tb := &timedBody{ReadCloser: r.Body, rc: rc, conn: hc, timeout: a.Config().EffectiveBodyTimeout()}
+		r.Body = tb
+		defer func() {
+			// A body not read through (an Expect: 100-continue answered
+			// before its go-ahead went, a client that stalled) is cut
+			// short, and the connection closes after the response: the
+			// client may never send the rest, and Close would wait for it
+			// with no deadline. Closed here, not after the handler by
+			// net/http's server: in full duplex it would then start
+			// watching the client as it reads the next request, and panic
+			// (golang/go#68560).
+			tb.end()
+			tb.Close()
+		}()
 	}
 	// With Expect: 100-continue the client waits for a go-ahead before
 	// sending the body; net/http sends "100 Continue" when the body is

@@ -440,3 +440,21 @@ func TestHTTPCrashLoopAnswers503FastAndSparesOtherApps(t *testing.T) {
 		t.Errorf("%d spawns during the first back-off second, want 1", n)
 	}
 }
+
+// A request with Expect: 100-continue to an app that cannot start gets
+// rouse's 503 at once, without having to send its body (it never got the
+// go-ahead): the unread body must not hold the answer back, and the
+// connection closes after it (what follows on it would be that body).
+func TestHTTPExpectContinueToABrokenAppAnsweredWithoutTheBody(t *testing.T) {
+	broken, _ := newHTTPTestApp(t, []string{"-exit", "1"}, nil)
+	rc := dialRaw(t, broken.addr)
+	rc.c.SetDeadline(time.Now().Add(20 * time.Second))
+	rc.send("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+	resp, body := rc.response("POST")
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("%d %q %v, want 503 with Retry-After", resp.StatusCode, body, resp.Header)
+	}
+	if n, err := rc.br.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("after the answer: %d bytes, %v; want the connection closed", n, err)
+	}
+}

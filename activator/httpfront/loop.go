@@ -1055,7 +1055,21 @@ func (l *evLoop) answer(c *loopConn) {
 // connection instead and drops what the kernel still holds: those writes
 // go at once.)
 func (l *evLoop) closesNext(c *loopConn) bool {
-	return c.closeAfter && !c.readable
+	if !c.closeAfter || c.readable {
+		return false
+	}
+	if !c.watched && unread(c.fd) {
+		// No edge told of it: the connection was not watched (watch).
+		c.readable = true
+		return false
+	}
+	return true
+}
+
+// unread reports whether bytes wait unread on the socket fd.
+func unread(fd int) bool {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n > 0
 }
 
 // endHead counts the response whose head is in resp and ends the head,
@@ -1361,7 +1375,7 @@ func (l *evLoop) closeConn(c *loopConn) {
 // startOver gives the client connection to a goroutine, with the request
 // at in[r:] not yet sent: the goroutine serves it from the start.
 func (l *evLoop) startOver(c *loopConn) {
-	fc := l.leave(c, c.in[c.r:c.w], true)
+	fc := l.leave(c, c.in[c.r:c.w], outOfFDs503)
 	c.in = nil // fc reads the rest of it
 	l.shed(c)
 	if fc == nil {
@@ -1385,15 +1399,24 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 	c.up, c.inst = nil, nil
 	l.busy--
 	u.c = nil
-	fc := l.leave(c, c.in[c.r:c.w], false)
+	fc := l.leave(c, c.in[c.r:c.w], outOfFDs502)
 	upc := l.toConn(u.fd, nil)
 	if fc == nil || upc == nil {
-		// (Out of descriptors, say.) The request went to the app: it is
-		// not sent again, and the client's connection is cut.
+		// Out of descriptors: the request went to the app, and is not
+		// sent again; the client gets a 502 saying why.
 		if upc != nil {
 			upc.Close()
 		}
 		if fc != nil {
+			conn := fc.c
+			if pc, ok := conn.(*prefixConn); ok {
+				conn = pc.Conn
+			}
+			if sc, ok := conn.(syscall.Conn); ok {
+				if rc, err := sc.SyscallConn(); err == nil {
+					rc.Control(func(fd uintptr) { lastWord(int(fd), outOfFDs502) })
+				}
+			}
 			fc.close()
 			l.f.loopConnDone()
 		}
@@ -1423,18 +1446,14 @@ func (l *evLoop) continueElsewhere(c *loopConn) {
 }
 
 // leave takes the client connection out of the loop and makes it a
-// frontConn that reads rest first; nil if that failed (the connection is
-// then closed, after a 503 if refuse: its request was not sent to the
-// app, and may be sent again).
-func (l *evLoop) leave(c *loopConn, rest []byte, refuse bool) *frontConn {
+// frontConn that reads rest first; nil if that failed (rouse is out of
+// descriptors: the connection is then closed, after answer, a response
+// saying so).
+func (l *evLoop) leave(c *loopConn, rest []byte, answer string) *frontConn {
 	l.f.leftLoops.Add(1)
 	c.state = lcGone
 	delete(l.conns, c)
-	var fail func(fd int)
-	if refuse {
-		fail = refuseOutOfFDs
-	}
-	conn := l.toConn(c.fd, fail)
+	conn := l.toConn(c.fd, func(fd int) { lastWord(fd, answer) })
 	if conn == nil {
 		l.f.loopConnDone()
 		return nil
@@ -1466,18 +1485,38 @@ func (l *evLoop) toConn(fd int, fail func(fd int)) net.Conn {
 	return conn
 }
 
-// outOfFDs is the answer to a request rouse has no descriptor to serve
-// with.
-var outOfFDs = func() string {
-	text := "503 Service Unavailable: rouse is out of file descriptors; try again\n"
-	return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n" +
-		"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(text)) + "\r\n\r\n" + text
-}()
+// outOfFDs503 is the answer to a request rouse has no descriptor to
+// serve with, not sent to the app: it may be sent again. outOfFDs502 is
+// the answer to one that went to the app, whose response rouse has no
+// descriptor to pass on.
+var (
+	outOfFDs503 = ownAnswer("503 Service Unavailable", "Retry-After: 1\r\n",
+		"503 Service Unavailable: rouse is out of file descriptors; try again\n")
+	outOfFDs502 = ownAnswer("502 Bad Gateway", "",
+		"502 Bad Gateway: rouse ran out of file descriptors while the app answered\n")
+)
 
-// refuseOutOfFDs answers outOfFDs on the client's connection fd, as far
-// as its socket buffer takes it at once.
-func refuseOutOfFDs(fd int) {
-	rawSend(fd, []byte(outOfFDs), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+// ownAnswer is a whole response of rouse's own, after which the
+// connection closes.
+func ownAnswer(status, header, text string) string {
+	return "HTTP/1.1 " + status + "\r\nContent-Type: text/plain; charset=utf-8\r\n" + header +
+		"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(text)) + "\r\n\r\n" + text
+}
+
+// lastWord sends answer on the client's connection fd, as far as its
+// socket buffer takes it at once, and its FIN, then reads off what the
+// client sent meanwhile (a body, a pipelined request, some of it): the
+// close that follows would reset the connection over unread bytes, and a
+// reset can drop the answer.
+func lastWord(fd int, answer string) {
+	rawSend(fd, []byte(answer), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+	unix.Shutdown(fd, unix.SHUT_WR)
+	var buf [4 << 10]byte
+	for range 16 {
+		if n, err := rawRead(fd, buf[:]); err != nil || n == 0 {
+			return
+		}
+	}
 }
 
 // prefixConn is a connection whose first bytes were read already.
