@@ -70,3 +70,48 @@ func TestListenTCPIsPlainTCP(t *testing.T) {
 		t.Fatalf("listener protocol %d (%v), want IPPROTO_TCP (%d)", proto, err, unix.IPPROTO_TCP)
 	}
 }
+
+// A connection whose handshake completed but which the kernel holds
+// outside the accept queue until its first bytes come (TCP_DEFER_ACCEPT)
+// is queued by those bytes on a quiesced listener too, and drained; a new
+// connection still does not complete.
+func TestQuiesceLetsDeferredConnectionsIn(t *testing.T) {
+	ln, err := listenTCP("127.0.0.1:0", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := net.Dial("tcp", ln.Addr().String()) // connected, nothing sent: not queued yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := Quiesce(ln.(*net.TCPListener), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := held.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("the held connection, its first byte sent after Quiesce: %v", err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b := make([]byte, 1); func() bool { n, err := c.Read(b); return n != 1 || err != nil || b[0] != 'x' }() {
+		t.Error("the held connection's byte did not come")
+	}
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), 300*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("a new connection completed on a quiesced listener")
+	}
+}
