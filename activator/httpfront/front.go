@@ -2,6 +2,7 @@ package httpfront
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -299,7 +300,17 @@ func (f *HTTPFront) acceptToLoops(rc syscall.RawConn) {
 		}
 		l := f.pickLoop(false)
 		if l == nil {
-			return
+			if f.shutting.Load() {
+				return
+			}
+			// No loop could be made (out of descriptors: an epoll
+			// instance and an eventfd): as a failed accept, after a
+			// pause.
+			pause = activator.AcceptFailed(warn, f.ln.Addr(), errNoLoop, pause)
+			if !f.pause(pause) {
+				return
+			}
+			continue
 		}
 		fd := dupFD(rc)
 		if fd < 0 {
@@ -352,6 +363,9 @@ func (w *rateWarner) warn(log *slog.Logger, msg string, err error) {
 		w.last, w.times = now, 0
 	}
 }
+
+// errNoLoop is why acceptToLoops waits when no event loop could be made.
+var errNoLoop = errors.New("no event loop could be made to accept on")
 
 // listenerReady is a read of acceptToLoops' wait: whether a connection
 // waits on the listening socket fd, without taking it.
