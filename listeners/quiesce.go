@@ -78,10 +78,14 @@ var dropSYN = []unix.SockFilter{
 // pending reports whether the listening socket has connections queued.
 func pending(rc syscall.RawConn) bool {
 	queued := false
-	rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 0)
-		queued = err == nil && n > 0
-	})
+	rc.Control(func(fd uintptr) { queued = Queued(fd) })
 	return queued
+}
+
+// Queued reports whether a connection waits on the listening socket fd,
+// without taking it.
+func Queued(fd uintptr) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
 }

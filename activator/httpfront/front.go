@@ -295,7 +295,7 @@ func (f *HTTPFront) acceptToLoops(rc syscall.RawConn) {
 	warn := activator.NewAcceptWarner(f.log)
 	var pause time.Duration
 	for !f.shutting.Load() {
-		if err := rc.Read(listenerReady); err != nil {
+		if err := rc.Read(listeners.Queued); err != nil {
 			return // closed: the front shuts down
 		}
 		l := f.pickLoop(false)
@@ -366,14 +366,6 @@ func (w *rateWarner) warn(log *slog.Logger, msg string, err error) {
 
 // errNoLoop is why acceptToLoops waits when no event loop could be made.
 var errNoLoop = errors.New("no event loop could be made to accept on")
-
-// listenerReady is a read of acceptToLoops' wait: whether a connection
-// waits on the listening socket fd, without taking it.
-func listenerReady(fd uintptr) bool {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0
-}
 
 // toLoop gives c to a loop; false if none would take it.
 func (f *HTTPFront) toLoop(c rawAccepted) bool { return f.giveLoop(c, f.loopFor()) }

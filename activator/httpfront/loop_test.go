@@ -694,9 +694,9 @@ func TestLoopCloseAfterResponseWithBytesUnread(t *testing.T) {
 	for i := range 20 {
 		rc := dialRaw(t, ta.addr)
 		rc.send("GET /sleep?d=20ms HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-		// While the app sleeps (the loop has read the request by now, most
-		// likely; if not, the case is not tried, and the test still holds).
-		time.Sleep(5 * time.Millisecond)
+		// While the app sleeps: the loop has read the request once it is
+		// in flight.
+		leakcheck.WaitFor(t, "the request in flight", func() bool { return ta.Status().Conns > 0 })
 		rc.send("GET /more HTTP/1.1\r\nHost: x\r\n\r\n")
 		resp, err := http.ReadResponse(rc.br, &http.Request{Method: "GET"})
 		if err != nil {

@@ -553,19 +553,7 @@ command = ["@BIN@", "__backend", "-listen", "127.0.0.1:{port}"]
 	}
 
 	// The flood: every connection sends a line and waits for the banner.
-	conns := make([]net.Conn, 0, flood)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := range flood {
-		c, err := net.DialTimeout("tcp", echoAddr, 10*time.Second)
-		if err != nil {
-			t.Fatalf("dial %d: %v (the kernel's backlog takes connections rouse cannot accept yet)", i, err)
-		}
-		conns = append(conns, c)
-	}
+	conns := dialMany(t, echoAddr, flood)
 	var banners atomic.Int64
 	var wg sync.WaitGroup
 	for _, c := range conns {
@@ -680,19 +668,7 @@ header_timeout = "60s"
 		t.Fatalf("before the flood: %s", detail)
 	}
 
-	conns := make([]net.Conn, 0, flood)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := range flood {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", webPort), 10*time.Second)
-		if err != nil {
-			t.Fatalf("dial %d: %v", i, err)
-		}
-		conns = append(conns, c)
-	}
+	conns := dialMany(t, fmt.Sprintf("127.0.0.1:%d", webPort), flood)
 	waitFor(t, "the front's accept to run out of fds", func() bool {
 		log := r.log.String()
 		return strings.Contains(log, "msg=accept ") && strings.Contains(log, "too many open files")
@@ -756,6 +732,26 @@ header_timeout = "60s"
 	if !r.alive() {
 		t.Fatal("rouse died")
 	}
+}
+
+// dialMany opens n connections to addr, closed when the test ends; the
+// kernel's backlog takes those rouse cannot accept yet.
+func dialMany(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := range n {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	return conns
 }
 
 // cpuTicks is the user and system CPU time of process pid so far, in
