@@ -116,11 +116,17 @@ func FuzzChunkScanner(f *testing.F) {
 		if !bytes.HasPrefix(p[end:], []byte("\r\n")) {
 			return // trailers, or the body is not over: not compared
 		}
+		if whole.failed && whole.n < len(p) && isCTL(p[whole.n]) {
+			return // a control byte in a size line, which net/http lets pass in an extension: refused, as RFC 9112 7.1.1 has it
+		}
 		if !whole.done || whole.n != end+2 {
 			t.Fatalf("%q: net/http reads a body of %d bytes, the scanner %+v", p, end+2, whole)
 		}
 	})
 }
+
+// isCTL reports whether b is a control byte other than HTAB, CR and LF.
+func isCTL(b byte) bool { return (b < 0x20 && b != '\t' && b != '\r' && b != '\n') || b == 0x7f }
 
 type scanResult struct {
 	n            int
