@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -109,6 +110,9 @@ func TestServerTimingAndAccessRecordOfAColdStart(t *testing.T) {
 				t.Errorf("warm response carries Server-Timing:\n%s", warm)
 			}
 			recs := log.wait(t, 2)
+			// Logged as each exchange ends, which need not be in order:
+			// the cold one is the one that began first.
+			slices.SortFunc(recs, func(a, b loggedRecord) int { return a.Time.Compare(b.Time) })
 			for i, r := range recs {
 				if r.App != "t" || r.Mode != ModeHTTP || r.Client != "127.0.0.1" || r.method != "GET" || r.target != "/?q=1" ||
 					r.proto != tc.proto || r.referer != "http://r/" || r.userAgent != "ua/1" || r.Status != 200 ||
